@@ -1,0 +1,31 @@
+# trtflow: PyTorch weights -> ONNX -> patched ONNX -> per-precision graphs -> engines
+#          -> benchmark + validation -> summary table, plots and HTML report.
+# Run: snakemake --cores 4 all        (README.md explains config, outputs and backends)
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/weights.smk"
+include: "rules/export.smk"
+include: "rules/patch.smk"
+include: "rules/precision.smk"
+include: "rules/engine.smk"
+include: "rules/benchmark.smk"
+include: "rules/validate.smk"
+include: "rules/summary.smk"
+
+
+rule all:
+    input:
+        summary=SUMMARY_CSV,
+        latency=LATENCY_CSV,
+        plots=PLOTS,
+    default_target: True

@@ -1,0 +1,66 @@
+# Timing jobs take every core (threads: workflow.cores) so that no other job runs beside them and
+# the engine and PyTorch numbers of one run are measured under the same conditions.
+
+
+def runner_options(wildcards=None):
+    if ON_GPU:
+        return json.dumps({"cuda_graph": CONFIG["tensorrt"]["cuda_graph"]})
+    return json.dumps({"threads": CONFIG["onnxruntime"]["intra_op_threads"]})
+
+
+rule baseline:
+    """PyTorch eager (and torch.compile on GPU) at the profile's batches, same inputs as engines."""
+    input:
+        weights=WEIGHTS,
+        reference=REFERENCE,
+    output:
+        BASELINE,
+    params:
+        spec=spec_json,
+        profile=profile_json,
+        device=BACKEND.device,
+        settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
+        torch_threads=CONFIG["onnxruntime"]["intra_op_threads"],
+        code=code_hash("baseline"),
+    threads: workflow.cores
+    resources:
+        gpu=1 if ON_GPU else 0,
+    log:
+        LOGS + f"/baseline/{{model}}-{BACKEND.device}-{{profile}}.log",
+    benchmark:
+        TIMES + f"/baseline/{{model}}-{BACKEND.device}-{{profile}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "{TORCH_PY} {SCRIPTS}/baseline.py --model {wildcards.model} --spec {params.spec:q}"
+        " --weights {input.weights} --reference {input.reference} --device {params.device}"
+        " --profile {params.profile:q} --settings {params.settings:q}"
+        " --threads {params.torch_threads} --output {output} --log {log}"
+
+
+rule benchmark:
+    """Engine latency (p50/p90/p99/mean) and throughput at the profile's min/opt/max batch."""
+    input:
+        engine=ENGINE,
+        sidecar=ENGINE_META,
+        reference=REFERENCE,
+    output:
+        BENCHMARK,
+    params:
+        backend=BACKEND.name,
+        settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
+        options=runner_options(),
+        code=code_hash("benchmark"),
+    threads: workflow.cores
+    resources:
+        gpu=1 if ON_GPU else 0,
+    log:
+        LOGS + f"/benchmark/{{model}}-{TAG}-{{precision}}-{{profile}}.log",
+    benchmark:
+        TIMES + f"/benchmark/{{model}}-{TAG}-{{precision}}-{{profile}}.tsv"
+    conda:
+        "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
+    shell:
+        "{BACKEND_PY} {SCRIPTS}/benchmark.py --backend {params.backend} --engine {input.engine}"
+        " --sidecar {input.sidecar} --reference {input.reference} --settings {params.settings:q}"
+        " --options {params.options:q} --output {output} --log {log}"

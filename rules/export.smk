@@ -1,0 +1,22 @@
+rule export:
+    """torch.onnx.export with named I/O and a dynamic batch axis, model in eval mode."""
+    input:
+        weights=WEIGHTS,
+    output:
+        onnx=EXPORTED,
+        report=R + "/onnx/{model}/export.json",
+    params:
+        spec=spec_json,
+        opset=lambda wc: model_opset(CONFIG, wc.model),
+        exporter=CONFIG["export"]["exporter"],
+        code=code_hash("export"),
+    log:
+        LOGS + "/export/{model}.log",
+    benchmark:
+        TIMES + "/export/{model}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "{TORCH_PY} {SCRIPTS}/export.py --model {wildcards.model} --spec {params.spec:q}"
+        " --weights {input.weights} --opset {params.opset} --exporter {params.exporter}"
+        " --output {output.onnx} --report {output.report} --log {log}"

@@ -1,0 +1,64 @@
+rule reference:
+    """The validation inputs and PyTorch's outputs for them (computed where the engines run)."""
+    input:
+        weights=WEIGHTS,
+    output:
+        REFERENCE,
+    params:
+        spec=spec_json,
+        device=BACKEND.device,
+        num_samples=CONFIG["validation"]["num_samples"],
+        code=code_hash("reference"),
+    resources:
+        gpu=1 if ON_GPU else 0,
+    log:
+        LOGS + f"/reference/{{model}}-{BACKEND.device}.log",
+    benchmark:
+        TIMES + f"/reference/{{model}}-{BACKEND.device}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "{TORCH_PY} {SCRIPTS}/reference.py --model {wildcards.model} --spec {params.spec:q}"
+        " --weights {input.weights} --device {params.device}"
+        " --num-samples {params.num_samples} --output {output} --log {log}"
+
+
+def validate_flags(wildcards):
+    flags = []
+    if CONFIG["validation"]["check_expected_labels"]:
+        flags.append("--check-expected-labels")
+    if is_pretrained(wildcards.model):
+        flags.append("--pretrained")
+    return " ".join(flags)
+
+
+rule validate:
+    """Engine outputs vs PyTorch: max-abs, rel. L2, cosine, top-1/top-5, gated per precision."""
+    input:
+        engine=ENGINE,
+        sidecar=ENGINE_META,
+        reference=REFERENCE,
+    output:
+        VALIDATION,
+    params:
+        backend=BACKEND.name,
+        task=lambda wc: model_spec(wc.model)["task"],
+        tolerances=lambda wc: json.dumps(model_tolerances(CONFIG, wc.model, wc.precision),
+                                         sort_keys=True),
+        on_failure=CONFIG["validation"]["on_failure"],
+        flags=validate_flags,
+        options=runner_options(),
+        code=code_hash("validate"),
+    resources:
+        gpu=1 if ON_GPU else 0,
+    log:
+        LOGS + f"/validate/{{model}}-{TAG}-{{precision}}-{{profile}}.log",
+    benchmark:
+        TIMES + f"/validate/{{model}}-{TAG}-{{precision}}-{{profile}}.tsv"
+    conda:
+        "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
+    shell:
+        "{BACKEND_PY} {SCRIPTS}/validate.py --backend {params.backend} --engine {input.engine}"
+        " --sidecar {input.sidecar} --reference {input.reference} --task {params.task}"
+        " --tolerances {params.tolerances:q} --on-failure {params.on_failure} {params.flags}"
+        " --options {params.options:q} --output {output} --log {log}"

@@ -1,0 +1,20 @@
+rule weights:
+    """Fetch and check one model's weights (local checkpoint, built-in source or seeded random)."""
+    input:
+        weights_input,
+    output:
+        weights=WEIGHTS,
+        meta=WEIGHTS_META,
+    params:
+        spec=spec_json,
+        cache=CONFIG["weights_cache"],
+        code=code_hash("weights"),
+    log:
+        LOGS + "/weights/{model}.log",
+    benchmark:
+        TIMES + "/weights/{model}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "{TORCH_PY} {SCRIPTS}/weights.py --model {wildcards.model} --spec {params.spec:q}"
+        " --cache {params.cache:q} --output {output.weights} --metadata {output.meta} --log {log}"

@@ -1,0 +1,70 @@
+"""Backend choice at workflow parse time: `auto` picks TensorRT when the configured TensorRT
+Python imports tensorrt and sees a GPU, else ONNX Runtime, and says which and why."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .errors import TrtflowError
+
+PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "workflow_scripts" / "probe_tensorrt.py"
+
+
+@dataclass
+class Backend:
+    name: str              # onnxruntime | tensorrt
+    tag: str               # path segment carrying backend version and device, e.g. tensorrt-8.6.0-sm90
+    device: str            # where PyTorch runs the reference and baselines: cpu | cuda
+    python: str            # interpreter for the backend-side scripts
+    reason: str
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def probe_tensorrt(python: str, timeout: float = 180.0) -> Dict[str, Any]:
+    try:
+        done = subprocess.run([python, str(PROBE_SCRIPT)], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"cannot run {python}: {exc}"}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        return {"error": f"{python} probe failed: {(done.stderr or done.stdout).strip()[-300:]}"}
+
+
+def onnxruntime_backend(torch_python: str, reason: str) -> Backend:
+    try:
+        version = metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError as exc:
+        raise TrtflowError("onnxruntime is not installed", fix="pip install -e . (see README)") from exc
+    return Backend("onnxruntime", f"onnxruntime-{version}-cpu", "cpu", torch_python, reason,
+                   {"onnxruntime": version})
+
+
+def tensorrt_tag(info: Dict[str, Any]) -> str:
+    gpu = info["gpus"][0]
+    return f"tensorrt-{info['tensorrt']}-sm{gpu['compute_capability'].replace('.', '')}"
+
+
+def resolve_backend(config: Dict[str, Any], torch_python: Optional[str] = None) -> Backend:
+    torch_python = torch_python or sys.executable
+    wanted = config["backend"]
+    if wanted == "onnxruntime":
+        return onnxruntime_backend(torch_python, "backend: onnxruntime in config")
+    trt_python = config["tensorrt"].get("python") or sys.executable
+    info = probe_tensorrt(trt_python)
+    if "error" not in info:
+        gpu = info["gpus"][0]
+        return Backend("tensorrt", tensorrt_tag(info), "cuda", trt_python,
+                       f"{trt_python} imports TensorRT {info['tensorrt']} and sees {gpu['name']} "
+                       f"(compute capability {gpu['compute_capability']})", info)
+    if wanted == "tensorrt":
+        raise TrtflowError(f"backend: tensorrt, but {info['error']}",
+                           fix="set tensorrt.python to an interpreter that imports tensorrt on a "
+                               "machine with an NVIDIA GPU, or use backend: auto / onnxruntime")
+    return onnxruntime_backend(torch_python, f"auto: {info['error']} (tensorrt.python = {trt_python})")

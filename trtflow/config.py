@@ -1,0 +1,158 @@
+"""Configuration: schema validation with clear messages, defaults, and the model x precision x
+batch-profile matrix.
+
+Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .errors import TrtflowError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+# ONNX opset 17 is the newest every supported backend parses: ONNX Runtime, and TensorRT 8.6 to 11.
+DEFAULT_OPSET = 17
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the matrix: a model at one precision and one batch profile."""
+
+    model: str
+    precision: str
+    batch_profile: str
+
+
+def expand_dotted_keys(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Turn {'tensorrt.python': x} (from `--config tensorrt.python=x`) into nested dicts."""
+    result: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(key, str) and "." in key:
+            head, _, rest = key.partition(".")
+            target = result.setdefault(head, {})
+            if not isinstance(target, dict):
+                raise TrtflowError(f"config key '{key}': '{head}' is not a mapping")
+            target.update(expand_dotted_keys({rest: value}))
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key].update(expand_dotted_keys(value))
+        else:
+            result[key] = expand_dotted_keys(value) if isinstance(value, dict) else value
+    return result
+
+
+def load_schema(schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(schema_path.read_text())
+
+
+def _validator_with_defaults(schema: Dict[str, Any]):
+    """A Draft-7 validator that also fills in `default` values as it walks the config."""
+    import jsonschema
+
+    base = jsonschema.Draft7Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema_node):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema_node)
+
+    extended = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return extended(schema)
+
+
+def _format_path(parts) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def validate_config(config: Dict[str, Any], config_file: str = "config",
+                    schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
+    """Validate against the JSON schema and fill defaults; raise one clear TrtflowError."""
+    import jsonschema
+
+    resolved = expand_dotted_keys(copy.deepcopy(config))
+    validator = _validator_with_defaults(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: len(list(e.absolute_path)))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        where = _format_path(error.absolute_path)
+        message = error.message
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            message += f" (allowed keys here: {', '.join(allowed)})" if allowed else ""
+        if error.validator == "oneOf" and where.endswith("weights"):
+            message = "weights must name exactly one of 'path', 'builtin' or 'random'"
+        raise TrtflowError(f"invalid config at '{where}': {message}", path=config_file,
+                           fix=f"edit '{where}' (every key is described in {schema_path.name})")
+    check_semantics(resolved, config_file)
+    return resolved
+
+
+def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None:
+    """Checks the schema cannot express: profile ordering, names referenced by exclusions."""
+    from .models import check_architecture
+
+    for name, profile in config["batch_profiles"].items():
+        if not profile["min"] <= profile["opt"] <= profile["max"]:
+            raise TrtflowError(
+                f"batch profile '{name}' needs min <= opt <= max, got {profile}", path=config_file,
+                fix=f"edit batch_profiles.{name}")
+    for model, spec in config["models"].items():
+        check_architecture(model, spec["architecture"])
+        names = [inp["name"] for inp in spec["inputs"]]
+        if len(set(names)) != len(names):
+            raise TrtflowError(f"input names repeat: {names}", model=model, path=config_file,
+                               fix="give every input a unique name")
+    known = {"model": set(config["models"]), "precision": set(config["precisions"]),
+             "batch_profile": set(config["batch_profiles"])}
+    for index, rule in enumerate(config.get("exclude", [])):
+        for key, value in rule.items():
+            if value not in known[key]:
+                raise TrtflowError(
+                    f"exclude[{index}].{key} = '{value}' names no configured {key}",
+                    path=config_file, fix=f"use one of {sorted(known[key])}")
+
+
+def matrix(config: Dict[str, Any]) -> List[Cell]:
+    """All cells of models x precisions x batch profiles, minus the configured exclusions."""
+    cells = []
+    for model in config["models"]:
+        for precision in config["precisions"]:
+            for profile in config["batch_profiles"]:
+                cell = Cell(model, precision, profile)
+                if not any(_excluded(cell, rule) for rule in config.get("exclude", [])):
+                    cells.append(cell)
+    return cells
+
+
+def _excluded(cell: Cell, rule: Dict[str, str]) -> bool:
+    return all(getattr(cell, key) == value for key, value in rule.items())
+
+
+def model_patch_options(config: Dict[str, Any], model: str) -> Dict[str, Any]:
+    """Top-level patch options with the model's own overrides applied."""
+    options = dict(config["patch"])
+    options.update(config["models"][model].get("patch", {}))
+    return options
+
+
+def model_opset(config: Dict[str, Any], model: str) -> int:
+    opset: Optional[int] = config["models"][model].get("opset") or config["export"]["opset"]
+    return int(opset or DEFAULT_OPSET)
+
+
+def model_tolerances(config: Dict[str, Any], model: str, precision: str) -> Dict[str, float]:
+    tolerances = dict(config["validation"]["tolerances"].get(precision, {}))
+    tolerances.update(config["models"][model].get("tolerances", {}).get(precision, {}))
+    return tolerances

@@ -1,0 +1,95 @@
+"""Export stage: the trained PyTorch model to ONNX with named I/O and a dynamic batch axis."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Mapping, Sequence
+
+from .errors import TrtflowError
+from .io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+BATCH_AXIS_NAME = "batch"
+EXPORT_BATCH = 2  # a batch of 1 lets the tracer specialise the batch axis away
+
+
+def dummy_inputs(model: str, specs: Sequence[Mapping[str, Any]], batch: int = EXPORT_BATCH):
+    import torch
+
+    from .data import input_set
+
+    arrays, _ = input_set(model, [dict(s, data="synthetic") for s in specs], batch, "validation")
+    return tuple(torch.from_numpy(arrays[s["name"]]) for s in specs)
+
+
+def check_forward(module, inputs, model: str, specs: Sequence[Mapping[str, Any]],
+                  outputs: Sequence[str]) -> None:
+    """Run the model once on the configured input dtypes/shapes, so that an input the model cannot
+    take fails here with a message naming the input, not deep inside the exporter."""
+    import torch
+
+    described = ", ".join(f"{s['name']}: {s['dtype']} [N, {', '.join(map(str, s['shape']))}]"
+                          for s in specs)
+    try:
+        with torch.no_grad():
+            result = module(*inputs)
+    except Exception as exc:  # any failure of user model code on these inputs
+        raise TrtflowError(
+            f"the model cannot take its configured inputs ({described}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", model=model,
+            fix="set models.<name>.inputs (dtype, shape without the batch axis) to what the "
+                "model's forward() expects") from exc
+    if len(result) != len(outputs):
+        raise TrtflowError(
+            f"the model returns {len(result)} output(s) but the config names {len(outputs)}: "
+            f"{list(outputs)}", model=model, fix="list one name per model output in 'outputs'")
+
+
+def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: Path,
+                report_path: Path, opset: int, exporter: str = "torchscript") -> Dict[str, Any]:
+    import onnx
+    import torch
+
+    from .models import EvalWrapper, load_trained_model
+
+    module = EvalWrapper.wrap(load_trained_model(model, spec, weights_path))
+    specs = spec["inputs"]
+    inputs = dummy_inputs(model, specs)
+    check_forward(module, inputs, model, specs, spec["outputs"])
+    input_names = [s["name"] for s in specs]
+    output_names = list(spec["outputs"])
+    log.info("export: %s with the %s exporter at opset %d", model, exporter, opset)
+    with atomic_path(output) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        if exporter == "dynamo":
+            batch = torch.export.Dim(BATCH_AXIS_NAME, min=1, max=4096)
+            torch.onnx.export(module, inputs, str(tmp), input_names=input_names,
+                              output_names=output_names, opset_version=opset, dynamo=True,
+                              dynamic_shapes=tuple({0: batch} for _ in inputs),
+                              external_data=False)
+        else:
+            axes = {name: {0: BATCH_AXIS_NAME} for name in input_names + output_names}
+            torch.onnx.export(module, inputs, str(tmp), input_names=input_names,
+                              output_names=output_names, opset_version=opset,
+                              dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+    report = {
+        "model": model, "exporter": exporter, "opset": opset, "torch": torch.__version__,
+        "onnx": onnx.__version__, "nodes": len(proto.graph.node),
+        "inputs": [_describe(v) for v in proto.graph.input],
+        "outputs": [_describe(v) for v in proto.graph.output],
+    }
+    write_json(report_path, report)
+    return report
+
+
+def _describe(value) -> Dict[str, Any]:
+    import onnx
+
+    tensor = value.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+            "shape": dims}

@@ -1,0 +1,143 @@
+"""Model architectures: built-in names and user `package.module:factory` entries.
+
+`check_architecture` runs at workflow parse time and imports nothing heavy; everything that builds
+a model imports torch lazily.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from typing import Any, Callable, Dict, Mapping
+
+from .errors import TrtflowError
+
+# name -> "module:factory"; torchvision factories are called with weights=None (weights come from
+# the weights stage, never from a hub download).
+BUILTIN_ARCHITECTURES: Dict[str, str] = {
+    "mobilenet_v2": "torchvision.models:mobilenet_v2",
+    "resnet18": "torchvision.models:resnet18",
+    "resnet50": "torchvision.models:resnet50",
+}
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def check_architecture(model: str, architecture: str) -> None:
+    """Fail early, at parse time, on a name that is neither built in nor `module:factory`."""
+    if architecture in BUILTIN_ARCHITECTURES or _FACTORY_RE.match(architecture):
+        return
+    close = difflib.get_close_matches(architecture, list(BUILTIN_ARCHITECTURES), n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise TrtflowError(
+        f"unknown architecture '{architecture}'", model=model,
+        fix=f"{hint}use a built-in name ({', '.join(sorted(BUILTIN_ARCHITECTURES))}) "
+            "or your own factory as 'package.module:function'")
+
+
+def resolve_factory(model: str, architecture: str) -> Callable[..., Any]:
+    check_architecture(model, architecture)
+    target = BUILTIN_ARCHITECTURES.get(architecture, architecture)
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TrtflowError(f"cannot import '{module_name}' for architecture '{architecture}': {exc}",
+                           model=model,
+                           fix="install the package, or put your module on PYTHONPATH") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise TrtflowError(f"'{module_name}' has no callable '{attr}'", model=model,
+                           fix=f"check the architecture entry '{architecture}'")
+    return factory
+
+
+def build_model(model: str, spec: Mapping[str, Any]):
+    """Instantiate the architecture (no weights loaded) in eval mode."""
+    factory = resolve_factory(model, spec["architecture"])
+    kwargs = dict(spec.get("architecture_kwargs") or {})
+    if spec["architecture"] in BUILTIN_ARCHITECTURES:
+        kwargs.setdefault("weights", None)
+    module = factory(**kwargs)
+    return module.eval()
+
+
+def extract_state_dict(checkpoint: Any, model: str, path: str) -> Dict[str, Any]:
+    """Accept a bare state_dict or the common wrappers ({'state_dict': ...}, {'model': ...})."""
+    import torch
+
+    if isinstance(checkpoint, torch.nn.Module):
+        return checkpoint.state_dict()
+    if isinstance(checkpoint, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = checkpoint.get(key)
+            if isinstance(inner, Mapping):
+                checkpoint = inner
+                break
+            if isinstance(inner, torch.nn.Module):
+                return inner.state_dict()
+        if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    raise TrtflowError("checkpoint holds no state_dict (expected a mapping of tensor names to "
+                       "tensors)", model=model, path=path,
+                       fix="save it with torch.save(model.state_dict(), path)")
+
+
+def load_weights(module, state_dict: Mapping[str, Any], model: str, architecture: str,
+                 path: str) -> None:
+    """load_state_dict(strict) with an error that says what does not match and what to do."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong_shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong_shape:
+            details.append(f"{len(wrong_shape)} of another shape (e.g. {'; '.join(wrong_shape[:2])})")
+        raise TrtflowError(
+            f"weights do not match architecture '{architecture}': {', '.join(details)}",
+            model=model, path=path,
+            fix="point weights at a checkpoint of this architecture, or set 'architecture' "
+                "(and architecture_kwargs, e.g. num_classes) to the one the checkpoint was saved from")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def load_trained_model(model: str, spec: Mapping[str, Any], weights_path: str):
+    """Build the architecture and load the weights stage's state_dict: the reference model."""
+    import torch
+
+    module = build_model(model, spec)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    load_weights(module, state, model, spec["architecture"], weights_path)
+    return module.eval()
+
+
+class EvalWrapper:
+    """Factory for a torch.nn.Module that keeps the wrapped model in eval mode and returns a tuple.
+
+    Built lazily so that importing this module needs no torch.
+    """
+
+    @staticmethod
+    def wrap(module):
+        import torch
+
+        class _Eval(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module) -> None:
+                super().__init__()
+                self.inner = inner.eval()
+
+            def train(self, mode: bool = True):  # export and inference must never see train mode
+                return super().train(False)
+
+            def forward(self, *inputs):
+                out = self.inner(*inputs)
+                if isinstance(out, Mapping):
+                    return tuple(out.values())
+                return out if isinstance(out, (tuple, list)) else (out,)
+
+        return _Eval(module).eval()

@@ -1,0 +1,135 @@
+"""Precision stage: precision lives in the ONNX graph.
+
+fp32 is the patched graph as is; fp16 converts weights and compute to float16 and keeps float32
+I/O (Casts at the edges); int8 inserts QuantizeLinear/DequantizeLinear pairs calibrated on real
+inputs (ONNX Runtime's static quantization). This is the form every TensorRT from 8.6 to 11
+accepts (11 dropped the FP16/INT8 builder flags) and that ONNX Runtime runs directly.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import TrtflowError
+from .io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def quantization_settings(backend: str) -> Dict[str, Any]:
+    """Q/DQ flavour per backend.
+
+    TensorRT only takes symmetric int8 (zero point 0) and no int32 bias quantisation, with a
+    dedicated Q/DQ pair per consumer; ONNX Runtime's x86 kernels are fastest with uint8
+    activations and int8 weights (ORT's own guidance for VNNI and older CPUs alike).
+    """
+    from onnxruntime.quantization import QuantType
+
+    if backend == "tensorrt":
+        return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                  "QuantizeBias": False, "DedicatedQDQPair": True}}
+    return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+            "extra_options": {"WeightSymmetric": True}}
+
+
+class ArrayCalibrationReader:
+    """onnxruntime CalibrationDataReader over in-memory arrays, one sample per call."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self._arrays = arrays
+        self._count = next(iter(arrays.values())).shape[0]
+        self._iter: Iterator[int] = iter(range(self._count))
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        index = next(self._iter, None)
+        if index is None:
+            return None
+        return {name: array[index:index + 1] for name, array in self._arrays.items()}
+
+    def rewind(self) -> None:
+        self._iter = iter(range(self._count))
+
+
+def op_histogram(model_proto) -> Dict[str, int]:
+    return dict(collections.Counter(node.op_type for node in model_proto.graph.node))
+
+
+def initializer_dtypes(model_proto) -> Dict[str, int]:
+    import onnx
+
+    names = (onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+             for t in model_proto.graph.initializer)
+    return dict(collections.Counter(names))
+
+
+def to_fp16(source: Path, output: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    with atomic_path(output) as tmp:
+        onnx.save(converted, str(tmp))
+
+
+def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], backend: str,
+            method: str = "minmax", per_channel: bool = True) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    settings = quantization_settings(backend)
+    with atomic_path(output) as tmp:
+        quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        calibrate_method=methods[method], **settings)
+
+
+def make_precision(model: str, precision: str, source: Path, output: Path, report_path: Path,
+                   backend: str, calibration: Optional[Mapping[str, np.ndarray]] = None,
+                   calibration_method: str = "minmax") -> Dict[str, Any]:
+    import onnx
+
+    log.info("precision %s: %s for %s", model, precision, backend)
+    if precision == "fp32":
+        with atomic_path(output) as tmp:
+            shutil.copyfile(source, tmp)
+    elif precision == "fp16":
+        to_fp16(source, output)
+    elif precision == "int8":
+        if calibration is None:
+            raise TrtflowError("int8 needs a calibration set", model=model)
+        to_int8(source, output, calibration, backend, calibration_method)
+    else:
+        raise TrtflowError(f"unknown precision '{precision}'", model=model,
+                           fix="use fp32, fp16 or int8")
+    proto = onnx.load(str(output))
+    ops = op_histogram(proto)
+    report = {"model": model, "precision": precision, "backend": backend,
+              "nodes": len(proto.graph.node), "op_types": ops,
+              "initializer_dtypes": initializer_dtypes(proto),
+              "quantize_linear": ops.get("QuantizeLinear", 0),
+              "dequantize_linear": ops.get("DequantizeLinear", 0)}
+    if precision == "int8":
+        report["calibration"] = {"method": calibration_method,
+                                 "samples": int(next(iter(calibration.values())).shape[0])}
+        if report["quantize_linear"] == 0:
+            raise TrtflowError("int8 quantisation inserted no QuantizeLinear node", model=model,
+                               path=str(output), fix="check that the graph has Conv/MatMul/Gemm ops")
+    write_json(report_path, report)
+    return report
+
+
+def calibration_arrays(model: str, specs: Sequence[Mapping[str, Any]], num_samples: int,
+                       seed: int) -> Dict[str, np.ndarray]:
+    from .data import input_set
+
+    arrays, _ = input_set(model, specs, num_samples, "calibration", seed)
+    return arrays

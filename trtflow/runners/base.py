@@ -1,0 +1,95 @@
+"""The runner interface and the input checks every backend shares (numpy + stdlib only)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import TrtflowError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph or engine I/O tensor: numpy dtype name and shape (-1 for a dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: List[int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], where: str,
+               batch_range: Optional[Sequence[int]] = None) -> None:
+    """Refuse any input whose name, dtype or shape does not match the engine's I/O.
+
+    Engines do not convert dtypes: an int64 array bound to an int32 input reads as garbage (often
+    zeros) without an error, so a mismatch must stop here with a clear message.
+    """
+    expected = {s.name: s for s in specs}
+    missing = sorted(set(expected) - set(feed))
+    extra = sorted(set(feed) - set(expected))
+    if missing or extra:
+        raise TrtflowError(f"{where}: inputs do not match the engine: missing {missing}, "
+                           f"unexpected {extra}", fix=f"feed exactly {sorted(expected)}")
+    for name, array in feed.items():
+        spec = expected[name]
+        if np.dtype(array.dtype) != np.dtype(spec.dtype):
+            raise TrtflowError(
+                f"{where}: input '{name}' is {np.dtype(array.dtype).name} but the engine takes "
+                f"{spec.dtype}", fix=f"convert it with array.astype(np.{spec.dtype}) first, or "
+                "re-export the model with that input dtype")
+        if len(array.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape)):
+            raise TrtflowError(f"{where}: input '{name}' has shape {list(array.shape)}, the engine "
+                               f"takes {spec.shape} (-1 = any)", fix="feed the configured shape")
+        if batch_range is not None and not batch_range[0] <= array.shape[0] <= batch_range[1]:
+            raise TrtflowError(f"{where}: batch {array.shape[0]} of input '{name}' is outside the "
+                               f"engine's profile {list(batch_range)}",
+                               fix="use a batch inside the profile, or add a batch profile")
+
+
+class Runner:
+    """load() -> infer(feed) -> time(feed) -> close(). Subclasses override load/infer/close;
+    time() defaults to host timing around infer(), which is right for synchronous backends."""
+
+    name = "runner"
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+
+    def load(self) -> "Runner":
+        raise NotImplementedError
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def time(self, feed: Mapping[str, np.ndarray], warmup: int, iterations: int,
+             max_seconds: float) -> List[float]:
+        """Latencies in milliseconds of repeated infer() calls on one feed."""
+        return host_timing(lambda: self.infer(feed), warmup, iterations, max_seconds)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Runner":
+        return self.load()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def host_timing(call: Callable[[], Any], warmup: int, iterations: int,
+                max_seconds: float) -> List[float]:
+    """Warm up, then time `iterations` calls (at least 3, at most `max_seconds` of them)."""
+    for _ in range(warmup):
+        call()
+    times: List[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(times) < iterations and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times

@@ -1,0 +1,122 @@
+"""ONNX Runtime backend (CPU): the 'engine' is the model as optimised for this machine by ORT."""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from ..errors import TrtflowError
+from ..io import atomic_path, read_json, write_json
+from .base import Runner, TensorSpec, check_feed
+
+log = logging.getLogger(__name__)
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+             "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(uint8)": "uint8",
+             "tensor(int8)": "int8", "tensor(bool)": "bool"}
+LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _session_options(threads: int, level: str, optimized_path: Optional[Path] = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return options
+
+
+def _specs(nodes) -> List[TensorSpec]:
+    return [TensorSpec(n.name, ORT_TYPES.get(n.type, n.type),
+                       [d if isinstance(d, int) else -1 for d in n.shape]) for n in nodes]
+
+
+def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, model: str,
+                 precision: str, batch_profile: Mapping[str, int], profile_name: str,
+                 options: Mapping[str, Any]) -> Dict[str, Any]:
+    """Optimise the precision ONNX for this CPU and save it, with a sidecar JSON."""
+    import onnxruntime as ort
+
+    threads = int(options.get("intra_op_threads", 0))
+    level = options.get("graph_optimization_level", "all")
+    start = time.perf_counter()
+    with atomic_path(engine_path) as tmp:
+        try:
+            session = ort.InferenceSession(str(onnx_path), _session_options(threads, level, tmp),
+                                           providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise TrtflowError(f"ONNX Runtime cannot load the {precision} graph: {exc}",
+                               model=model, path=str(onnx_path),
+                               fix="check the patch/precision reports beside it") from exc
+    seconds = time.perf_counter() - start
+    sidecar = {
+        "backend": "onnxruntime", "version": version(), "device": "cpu", "device_name": cpu_name(),
+        "model": model, "precision": precision, "batch_profile": profile_name,
+        "profile": dict(batch_profile), "graph_optimization_level": level,
+        "build_seconds": round(seconds, 3), "source_onnx": str(onnx_path),
+        "inputs": [s.to_dict() for s in _specs(session.get_inputs())],
+        "outputs": [s.to_dict() for s in _specs(session.get_outputs())],
+    }
+    write_json(sidecar_path, sidecar)
+    log.info("built %s in %.2f s", engine_path, seconds)
+    return sidecar
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, engine_path: Path, sidecar_path: Optional[Path] = None,
+                 threads: int = 0) -> None:
+        self.engine_path = Path(engine_path)
+        self.sidecar = read_json(sidecar_path) if sidecar_path else None
+        self.threads = threads
+        self.session = None
+
+    def load(self) -> "OnnxRuntimeRunner":
+        import onnxruntime as ort
+
+        if self.sidecar and self.sidecar["version"] != ort.__version__:
+            raise TrtflowError(
+                f"optimised model was made by ONNX Runtime {self.sidecar['version']}, this is "
+                f"{ort.__version__}", path=str(self.engine_path),
+                fix="rerun snakemake: engine paths carry the version, so it rebuilds")
+        # Already optimised at build time; loading applies only the required transformers.
+        self.session = ort.InferenceSession(
+            str(self.engine_path), _session_options(self.threads, "basic"),
+            providers=["CPUExecutionProvider"])
+        self.inputs = _specs(self.session.get_inputs())
+        self.outputs = _specs(self.session.get_outputs())
+        return self
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        profile = self.sidecar["profile"] if self.sidecar else None
+        check_feed(feed, self.inputs, f"engine {self.engine_path.name}",
+                   (profile["min"], profile["max"]) if profile else None)
+        values = self.session.run(None, dict(feed))
+        return {spec.name: value for spec, value in zip(self.outputs, values)}
+
+
+EngineRunner = OnnxRuntimeRunner

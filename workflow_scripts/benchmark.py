@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Benchmark stage: engine latency percentiles and throughput at the profile's min/opt/max batch.
+
+Runs under the backend's Python (tensorrt + numpy only for TensorRT)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the trtflow package beside us
+from trtflow import cli  # noqa: E402
+
+
+def main(args) -> None:
+    from trtflow.benchmark import measure, profile_batches
+    from trtflow.io import load_npz, read_json, write_json
+    from trtflow.runners import get_backend
+
+    sidecar = read_json(args.sidecar)
+    reference = load_npz(args.reference)
+    inputs = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("input:")}
+    backend = get_backend(args.backend)
+    with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **args.options) as runner:
+        batches = measure(runner, inputs, profile_batches(sidecar["profile"]), args.settings)
+    write_json(args.output, {"engine": args.engine, "settings": args.settings,
+                             "sidecar": sidecar, "batches": batches})
+
+
+if __name__ == "__main__":
+    p = cli.parser(__doc__)
+    p.add_argument("--backend", required=True, choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--engine", required=True)
+    p.add_argument("--sidecar", required=True)
+    p.add_argument("--reference", required=True, help="reference .npz (its inputs are timed)")
+    p.add_argument("--settings", type=cli.json_arg, default={"warmup": 5, "iterations": 50,
+                                                             "max_seconds": 10})
+    p.add_argument("--options", type=cli.json_arg, default={}, help="runner options")
+    p.add_argument("--output", required=True)
+    cli.run(main, p)

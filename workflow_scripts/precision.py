@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Precision stage: the patched ONNX as an fp32, fp16 or int8 (Q/DQ, calibrated) graph."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the trtflow package beside us
+from trtflow import cli  # noqa: E402
+
+
+def main(args) -> None:
+    from trtflow.precision import calibration_arrays, make_precision
+
+    calibration = None
+    if args.precision == "int8":
+        calibration = calibration_arrays(args.model, args.spec["inputs"],
+                                         args.calibration["num_samples"],
+                                         args.calibration.get("seed", 0))
+    make_precision(args.model, args.precision, Path(args.input), Path(args.output),
+                   Path(args.report), args.backend, calibration,
+                   args.calibration.get("method", "minmax"))
+
+
+if __name__ == "__main__":
+    p = cli.parser(__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8"])
+    p.add_argument("--backend", required=True, choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--spec", required=True, type=cli.json_arg, help="the model's config entry")
+    p.add_argument("--calibration", type=cli.json_arg, default={"num_samples": 32},
+                   help="calibration options (num_samples, method, seed)")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--report", required=True)
+    cli.run(main, p)

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Reference stage: the validation inputs and PyTorch's outputs for them, as one .npz.
+
+The engine-side scripts (which may run without torch) read inputs and reference outputs from it.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the trtflow package beside us
+from trtflow import cli  # noqa: E402
+
+
+def imagenet_labels():
+    import torchvision
+
+    return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+
+
+def main(args) -> None:
+    import numpy as np
+    import torch
+
+    from trtflow.data import input_set
+    from trtflow.io import save_npz
+    from trtflow.models import EvalWrapper, load_trained_model
+    from trtflow.runners.torch import TorchRunner
+
+    torch.manual_seed(0)
+    module = EvalWrapper.wrap(load_trained_model(args.model, args.spec, args.weights))
+    inputs, names = input_set(args.model, args.spec["inputs"], args.num_samples, "validation")
+    runner = TorchRunner(module, args.spec["outputs"], device=args.device).load()
+    outputs = runner.infer(inputs)
+    arrays = {f"input:{k}": v for k, v in inputs.items()}
+    arrays.update({f"output:{k}": v for k, v in outputs.items()})
+    arrays["__samples__"] = np.array(names)
+    if args.spec.get("labels") == "imagenet":
+        arrays["__labels__"] = np.array(imagenet_labels())
+    save_npz(args.output, arrays)
+
+
+if __name__ == "__main__":
+    p = cli.parser(__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--spec", required=True, type=cli.json_arg, help="the model's config entry")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--output", required=True, help=".npz with input:*, output:* arrays")
+    cli.run(main, p)

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Validation stage: engine outputs vs the PyTorch reference, gated by per-precision tolerances.
+
+Runs under the backend's Python (tensorrt + numpy only for TensorRT)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the trtflow package beside us
+from trtflow import cli  # noqa: E402
+
+
+def run_in_chunks(runner, inputs, max_batch: int):
+    import numpy as np
+
+    count = next(iter(inputs.values())).shape[0]
+    pieces = []
+    for start in range(0, count, max_batch):
+        pieces.append(runner.infer({k: np.ascontiguousarray(v[start:start + max_batch])
+                                    for k, v in inputs.items()}))
+    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+
+
+def main(args) -> None:
+    import logging
+
+    from trtflow.errors import TrtflowError
+    from trtflow.io import load_npz, read_json, write_json
+    from trtflow.runners import get_backend
+    from trtflow.validate import compare
+
+    sidecar = read_json(args.sidecar)
+    reference = load_npz(args.reference)
+    inputs = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("input:")}
+    expected = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("output:")}
+    labels = list(reference["__labels__"]) if "__labels__" in reference else None
+    with get_backend(args.backend).EngineRunner(Path(args.engine), Path(args.sidecar),
+                                                **args.options) as runner:
+        outputs = run_in_chunks(runner, inputs, int(sidecar["profile"]["max"]))
+    result = compare(outputs, expected, args.task, args.tolerances,
+                     [str(s) for s in reference["__samples__"]], labels,
+                     check_expected=args.check_expected_labels and labels is not None
+                     and args.pretrained)
+    where = f"{sidecar['model']} {sidecar['precision']} {sidecar['batch_profile']} ({args.backend})"
+    log = logging.getLogger("validate")
+    for row in result["predictions"]:
+        log.info("%s: %s -> reference %s, engine %s%s", where, row["sample"], row["reference"],
+                 row["engine"], f" (expected {row['expected']})" if "expected" in row else "")
+    result.update({"model": sidecar["model"], "precision": sidecar["precision"],
+                   "batch_profile": sidecar["batch_profile"], "backend": args.backend,
+                   "engine": args.engine})
+    if not result["passed"]:
+        message = f"validation failed for {where}: " + "; ".join(result["failures"])
+        if args.on_failure == "fail":
+            raise TrtflowError(message, fix="loosen validation.tolerances for this precision (or "
+                               "the model's tolerances), or set validation.on_failure: record")
+        log.warning(message)
+    write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    p = cli.parser(__doc__)
+    p.add_argument("--backend", required=True, choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--engine", required=True)
+    p.add_argument("--sidecar", required=True)
+    p.add_argument("--reference", required=True)
+    p.add_argument("--task", default="classification")
+    p.add_argument("--tolerances", type=cli.json_arg, default={})
+    p.add_argument("--on-failure", choices=["fail", "record"], default="fail")
+    p.add_argument("--check-expected-labels", action="store_true")
+    p.add_argument("--pretrained", action="store_true", help="the weights are real, not random")
+    p.add_argument("--options", type=cli.json_arg, default={}, help="runner options")
+    p.add_argument("--output", required=True)
+    cli.run(main, p)

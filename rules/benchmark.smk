@@ -16,7 +16,7 @@ rule baseline:
     output:
         BASELINE,
     params:
-        spec=spec_json,
+        spec=spec_json("baseline"),
         profile=profile_json,
         device=BACKEND.device,
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),

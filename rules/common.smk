@@ -64,9 +64,24 @@ def model_spec(model):
     return CONFIG["models"][model]
 
 
-def spec_json(wildcards):
-    """The model's config entry: passed whole, so any edit to it reruns that model's jobs only."""
-    return json.dumps(model_spec(wildcards.model), sort_keys=True)
+# The keys of a model's config entry each stage reads: a stage gets only those, so an edit to
+# one key (say the model's patch options) reruns only the stages that read it.
+MODEL_KEYS = ("architecture", "architecture_kwargs")
+SPEC_KEYS = {
+    "weights": MODEL_KEYS + ("weights",),
+    "export": MODEL_KEYS + ("inputs", "outputs"),
+    "reference": MODEL_KEYS + ("inputs", "outputs", "labels"),
+    "baseline": MODEL_KEYS + ("inputs", "outputs"),
+    "precision": ("inputs",),
+}
+
+
+def spec_json(stage):
+    def params(wildcards):
+        spec = model_spec(wildcards.model)
+        return json.dumps({k: spec[k] for k in SPEC_KEYS[stage] if k in spec}, sort_keys=True)
+
+    return params
 
 
 def profile(name):
@@ -118,7 +133,7 @@ def cell_paths(cell):
 onsuccess:
     # The HTML report (snakemake --report) right after a successful `snakemake ... all`, with the
     # same command line, so that the same config and targets are reported.
-    launched_by_cli = Path(sys.argv[0]).name.startswith("snakemake")
+    launched_by_cli = "snakemake" in Path(sys.argv[0]).as_posix()
     if CONFIG["report"]["html"] and launched_by_cli and "--report" not in sys.argv:
         import subprocess
 

@@ -6,7 +6,7 @@ rule export:
         onnx=EXPORTED,
         report=R + "/onnx/{model}/export.json",
     params:
-        spec=spec_json,
+        spec=spec_json("export"),
         opset=lambda wc: model_opset(CONFIG, wc.model),
         exporter=CONFIG["export"]["exporter"],
         code=code_hash("export"),

@@ -7,7 +7,7 @@ rule precision:
         report=R + f"/onnx/{{model}}/{BACKEND.name}/{{precision}}.json",
     params:
         # only what this precision uses: the calibration options matter to int8 alone
-        inputs=lambda wc: json.dumps({"inputs": model_spec(wc.model)["inputs"]}, sort_keys=True),
+        inputs=spec_json("precision"),
         calibration=lambda wc: json.dumps(CONFIG["calibration"] if wc.precision == "int8" else {},
                                           sort_keys=True),
         backend=BACKEND.name,

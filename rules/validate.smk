@@ -5,7 +5,7 @@ rule reference:
     output:
         REFERENCE,
     params:
-        spec=spec_json,
+        spec=spec_json("reference"),
         device=BACKEND.device,
         num_samples=CONFIG["validation"]["num_samples"],
         code=code_hash("reference"),

@@ -6,7 +6,7 @@ rule weights:
         weights=WEIGHTS,
         meta=WEIGHTS_META,
     params:
-        spec=spec_json,
+        spec=spec_json("weights"),
         cache=CONFIG["weights_cache"],
         code=code_hash("weights"),
     log:

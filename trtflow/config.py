@@ -31,7 +31,9 @@ class Cell:
 def expand_dotted_keys(config: Dict[str, Any]) -> Dict[str, Any]:
     """Turn {'tensorrt.python': x} (from `--config tensorrt.python=x`) into nested dicts."""
     result: Dict[str, Any] = {}
-    for key, value in config.items():
+    # plain keys first, so a dotted override always lands on top of the block it edits
+    ordered = sorted(config.items(), key=lambda item: isinstance(item[0], str) and "." in item[0])
+    for key, value in ordered:
         if isinstance(key, str) and "." in key:
             head, _, rest = key.partition(".")
             target = result.setdefault(head, {})
@@ -96,6 +98,7 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
         raise TrtflowError(f"invalid config at '{where}': {message}", path=config_file,
                            fix=f"edit '{where}' (every key is described in {schema_path.name})")
     check_semantics(resolved, config_file)
+    check_weight_files(resolved, config_file)
     return resolved
 
 
@@ -122,6 +125,18 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
                 raise TrtflowError(
                     f"exclude[{index}].{key} = '{value}' names no configured {key}",
                     path=config_file, fix=f"use one of {sorted(known[key])}")
+
+
+def check_weight_files(config: Dict[str, Any], config_file: str = "config") -> None:
+    """A checkpoint path that does not exist stops the workflow before any job starts."""
+    for model, spec in config["models"].items():
+        path = spec["weights"].get("path")
+        if path and not Path(path).is_file():
+            raise TrtflowError(
+                f"weights file not found: '{path}' (relative paths are taken from "
+                f"{Path.cwd()})", model=model, path=config_file,
+                fix=f"point models.{model}.weights.path at an existing checkpoint, or use "
+                    "weights: {random: true} to try the workflow with random weights")
 
 
 def matrix(config: Dict[str, Any]) -> List[Cell]:

@@ -116,7 +116,9 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
               "nodes": len(proto.graph.node), "op_types": ops,
               "initializer_dtypes": initializer_dtypes(proto),
               "quantize_linear": ops.get("QuantizeLinear", 0),
-              "dequantize_linear": ops.get("DequantizeLinear", 0)}
+              "dequantize_linear": ops.get("DequantizeLinear", 0),
+              # TensorRT 8.x parser errors give only a node index: this names it
+              "node_index": [f"'{n.name}' ({n.op_type})" for n in proto.graph.node]}
     if precision == "int8":
         report["calibration"] = {"method": calibration_method,
                                  "samples": int(next(iter(calibration.values())).shape[0])}

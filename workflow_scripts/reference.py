@@ -21,6 +21,7 @@ def main(args) -> None:
     import torch
 
     from trtflow.data import input_set
+    from trtflow.export import check_forward
     from trtflow.io import save_npz
     from trtflow.models import EvalWrapper, load_trained_model
     from trtflow.runners.torch import TorchRunner
@@ -28,6 +29,8 @@ def main(args) -> None:
     torch.manual_seed(0)
     module = EvalWrapper.wrap(load_trained_model(args.model, args.spec, args.weights))
     inputs, names = input_set(args.model, args.spec["inputs"], args.num_samples, "validation")
+    check_forward(module, tuple(torch.from_numpy(v[:1]) for v in inputs.values()), args.model,
+                  args.spec["inputs"], args.spec["outputs"])
     runner = TorchRunner(module, args.spec["outputs"], device=args.device).load()
     outputs = runner.infer(inputs)
     arrays = {f"input:{k}": v for k, v in inputs.items()}

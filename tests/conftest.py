@@ -1,0 +1,126 @@
+"""Shared fixtures: small real models, and a helper that runs the real Snakemake workflow."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def tiny_config(**overrides) -> dict:
+    """A fast matrix: small inputs, few iterations, no HTML report."""
+    config = {
+        "backend": "onnxruntime",
+        "models": {},
+        "precisions": ["fp32", "fp16"],
+        "batch_profiles": {"small": {"min": 1, "opt": 2, "max": 4}},
+        "calibration": {"num_samples": 4},
+        "benchmark": {"warmup": 1, "iterations": 3, "max_seconds": 0.5},
+        "validation": {"num_samples": 4},
+        "report": {"html": False},
+    }
+    config.update(overrides)
+    return config
+
+
+def resnet_entry(weights: dict, size: int = 32, **extra) -> dict:
+    entry = {"architecture": "resnet18", "task": "classification", "weights": weights,
+             "inputs": [{"name": "input", "shape": [3, size, size], "dtype": "float32"}],
+             "outputs": ["logits"]}
+    entry.update(extra)
+    return entry
+
+
+class Workflow:
+    """Runs `snakemake` for real on this repository's Snakefile in a scratch directory."""
+
+    def __init__(self, directory: Path, repo: Path = REPO) -> None:
+        self.directory = directory
+        self.repo = repo
+        self.config_path = directory / "config.yaml"
+
+    def write_config(self, config: dict) -> None:
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def run(self, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "snakemake", "--snakefile", str(self.repo / "Snakefile"),
+                   "--directory", str(self.directory), "--configfile", str(self.config_path),
+                   "--cores", "2", *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        if check and done.returncode != 0:
+            raise AssertionError(f"snakemake failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
+                                 f"{done.stderr[-6000:]}")
+        return done
+
+    def scheduled(self, *targets: str) -> Dict[str, int]:
+        """Job counts per rule of a dry run ({} when nothing is to be done)."""
+        done = self.run("-n", "--quiet", "rules", *(targets or ("all",)))
+        text = done.stdout + done.stderr
+        if "Nothing to be done" in text:
+            return {}
+        counts: Dict[str, int] = {}
+        table = text.split("Job stats:", 1)[-1]
+        for line in table.splitlines():
+            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+            if match and match.group(1) != "total":
+                counts[match.group(1)] = int(match.group(2))
+        assert counts, f"could not read the dry run:\n{text[-3000:]}"
+        return counts
+
+    def scheduled_jobs(self) -> List[str]:
+        """'rule wildcards' for every job of a dry run, to see which cells are scheduled."""
+        done = self.run("-n", "all")
+        jobs: List[str] = []
+        for line in (done.stdout + done.stderr).splitlines():
+            match = re.match(r"^(?:local)?rule (\w+):", line)
+            if match:
+                jobs.append(match.group(1))
+            elif line.strip().startswith("wildcards:") and jobs:
+                jobs[-1] += " " + line.strip()[len("wildcards:"):].strip()
+        return jobs
+
+    def path(self, relative: str) -> Path:
+        return self.directory / relative
+
+    def files(self) -> List[str]:
+        root = self.directory / "results"
+        if not root.exists():
+            return []
+        return sorted(str(p.relative_to(self.directory)) for p in root.rglob("*")
+                      if p.is_file() and "/logs/" not in str(p) and "/timing/" not in str(p))
+
+
+def copy_repo(destination: Path) -> Path:
+    """A copy of the workflow's code (no results, no git), for tests that edit the code."""
+    ignore = shutil.ignore_patterns(".git", ".snakemake", "results", "__pycache__", "*.egg-info",
+                                    ".gpu", ".whl", "resources", ".pytest_cache", "notes")
+    target = destination / "trtflow-copy"
+    shutil.copytree(REPO, target, ignore=ignore)
+    return target
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Workflow:
+    return Workflow(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def resnet18_checkpoint(tmp_path_factory) -> Path:
+    """A real torchvision resnet18 state_dict (seeded random init) saved as a checkpoint file."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path

@@ -1,0 +1,457 @@
+"""TensorRT backend: engine build and runner for TensorRT 8.5/8.6, 10.x and 11.x.
+
+Imports only tensorrt, numpy and the standard library (plus trtflow's pure-Python modules), so it
+runs in the Python that has TensorRT (Jetson, NGC containers, a separate venv). Version checks
+(see notes/trt_api.md) where the API differs:
+- network: explicit batch flag before 10; strongly typed from 10 (always on, flag ignored, in 11);
+- precision: on 8.x the precision ONNX is built weakly typed with the matching builder flag
+  (FP16; INT8 for Q/DQ graphs); from 10 the graph's own types decide (no flags, removed in 11);
+- parser errors name the node: node_name()/node_operator() from 10, the precision report's node
+  list on 8.x;
+- build progress through IProgressMonitor from 10.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .. import cuda
+from ..errors import TrtflowError
+from ..io import atomic_path, read_json, write_json
+from .base import Runner, TensorSpec, check_feed
+
+log = logging.getLogger(__name__)
+
+# Layer-precision names, in the order a layer is classified by (lowest precision it touches).
+PRECISION_TOKENS: List[Tuple[str, Tuple[str, ...]]] = [
+    ("int8", ("int8",)), ("fp8", ("fp8",)), ("fp16", ("fp16", "half")),
+    ("bf16", ("bfloat16", "bf16")), ("fp32", ("fp32", "float")), ("int32", ("int32",)),
+    ("int64", ("int64",)), ("bool", ("bool",)), ("uint8", ("uint8",)),
+]
+# An engine built for this precision must have at least one layer in it.
+EXPECTED_LAYER_PRECISION = {"fp16": "fp16", "int8": "int8"}
+
+
+def trt_module():
+    import tensorrt
+
+    return tensorrt
+
+
+def major_version(trt=None) -> int:
+    trt = trt or trt_module()
+    return int(trt.__version__.split(".")[0])
+
+
+class CapturingLogger:
+    """A trt.ILogger that keeps errors (for our messages) and forwards the rest to logging."""
+
+    def __new__(cls, trt, min_severity=None):
+        class _Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: List[str] = []
+                self.min_severity = min_severity or trt.ILogger.WARNING
+
+            def log(self, severity, msg) -> None:
+                if severity <= trt.ILogger.ERROR:
+                    self.errors.append(msg)
+                if severity <= self.min_severity:
+                    level = logging.ERROR if severity <= trt.ILogger.ERROR else (
+                        logging.WARNING if severity == trt.ILogger.WARNING else logging.INFO)
+                    log.log(level, "TensorRT: %s", msg)
+
+        return _Logger()
+
+
+def runtime_identity() -> Dict[str, str]:
+    """TensorRT version and the GPU this process will build for / run on."""
+    trt = trt_module()
+    return {"tensorrt": trt.__version__, "gpu": cuda.device_name(0),
+            "compute_capability": cuda.compute_capability(0)}
+
+
+def network_flags(trt) -> Tuple[int, bool]:
+    """(create_network flags, strongly typed?) for this TensorRT version, built from names."""
+    flags_enum = trt.NetworkDefinitionCreationFlag
+    major = major_version(trt)
+    flags = 0
+    if major < 10 and hasattr(flags_enum, "EXPLICIT_BATCH"):
+        flags |= 1 << int(flags_enum.EXPLICIT_BATCH)
+    strongly_typed = major >= 10
+    if major == 10 and hasattr(flags_enum, "STRONGLY_TYPED"):
+        flags |= 1 << int(flags_enum.STRONGLY_TYPED)
+    return flags, strongly_typed
+
+
+def precision_flags(trt, precision: str, strongly_typed: bool) -> List[str]:
+    """Builder flags for a weakly typed (TensorRT 8.x) build of the precision ONNX."""
+    if strongly_typed:
+        return []  # the graph's types decide; these flags are an error in 10 and gone in 11
+    wanted = {"fp16": ["FP16"], "int8": ["INT8"]}.get(precision, [])
+    return [name for name in wanted if hasattr(trt.BuilderFlag, name)]
+
+
+def parser_errors(parser, onnx_path: Path) -> List[str]:
+    """Each parser error with the failing node's name and op (10+: from the error; 8.x: from the
+    node list the precision stage wrote beside the ONNX)."""
+    nodes: List[str] = []
+    report = onnx_path.with_suffix(".json")
+    if report.exists():
+        nodes = read_json(report).get("node_index", [])
+    messages = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        if hasattr(error, "node_name"):
+            where = f"node '{error.node_name()}' ({error.node_operator()})"
+        elif 0 <= error.node() < len(nodes):
+            where = f"node {nodes[error.node()]}"
+        else:
+            where = f"node #{error.node()}"
+        messages.append(f"{where}: {error.desc()}")
+    return messages
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside `path` (never deleted: a recreated lock file would let two holders
+    in), so parallel builds read-merge-write the shared timing cache one at a time."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a+b") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def load_timing_cache(config, path: Optional[Path]) -> Tuple[Any, int]:
+    """Attach the shared timing cache (empty if missing or unreadable); return it and its size."""
+    data = b""
+    if path is not None and path.exists():
+        with locked(path):
+            data = path.read_bytes()
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception:  # a corrupt or foreign cache: start empty, the build still works
+        log.warning("timing cache %s unreadable, starting empty", path)
+        cache, data = config.create_timing_cache(b""), b""
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache, len(data)
+
+
+def save_timing_cache(config, path: Path) -> int:
+    """Merge what others wrote meanwhile into this build's cache and write it back atomically."""
+    cache = config.get_timing_cache()
+    with locked(path):
+        if path.exists():
+            try:
+                if not cache.combine(config.create_timing_cache(path.read_bytes()), True):
+                    log.warning("timing cache %s not merged (another TensorRT version?)", path)
+            except Exception:
+                log.warning("timing cache %s unreadable, overwriting", path)
+        data = bytes(cache.serialize())
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return len(data)
+
+
+def progress_monitor(trt):
+    """Log build phases (TensorRT 10+); None where the API does not exist."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
+            log.info("build phase: %s (%d steps)", phase_name, num_steps)
+
+        def phase_finish(self, phase_name) -> None:
+            log.info("build phase done: %s", phase_name)
+
+        def step_complete(self, phase_name, step) -> bool:
+            return True
+
+    return _Monitor()
+
+
+def profile_shapes(network, batch_profile: Mapping[str, int], model: str) -> Dict[str, List[Tuple[int, ...]]]:
+    """min/opt/max shapes per network input: the profile on axis 0, the rest fixed."""
+    shapes = {}
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        dims = list(tensor.shape)
+        if any(d < 0 for d in dims[1:]):
+            raise TrtflowError(f"input '{tensor.name}' has dynamic non-batch axes {dims}",
+                               model=model, fix="give fixed input shapes in the config")
+        shapes[tensor.name] = [tuple([int(batch_profile[k])] + dims[1:]) for k in ("min", "opt", "max")]
+    return shapes
+
+
+def _datatypes(entry: Mapping[str, Any]) -> str:
+    text = " ".join(str(v) for k, v in entry.items() if k.lower() in ("format/datatype", "datatype"))
+    return text.lower()
+
+
+def classify_layer(layer: Mapping[str, Any]) -> str:
+    """The lowest precision a layer computes in, from its tensors' and weights' datatypes."""
+    texts = [_datatypes(t) for t in list(layer.get("Inputs", [])) + list(layer.get("Outputs", []))]
+    weights = layer.get("Weights")
+    if isinstance(weights, Mapping):
+        texts.append(str(weights.get("Type", "")).lower())
+    joined = " ".join(texts)
+    for name, tokens in PRECISION_TOKENS:
+        if any(re.search(rf"\b{re.escape(t)}\b", joined) for t in tokens):
+            return name
+    return "unknown"
+
+
+def layer_precisions(engine_info: Mapping[str, Any]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for layer in engine_info.get("Layers", []):
+        if isinstance(layer, str):  # names only: the engine was built without DETAILED verbosity
+            continue
+        if layer.get("LayerType") in ("NoOp",) or layer.get("ParameterType") == "NoOp":
+            continue
+        name = classify_layer(layer)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def inspect_engine(trt, engine, shapes: Mapping[str, List[Tuple[int, ...]]]) -> Dict[str, Any]:
+    """The engine inspector's JSON, with input shapes set so formats are resolved."""
+    context = engine.create_execution_context()
+    for name, (_, opt, _) in shapes.items():
+        context.set_input_shape(name, opt)
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def io_specs(trt, engine) -> Tuple[List[TensorSpec], List[TensorSpec]]:
+    inputs, outputs = [], []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        spec = TensorSpec(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name,
+                          [int(d) for d in engine.get_tensor_shape(name)])
+        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+    return inputs, outputs
+
+
+def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, model: str,
+                 precision: str, batch_profile: Mapping[str, int], profile_name: str,
+                 options: Mapping[str, Any]) -> Dict[str, Any]:
+    """Parse the precision ONNX, build one engine for one batch profile, check its layers run in
+    the precision asked for, and write it with a sidecar JSON."""
+    trt = trt_module()
+    identity = runtime_identity()
+    logger = CapturingLogger(trt)
+    builder = trt.Builder(logger)
+    flags, strongly_typed = network_flags(trt)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    log.info("parsing %s with TensorRT %s", onnx_path, trt.__version__)
+    if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):
+        raise TrtflowError("TensorRT cannot parse the ONNX graph:\n  " +
+                           "\n  ".join(parser_errors(parser, Path(onnx_path))),
+                           model=model, path=str(onnx_path),
+                           fix="add a patch pass for the failing op, or change the export opset")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
+                                 int(options.get("workspace_mib", 4096)) << 20)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = int(options.get("optimization_level", 3))
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    flag_names = precision_flags(trt, precision, strongly_typed)
+    for name in flag_names:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    monitor = progress_monitor(trt)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    shapes = profile_shapes(network, batch_profile, model)
+    opt_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        opt_profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(opt_profile)
+    cache_path = Path(options["timing_cache_path"]) if options.get("timing_cache_path") else None
+    cache_bytes_before = 0
+    if cache_path is not None:
+        _, cache_bytes_before = load_timing_cache(config, cache_path)
+    log.info("building %s %s engine for batch %s (flags %s, strongly typed %s)", model, precision,
+             dict(batch_profile), flag_names, strongly_typed)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        raise TrtflowError("TensorRT engine build failed: " + " | ".join(logger.errors[-5:]),
+                           model=model, path=str(onnx_path),
+                           fix="see the log; try a larger tensorrt.workspace_mib or another opset")
+    cache_bytes_after = save_timing_cache(config, cache_path) if cache_path is not None else 0
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    counts = layer_precisions(inspect_engine(trt, engine, shapes))
+    wanted = EXPECTED_LAYER_PRECISION.get(precision)
+    if wanted and not counts.get(wanted):
+        raise TrtflowError(f"the {precision} engine has no {precision} layer (layer precisions: "
+                           f"{counts})", model=model, path=str(onnx_path),
+                           fix="check the precision stage's report: the graph should carry "
+                               f"{precision} casts or Q/DQ nodes")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    inputs, outputs = io_specs(trt, engine)
+    sidecar = {
+        "backend": "tensorrt", "version": trt.__version__, "device": "cuda",
+        "device_name": identity["gpu"], "compute_capability": identity["compute_capability"],
+        "model": model, "precision": precision, "batch_profile": profile_name,
+        "profile": dict(batch_profile), "build_seconds": round(seconds, 3),
+        "strongly_typed": strongly_typed, "builder_flags": flag_names,
+        "timing_cache": {"path": str(cache_path) if cache_path else None,
+                         "state": "warm" if cache_bytes_before else "cold",
+                         "bytes_before": cache_bytes_before, "bytes_after": cache_bytes_after},
+        "layer_precisions": counts, "source_onnx": str(onnx_path),
+        "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs],
+    }
+    write_json(sidecar_path, sidecar)
+    log.info("built %s in %.1f s (%s timing cache); layer precisions %s", engine_path, seconds,
+             sidecar["timing_cache"]["state"], counts)
+    return sidecar
+
+
+def check_compatible(sidecar: Mapping[str, Any], engine_path: Path) -> None:
+    """Refuse, with a clear message, an engine built by another TensorRT or for another GPU
+    (deserialising it would fail or, worse, crash)."""
+    here = runtime_identity()
+    built = (sidecar.get("version"), sidecar.get("compute_capability"))
+    if built != (here["tensorrt"], here["compute_capability"]):
+        raise TrtflowError(
+            f"engine was built with TensorRT {built[0]} for compute capability {built[1]} "
+            f"({sidecar.get('device_name')}); this is TensorRT {here['tensorrt']} on "
+            f"{here['gpu']} (compute capability {here['compute_capability']})",
+            path=str(engine_path),
+            fix="rerun snakemake: engine paths carry the TensorRT version and GPU, so it builds "
+                "a new engine for this machine")
+
+
+class TensorRTRunner(Runner):
+    """Runs one engine (one optimisation profile) with execute_async_v3 on its own stream."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: Path, sidecar_path: Optional[Path] = None,
+                 cuda_graph: bool = False) -> None:
+        self.engine_path = Path(engine_path)
+        self.sidecar = read_json(sidecar_path) if sidecar_path else None
+        self.cuda_graph = cuda_graph
+        self.buffers: Dict[str, cuda.DeviceBuffer] = {}
+
+    def load(self) -> "TensorRTRunner":
+        trt = trt_module()
+        if self.sidecar is not None:
+            check_compatible(self.sidecar, self.engine_path)
+        self.logger = CapturingLogger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:
+            raise TrtflowError("TensorRT cannot load the engine: " + " | ".join(self.logger.errors),
+                               path=str(self.engine_path),
+                               fix="delete it and rerun snakemake to rebuild it for this machine")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        self.context.set_optimization_profile_async(0, self.stream.ptr)
+        self.inputs, self.outputs = io_specs(trt, self.engine)
+        first = self.inputs[0].name
+        low, _, high = self.engine.get_tensor_profile_shape(first, 0)
+        self.batch_range = (int(low[0]), int(high[0]))
+        return self
+
+    def _stage(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Check and upload the inputs, bind every tensor; return host arrays for the outputs."""
+        check_feed(feed, self.inputs, f"engine {self.engine_path.name}", self.batch_range)
+        for spec in self.inputs:
+            array = np.ascontiguousarray(feed[spec.name])
+            if not self.context.set_input_shape(spec.name, tuple(array.shape)):
+                raise TrtflowError(f"engine {self.engine_path.name} refuses shape "
+                                   f"{list(array.shape)} for input '{spec.name}'")
+            buffer = self.buffers.setdefault(spec.name, cuda.DeviceBuffer())
+            buffer.copy_from(array, self.stream)
+            self.context.set_tensor_address(spec.name, buffer.ptr.value)
+        host = {}
+        for spec in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(spec.name))
+            host[spec.name] = np.empty(shape, dtype=np.dtype(spec.dtype))
+            buffer = self.buffers.setdefault(spec.name, cuda.DeviceBuffer())
+            buffer.resize(host[spec.name].nbytes)
+            self.context.set_tensor_address(spec.name, buffer.ptr.value)
+        return host
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise TrtflowError(f"engine {self.engine_path.name}: execute_async_v3 failed: "
+                               + " | ".join(self.logger.errors[-3:]))
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        host = self._stage(feed)
+        self._execute()
+        for name, array in host.items():
+            self.buffers[name].copy_to(array, self.stream)
+        self.stream.synchronize()
+        return host
+
+    def time(self, feed: Mapping[str, np.ndarray], warmup: int, iterations: int,
+             max_seconds: float) -> List[float]:
+        """GPU time per inference between CUDA events (inputs staged once, as in deployment
+        with device-resident data); optionally replaying a captured CUDA graph."""
+        self._stage(feed)
+        self._execute()  # the first run after a shape change does setup work: keep it out
+        self.stream.synchronize()
+        launch = self._execute
+        graph = None
+        if self.cuda_graph:
+            graph = cuda.Graph(self.stream)
+            graph.begin()
+            self._execute()
+            graph.end()
+            launch = graph.launch
+        start, end = cuda.Event(), cuda.Event()
+
+        def one() -> float:
+            start.record(self.stream)
+            launch()
+            end.record(self.stream)
+            end.synchronize()
+            return end.elapsed_ms(start)
+
+        try:
+            for _ in range(warmup):
+                one()
+            times: List[float] = []
+            deadline = time.perf_counter() + max_seconds
+            while len(times) < iterations and (len(times) < 3 or time.perf_counter() < deadline):
+                times.append(one())
+            return times
+        finally:
+            start.destroy()
+            end.destroy()
+            if graph is not None:
+                graph.destroy()
+
+    def close(self) -> None:
+        for buffer in self.buffers.values():
+            buffer.free()
+        self.buffers.clear()
+        if getattr(self, "stream", None) is not None:
+            self.stream.destroy()
+        self.context = self.engine = None
+
+
+EngineRunner = TensorRTRunner

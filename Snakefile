@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.20")
 
 
-configfile: "config/config.yaml"
+# config/config.yaml is the default matrix; `--configfile other.yaml` replaces it instead of being
+# merged into it (a merge would silently add the default models to every custom matrix).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "report/workflow.rst"

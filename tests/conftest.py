@@ -32,6 +32,16 @@ def tiny_config(**overrides) -> dict:
     return config
 
 
+def token_entry(weights: dict, **extra) -> dict:
+    """The user model in tests/user_models: int64 token ids in, class logits out."""
+    entry = {"architecture": "user_models.token_classifier:build", "task": "classification",
+             "weights": weights,
+             "inputs": [{"name": "tokens", "shape": [16], "dtype": "int64", "range": [0, 100]}],
+             "outputs": ["logits"]}
+    entry.update(extra)
+    return entry
+
+
 def resnet_entry(weights: dict, size: int = 32, **extra) -> dict:
     entry = {"architecture": "resnet18", "task": "classification", "weights": weights,
              "inputs": [{"name": "input", "shape": [3, size, size], "dtype": "float32"}],
@@ -55,7 +65,9 @@ class Workflow:
         command = [sys.executable, "-m", "snakemake", "--snakefile", str(self.repo / "Snakefile"),
                    "--directory", str(self.directory), "--configfile", str(self.config_path),
                    "--cores", "2", *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # tests/ on the path: the user-model tests import `user_models.<module>:<factory>`
+        path = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         if check and done.returncode != 0:
             raise AssertionError(f"snakemake failed ({done.returncode}):\n{done.stdout[-4000:]}\n"

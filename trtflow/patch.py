@@ -60,7 +60,9 @@ def int64_inputs_to_int32(graph, ctx: PatchContext) -> Dict[str, Any]:
             continue
         wide = gs.Variable(f"{tensor.name}_int64", dtype=np.int64, shape=tensor.shape)
         for consumer in list(tensor.outputs):
-            consumer.inputs[:] = [wide if t is tensor else t for t in consumer.inputs]
+            for index, consumed in enumerate(list(consumer.inputs)):
+                if consumed is tensor:  # item assignment keeps graphsurgeon's links in sync
+                    consumer.inputs[index] = wide
         graph.nodes.append(gs.Node("Cast", name=f"{tensor.name}_to_int64",
                                    attrs={"to": np.int64}, inputs=[tensor], outputs=[wide]))
         tensor.dtype = np.int32

@@ -27,6 +27,9 @@ def main(args) -> None:
     from trtflow.runners.torch import TorchRunner
 
     torch.manual_seed(0)
+    # the reference is true fp32: no TF32 in cuDNN convolutions or matmuls on the GPU
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     module = EvalWrapper.wrap(load_trained_model(args.model, args.spec, args.weights))
     inputs, names = input_set(args.model, args.spec["inputs"], args.num_samples, "validation")
     check_forward(module, tuple(torch.from_numpy(v[:1]) for v in inputs.values()), args.model,

@@ -26,6 +26,7 @@ def main(args) -> None:
     from trtflow.errors import TrtflowError
     from trtflow.io import load_npz, read_json, write_json
     from trtflow.runners import get_backend
+    from trtflow.runners.base import adapt_feed
     from trtflow.validate import compare
 
     sidecar = read_json(args.sidecar)
@@ -35,6 +36,7 @@ def main(args) -> None:
     labels = list(reference["__labels__"]) if "__labels__" in reference else None
     with get_backend(args.backend).EngineRunner(Path(args.engine), Path(args.sidecar),
                                                 **args.options) as runner:
+        inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
         outputs = run_in_chunks(runner, inputs, int(sidecar["profile"]["max"]))
     result = compare(outputs, expected, args.task, args.tolerances,
                      [str(s) for s in reference["__samples__"]], labels,

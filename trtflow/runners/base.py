@@ -52,6 +52,29 @@ def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], wher
                                fix="use a batch inside the profile, or add a batch profile")
 
 
+def adapt_feed(feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
+               where: str) -> Dict[str, np.ndarray]:
+    """Cast integer inputs to the engine's narrower integer type, explicitly and checked.
+
+    The patch stage turns int64 graph inputs into int32 for TensorRT; the workflow's own data
+    (the reference set) stays int64, so it is converted here, refusing values that do not fit.
+    Any other mismatch is left for check_feed to refuse.
+    """
+    wanted = {s.name: np.dtype(s.dtype) for s in specs}
+    adapted = {}
+    for name, array in feed.items():
+        target = wanted.get(name)
+        if (target is not None and array.dtype != target and np.issubdtype(array.dtype, np.integer)
+                and np.issubdtype(target, np.integer)):
+            info = np.iinfo(target)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise TrtflowError(f"{where}: input '{name}' has values outside {target.name}",
+                                   fix="keep the values in range, or set int64_inputs_to_int32: never")
+            array = array.astype(target)
+        adapted[name] = array
+    return adapted
+
+
 class Runner:
     """load() -> infer(feed) -> time(feed) -> close(). Subclasses override load/infer/close;
     time() defaults to host timing around infer(), which is right for synchronous backends."""

@@ -134,19 +134,28 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
-def load_timing_cache(config, path: Optional[Path]) -> Tuple[Any, int]:
-    """Attach the shared timing cache (empty if missing or unreadable); return it and its size."""
+def load_timing_cache(config, path: Optional[Path], logger) -> Tuple[Any, str, int]:
+    """Attach the shared timing cache; return it, its state (cold / warm / unreadable) and size.
+
+    TensorRT reports an unreadable cache through its logger, not an exception (seen with
+    TensorRT 8.6.0: "myelinCache.h::deserializeFromBuffer ... The timing cache will not be
+    used!"), so the logger's error count tells whether the cache was taken."""
     data = b""
     if path is not None and path.exists():
         with locked(path):
             data = path.read_bytes()
+    errors_before = len(logger.errors)
     try:
         cache = config.create_timing_cache(data)
     except Exception:  # a corrupt or foreign cache: start empty, the build still works
-        log.warning("timing cache %s unreadable, starting empty", path)
-        cache, data = config.create_timing_cache(b""), b""
+        cache = None
+    if cache is None or len(logger.errors) > errors_before:
+        log.warning("timing cache %s could not be read by this TensorRT; building without it", path)
+        cache, state = config.create_timing_cache(b""), "unreadable"
+    else:
+        state = "warm" if data else "cold"
     config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache, len(data)
+    return cache, state, len(data)
 
 
 def save_timing_cache(config, path: Path) -> int:
@@ -217,16 +226,42 @@ def classify_layer(layer: Mapping[str, Any]) -> str:
     return "unknown"
 
 
-def layer_precisions(engine_info: Mapping[str, Any]) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
+def layer_table(engine_info: Mapping[str, Any]) -> List[Dict[str, str]]:
+    """name, type and precision of every layer (NoOps left out)."""
+    rows = []
     for layer in engine_info.get("Layers", []):
         if isinstance(layer, str):  # names only: the engine was built without DETAILED verbosity
-            continue
-        if layer.get("LayerType") in ("NoOp",) or layer.get("ParameterType") == "NoOp":
-            continue
-        name = classify_layer(layer)
-        counts[name] = counts.get(name, 0) + 1
+            rows.append({"name": layer, "type": "", "precision": "unknown"})
+        elif layer.get("LayerType") != "NoOp" and layer.get("ParameterType") != "NoOp":
+            rows.append({"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")),
+                         "precision": classify_layer(layer)})
+    return rows
+
+
+def layer_precisions(rows: List[Mapping[str, str]]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for row in rows:
+        counts[row["precision"]] = counts.get(row["precision"], 0) + 1
     return counts
+
+
+def check_layer_precisions(precision: str, counts: Mapping[str, int], model: str,
+                           onnx_path: Path) -> str:
+    """An fp16/int8 engine with no layer in that precision is a failed build. Opaque layers
+    (TensorRT's Myelin "ForeignNode" reports no datatypes) make the check unverifiable: said so,
+    not passed silently."""
+    wanted = EXPECTED_LAYER_PRECISION.get(precision)
+    if not wanted or counts.get(wanted):
+        return "ok"
+    if counts.get("unknown"):
+        log.warning("%s %s engine: no layer reports %s, %d layer(s) report no datatype (Myelin): "
+                    "precision not verifiable from the inspector", model, precision, wanted,
+                    counts["unknown"])
+        return f"unverifiable: {counts['unknown']} layer(s) report no datatype"
+    raise TrtflowError(f"the {precision} engine has no {precision} layer (layer precisions: "
+                       f"{dict(counts)})", model=model, path=str(onnx_path),
+                       fix="check the precision stage's report: the graph should carry "
+                           f"{precision} casts or Q/DQ nodes")
 
 
 def inspect_engine(trt, engine, shapes: Mapping[str, List[Tuple[int, ...]]]) -> Dict[str, Any]:
@@ -236,7 +271,8 @@ def inspect_engine(trt, engine, shapes: Mapping[str, List[Tuple[int, ...]]]) -> 
         context.set_input_shape(name, opt)
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
-    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    # strict=False: "Metadata" holds raw \x1e/\x1f separators between ONNX layer names
+    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON), strict=False)
 
 
 def io_specs(trt, engine) -> Tuple[List[TensorSpec], List[TensorSpec]]:
@@ -276,6 +312,8 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
     flag_names = precision_flags(trt, precision, strongly_typed)
     for name in flag_names:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if not options.get("tf32", False) and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 would not mean fp32
     monitor = progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -285,9 +323,9 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         opt_profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(opt_profile)
     cache_path = Path(options["timing_cache_path"]) if options.get("timing_cache_path") else None
-    cache_bytes_before = 0
+    cache_state, cache_bytes_before = "none", 0
     if cache_path is not None:
-        _, cache_bytes_before = load_timing_cache(config, cache_path)
+        _, cache_state, cache_bytes_before = load_timing_cache(config, cache_path, logger)
     log.info("building %s %s engine for batch %s (flags %s, strongly typed %s)", model, precision,
              dict(batch_profile), flag_names, strongly_typed)
     start = time.perf_counter()
@@ -299,13 +337,9 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
                            fix="see the log; try a larger tensorrt.workspace_mib or another opset")
     cache_bytes_after = save_timing_cache(config, cache_path) if cache_path is not None else 0
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-    counts = layer_precisions(inspect_engine(trt, engine, shapes))
-    wanted = EXPECTED_LAYER_PRECISION.get(precision)
-    if wanted and not counts.get(wanted):
-        raise TrtflowError(f"the {precision} engine has no {precision} layer (layer precisions: "
-                           f"{counts})", model=model, path=str(onnx_path),
-                           fix="check the precision stage's report: the graph should carry "
-                               f"{precision} casts or Q/DQ nodes")
+    layers = layer_table(inspect_engine(trt, engine, shapes))
+    counts = layer_precisions(layers)
+    precision_check = check_layer_precisions(precision, counts, model, Path(onnx_path))
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
     inputs, outputs = io_specs(trt, engine)
@@ -315,10 +349,12 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         "model": model, "precision": precision, "batch_profile": profile_name,
         "profile": dict(batch_profile), "build_seconds": round(seconds, 3),
         "strongly_typed": strongly_typed, "builder_flags": flag_names,
+        "tf32": bool(options.get("tf32", False)),
         "timing_cache": {"path": str(cache_path) if cache_path else None,
-                         "state": "warm" if cache_bytes_before else "cold",
+                         "state": cache_state,
                          "bytes_before": cache_bytes_before, "bytes_after": cache_bytes_after},
-        "layer_precisions": counts, "source_onnx": str(onnx_path),
+        "layer_precisions": counts, "precision_check": precision_check, "layers": layers,
+        "source_onnx": str(onnx_path),
         "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs],
     }
     write_json(sidecar_path, sidecar)

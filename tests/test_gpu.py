@@ -1,0 +1,123 @@
+"""TensorRT on a real GPU: the workflow with backend: tensorrt, engines per precision, the
+runner's input checks and the engine/machine compatibility check.
+
+Skipped unless TRTFLOW_TRT_PYTHON names a Python that imports tensorrt and sees a GPU
+(on our GPU machine: TRTFLOW_TRT_PYTHON=/tmp/trtpy, see README "TensorRT")."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, Workflow, resnet_entry, tiny_config, token_entry
+
+TRT_PYTHON = os.environ.get("TRTFLOW_TRT_PYTHON")
+
+
+def _probe():
+    if not TRT_PYTHON:
+        return "TRTFLOW_TRT_PYTHON is not set"
+    done = subprocess.run([TRT_PYTHON, str(REPO / "workflow_scripts" / "probe_tensorrt.py")],
+                          capture_output=True, text=True)
+    try:
+        info = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return f"probe failed: {done.stderr[-300:]}"
+    return info.get("error")
+
+
+_SKIP = _probe()
+pytestmark = [pytest.mark.gpu, pytest.mark.workflow,
+              pytest.mark.skipif(_SKIP is not None, reason=f"no TensorRT GPU: {_SKIP}")]
+
+
+def trt_run(code: str) -> subprocess.CompletedProcess:
+    """Run a snippet under the TensorRT Python (which may lack torch and onnx)."""
+    return subprocess.run([TRT_PYTHON, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n" + code],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trt_workflow(tmp_path_factory):
+    flow = Workflow(tmp_path_factory.mktemp("gpu"))
+    config = tiny_config(
+        # optimization level 0: fastest builds (TensorRT 8.6 int8 builds take minutes at 3)
+        backend="tensorrt", tensorrt={"python": TRT_PYTHON, "workspace_mib": 1024,
+                                      "optimization_level": 0},
+        precisions=["fp32", "fp16", "int8"],
+        models={"resnet": resnet_entry({"random": True, "seed": 0}, size=64),
+                "tokens": token_entry({"random": True, "seed": 0})},
+        exclude=[{"model": "tokens", "precision": "int8"}],
+    )
+    flow.write_config(config)
+    flow.run("all")
+    return flow
+
+
+def _sidecars(flow):
+    return [json.loads(p.read_text()) for p in flow.path("results/engines").rglob("*.json")]
+
+
+def test_all_cells_validate_on_tensorrt(trt_workflow):
+    with open(trt_workflow.path("results/summary.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5
+    assert {r["backend"] for r in rows} == {"tensorrt"}
+    assert all(r["validation_passed"] == "True" for r in rows), rows
+    assert all(float(r["latency_p50_ms"]) > 0 and r["speedup_vs_torch"] for r in rows)
+
+
+def test_layer_precisions_match_the_engine_precision(trt_workflow):
+    sidecars = _sidecars(trt_workflow)
+    assert len(sidecars) == 5
+    for sidecar in sidecars:
+        counts = sidecar["layer_precisions"]
+        if sidecar["precision"] in ("fp16", "int8") and sidecar["model"] == "resnet":
+            assert counts.get(sidecar["precision"], 0) > 0, sidecar
+            assert sidecar["precision_check"] == "ok"
+        assert sidecar["compute_capability"] and sidecar["version"]
+
+
+def test_int64_input_is_converted_and_int64_feeds_are_refused(trt_workflow):
+    engine = next(trt_workflow.path("results/engines/tokens").rglob("fp32-small.engine"))
+    sidecar = engine.with_suffix(".json")
+    assert json.loads(sidecar.read_text())["inputs"][0]["dtype"] == "int32"
+    done = trt_run(
+        "import numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner\n"
+        "from trtflow.errors import TrtflowError\n"
+        f"runner = TensorRTRunner({str(engine)!r}, {str(sidecar)!r}).load()\n"
+        "tokens = np.random.default_rng(0).integers(0, 100, (2, 16))\n"
+        "ok = runner.infer({'tokens': tokens.astype(np.int32)})['logits']\n"
+        "assert ok.shape == (2, 10) and np.isfinite(ok).all()\n"
+        "try:\n"
+        "    runner.infer({'tokens': tokens.astype(np.int64)})\n"
+        "except TrtflowError as exc:\n"
+        "    print('REFUSED', exc)\n")
+    assert "REFUSED" in done.stdout, done.stdout + done.stderr
+    assert "is int64 but the engine takes int32" in done.stdout
+
+
+def test_engine_from_another_tensorrt_or_gpu_is_refused_clearly(trt_workflow, tmp_path):
+    engine = next(trt_workflow.path("results/engines/resnet").rglob("fp16-small.engine"))
+    sidecar = json.loads(engine.with_suffix(".json").read_text())
+    sidecar.update(version="7.0.0", compute_capability="5.0")
+    fake = tmp_path / "other.json"
+    fake.write_text(json.dumps(sidecar))
+    done = trt_run(
+        "from trtflow.runners.tensorrt import TensorRTRunner\n"
+        "from trtflow.errors import TrtflowError\n"
+        "try:\n"
+        f"    TensorRTRunner({str(engine)!r}, {str(fake)!r}).load()\n"
+        "except TrtflowError as exc:\n"
+        "    print('REFUSED', exc)\n")
+    assert "REFUSED" in done.stdout and "rerun snakemake" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0
+
+
+def test_second_run_schedules_nothing(trt_workflow):
+    assert trt_workflow.scheduled() == {}

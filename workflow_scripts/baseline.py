@@ -41,6 +41,7 @@ def main(args) -> None:
     device_name = torch.cuda.get_device_name() if args.device != "cpu" else "cpu"
     write_json(args.output, {"model": args.model, "device": args.device, "device_name": device_name,
                              "torch": torch.__version__, "threads": torch.get_num_threads(),
+                             "python": sys.version.split()[0],
                              "profile": args.profile, "variants": results})
 
 

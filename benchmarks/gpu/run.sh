@@ -15,4 +15,4 @@ cp "$R"/engines/resnet50/*/*-*.json "$R/cold/"
 # Warm timing cache: rebuild the same engines (the cache file stays, the engines go).
 snakemake $(ls "$R"/engines/resnet50/*/${WARM_ENGINES:-*}.engine) --cores "$(nproc)" \
     --configfile benchmarks/gpu/resnet50.yaml --config tensorrt="{python: $TRT_PY}" --forcerun engine
-python3 benchmarks/gpu/make_table.py "$R" "$OUT_DIR/results.md"
+python3 benchmarks/make_table.py "$R" "$OUT_DIR/results.md" --title "GPU benchmark: ResNet-50, batch 32"

@@ -233,8 +233,11 @@ def layer_table(engine_info: Mapping[str, Any]) -> List[Dict[str, str]]:
         if isinstance(layer, str):  # names only: the engine was built without DETAILED verbosity
             rows.append({"name": layer, "type": "", "precision": "unknown"})
         elif layer.get("LayerType") != "NoOp" and layer.get("ParameterType") != "NoOp":
-            rows.append({"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")),
-                         "precision": classify_layer(layer)})
+            row = {"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")),
+                   "precision": classify_layer(layer)}
+            if row["precision"] == "unknown":  # keep what TensorRT said, to improve the classifier
+                row["inspector"] = json.dumps(layer)[:800]
+            rows.append(row)
     return rows
 
 

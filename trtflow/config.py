@@ -47,6 +47,39 @@ def expand_dotted_keys(config: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
+def coerce_scalars(value: Any, schema: Dict[str, Any], root: Dict[str, Any]) -> Any:
+    """Turn strings into the integer/number/boolean the schema asks for.
+
+    Snakemake reads `--config tensorrt="{optimization_level: 0}"` with YAML's BaseLoader, so
+    nested values arrive as strings; without this, such overrides would fail validation."""
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        schema = target
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: coerce_scalars(v, properties.get(k, extra if isinstance(extra, dict) else {}),
+                                  root) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_scalars(v, schema["items"], root) for v in value]
+    if isinstance(value, str):
+        types = schema.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        converters = {"integer": int, "number": float,
+                      "boolean": lambda t: {"true": True, "false": False}[t.lower()]}
+        if value.lower() in ("null", "none", "~") and "null" in types:
+            return None
+        for name in ("integer", "number", "boolean"):
+            if name in types:
+                try:
+                    return converters[name](value)
+                except (ValueError, KeyError):
+                    pass
+    return value
+
+
 def load_schema(schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
     import yaml
 
@@ -83,8 +116,9 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
     """Validate against the JSON schema and fill defaults; raise one clear TrtflowError."""
     import jsonschema
 
-    resolved = expand_dotted_keys(copy.deepcopy(config))
-    validator = _validator_with_defaults(load_schema(schema_path))
+    schema = load_schema(schema_path)
+    resolved = coerce_scalars(expand_dotted_keys(copy.deepcopy(config)), schema, schema)
+    validator = _validator_with_defaults(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: len(list(e.absolute_path)))
     if errors:
         error = jsonschema.exceptions.best_match(errors)

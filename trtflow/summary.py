@@ -144,21 +144,28 @@ def plot_latency_vs_batch(latency_csv: Path, output: Path) -> None:
 
 
 def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
+    """Speed-up vs error per cell: colour = model, marker = precision, hollow = failed validation."""
     rows = [r for r in _read_csv(summary_csv) if r["rel_l2"] and r["speedup_vs_torch"]]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    models = sorted({r["model"] for r in rows})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    seen = set()
     for row in rows:
-        error = max(float(row["rel_l2"]), 1e-9)
-        speed = float(row["speedup_vs_torch"])
-        color = "tab:green" if row["validation_passed"] == "True" else "tab:red"
-        ax.scatter(speed, error, marker=markers.get(row["precision"], "x"), color=color, s=60)
-        ax.annotate(f"{row['model']} {row['precision']} {row['batch_profile']}", (speed, error),
-                    fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set(xlabel="speed-up vs PyTorch eager fp32 (at opt batch)",
+        error = max(float(row["rel_l2"]), 1e-9)  # log axis: an exact match sits at the floor
+        passed = row["validation_passed"] == "True"
+        label = f"{row['model']} {row['precision']}"
+        ax.scatter(float(row["speedup_vs_torch"]), error, marker=markers.get(row["precision"], "x"),
+                   s=70, edgecolors=colors[row["model"]],
+                   facecolors=colors[row["model"]] if passed else "none",
+                   label=None if label in seen else label)
+        seen.add(label)
+    ax.set(xlabel="speed-up vs PyTorch eager fp32 (each batch profile's opt batch)",
            ylabel="relative L2 error vs PyTorch (log)", yscale="log",
-           title="Accuracy vs speed (green: validation passed, red: failed)")
+           title="Accuracy vs speed (hollow marker: validation failed)")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     _save(fig, output)
 
 

@@ -35,6 +35,11 @@ PRECISION_TOKENS: List[Tuple[str, Tuple[str, ...]]] = [
     ("bf16", ("bfloat16", "bf16")), ("fp32", ("fp32", "float")), ("int32", ("int32",)),
     ("int64", ("int64",)), ("bool", ("bool",)), ("uint8", ("uint8",)),
 ]
+# Substrings of kernel (tactic) names, lowest precision first; only used when datatypes are N/A.
+TACTIC_TOKENS: List[Tuple[str, Tuple[str, ...]]] = [
+    ("int8", ("int8", "i8i8", "imma")), ("fp16", ("fp16", "f16f16", "hmma", "h1688", "h16816")),
+    ("fp32", ("fp32", "f32f32", "sgemm")),
+]
 # An engine built for this precision must have at least one layer in it.
 EXPECTED_LAYER_PRECISION = {"fp16": "fp16", "int8": "int8"}
 
@@ -222,6 +227,12 @@ def classify_layer(layer: Mapping[str, Any]) -> str:
     joined = " ".join(texts)
     for name, tokens in PRECISION_TOKENS:
         if any(re.search(rf"\b{re.escape(t)}\b", joined) for t in tokens):
+            return name
+    # With dynamic shapes TensorRT 8.6 may print "N/A due to dynamic shapes" for the tensors; the
+    # tactic name still says what the kernel computes in (e.g. "..._FP32FP32NHWC_...").
+    tactic = str(layer.get("TacticName", "")).lower()
+    for name, tokens in TACTIC_TOKENS:
+        if any(t in tactic for t in tokens):
             return name
     return "unknown"
 

@@ -39,12 +39,21 @@ def expand_dotted_keys(config: Dict[str, Any]) -> Dict[str, Any]:
             target = result.setdefault(head, {})
             if not isinstance(target, dict):
                 raise TrtflowError(f"config key '{key}': '{head}' is not a mapping")
-            target.update(expand_dotted_keys({rest: value}))
+            _merge(target, expand_dotted_keys({rest: value}))
         elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key].update(expand_dotted_keys(value))
+            _merge(result[key], expand_dotted_keys(value))
         else:
             result[key] = expand_dotted_keys(value) if isinstance(value, dict) else value
     return result
+
+
+def _merge(target: Dict[str, Any], update: Dict[str, Any]) -> None:
+    """Recursive dict update: an override of one nested key keeps its siblings."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def coerce_scalars(value: Any, schema: Dict[str, Any], root: Dict[str, Any]) -> Any:

@@ -67,7 +67,8 @@ def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: 
             batch = torch.export.Dim(BATCH_AXIS_NAME, min=1, max=4096)
             torch.onnx.export(module, inputs, str(tmp), input_names=input_names,
                               output_names=output_names, opset_version=opset, dynamo=True,
-                              dynamic_shapes=tuple({0: batch} for _ in inputs),
+                              # forward(*inputs) is one variadic argument: one tuple of specs
+                              dynamic_shapes=(tuple({0: batch} for _ in inputs),),
                               external_data=False)
         else:
             axes = {name: {0: BATCH_AXIS_NAME} for name in input_names + output_names}

@@ -11,12 +11,13 @@ import collections
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .errors import TrtflowError
 from .io import atomic_path, write_json
+from .runners.base import TensorSpec, adapt_feed
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ def initializer_dtypes(model_proto) -> Dict[str, int]:
     return dict(collections.Counter(names))
 
 
+def graph_inputs(path: Path) -> List[TensorSpec]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [TensorSpec(i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name,
+                       [d.dim_value or -1 for d in i.type.tensor_type.shape.dim]) for i in graph.input]
+
+
 def to_fp16(source: Path, output: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -86,6 +95,8 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     settings = quantization_settings(backend)
+    # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
+    calibration = adapt_feed(calibration, graph_inputs(source), f"graph {source}")
     with atomic_path(output) as tmp:
         quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,

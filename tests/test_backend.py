@@ -1,0 +1,86 @@
+"""trtflow.backend: backend choice at parse time, on this machine (no importable tensorrt)."""
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from conftest import resnet_entry, tiny_config
+from trtflow.backend import (PROBE_SCRIPT, probe_tensorrt, resolve_backend, tensorrt_tag)
+from trtflow.config import validate_config
+from trtflow.errors import TrtflowError
+
+ORT_VERSION = metadata.version("onnxruntime")
+
+
+def tensorrt_importable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(tensorrt_importable(),
+                                reason="these tests describe a machine without tensorrt")
+
+
+def config(backend: str, **tensorrt: Any) -> Dict[str, Any]:
+    return validate_config(tiny_config(backend=backend, tensorrt=tensorrt,
+                                       models={"net": resnet_entry({"random": True})}))
+
+
+def test_backend_onnxruntime_needs_no_probe() -> None:
+    chosen = resolve_backend(config("onnxruntime", python="/does/not/exist"), "/usr/bin/python3")
+    assert chosen.name == "onnxruntime"
+    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu"
+    assert chosen.device == "cpu" and chosen.python == "/usr/bin/python3"
+    assert chosen.reason == "backend: onnxruntime in config"
+    assert chosen.info == {"onnxruntime": ORT_VERSION}
+
+
+def test_auto_without_tensorrt_falls_back_to_onnxruntime_and_says_why() -> None:
+    chosen = resolve_backend(config("auto"))
+    assert chosen.name == "onnxruntime" and chosen.device == "cpu"
+    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu"
+    assert chosen.python == sys.executable
+    assert chosen.reason.startswith("auto: cannot import tensorrt")
+    assert "tensorrt" in chosen.reason.lower()
+    assert f"(tensorrt.python = {sys.executable})" in chosen.reason
+
+
+def test_auto_with_a_missing_tensorrt_python_names_it(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-python")
+    chosen = resolve_backend(config("auto", python=missing))
+    assert chosen.name == "onnxruntime"
+    assert f"cannot run {missing}" in chosen.reason and "tensorrt.python" in chosen.reason
+
+
+def test_backend_tensorrt_without_tensorrt_is_an_error() -> None:
+    with pytest.raises(TrtflowError) as info:
+        resolve_backend(config("tensorrt"))
+    assert str(info.value).startswith("backend: tensorrt, but cannot import tensorrt")
+    assert "tensorrt.python" in info.value.fix and "backend: auto / onnxruntime" in info.value.fix
+
+
+def test_probe_reports_the_import_error_as_json() -> None:
+    info = probe_tensorrt(sys.executable)
+    assert info["python"] == sys.executable
+    assert info["error"].startswith("cannot import tensorrt: ModuleNotFoundError")
+    assert "gpus" not in info and PROBE_SCRIPT.exists()
+
+
+def test_probe_of_a_python_that_prints_nothing_is_an_error() -> None:
+    info = probe_tensorrt("/bin/false")
+    assert set(info) == {"error"} and info["error"].startswith("/bin/false probe failed")
+
+
+def test_tensorrt_tag_carries_version_and_compute_capability() -> None:
+    info = {"tensorrt": "10.3.0", "gpus": [{"index": 0, "name": "NVIDIA H100",
+                                            "compute_capability": "9.0"}]}
+    assert tensorrt_tag(info) == "tensorrt-10.3.0-sm90"
+    info["gpus"][0]["compute_capability"] = "8.7"
+    assert tensorrt_tag(info) == "tensorrt-10.3.0-sm87"

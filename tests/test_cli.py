@@ -1,0 +1,80 @@
+"""trtflow.cli: JSON options, logging to the rule's log, and one clear line per TrtflowError."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from trtflow import cli
+from trtflow.errors import TrtflowError
+
+
+@pytest.fixture
+def clean_root_logger() -> Iterator[None]:
+    """cli.setup_logging adds handlers to the root logger: take them off again afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_arg_parses_json_and_refuses_other_text() -> None:
+    assert cli.json_arg('{"passes": ["cleanup"], "n": 2}') == {"passes": ["cleanup"], "n": 2}
+    with pytest.raises(argparse.ArgumentTypeError, match="not valid JSON"):
+        cli.json_arg("{passes: cleanup}")
+
+
+def test_parser_has_the_log_option() -> None:
+    args = cli.parser("stage").parse_args(["--log", "x.log"])
+    assert args.log == "x.log"
+
+
+def test_run_turns_a_trtflow_error_into_exit_1_and_one_log_line(
+        tmp_path: Path, clean_root_logger: None, capsys: pytest.CaptureFixture) -> None:
+    log_path = tmp_path / "stage.log"
+
+    def main(args: argparse.Namespace) -> None:
+        raise TrtflowError("weights file not found", model="net", fix="fix the path")
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, cli.parser("stage"), ["--log", str(log_path)])
+    assert info.value.code == 1
+    text = log_path.read_text()
+    assert "ERROR" in text and "trtflow error: model 'net': weights file not found" in text
+    assert "fix: fix the path" in text
+    assert "Traceback" not in text
+    assert "trtflow error" in capsys.readouterr().err  # warnings and errors still reach stderr
+
+
+def test_run_logs_and_reraises_an_unexpected_exception(
+        tmp_path: Path, clean_root_logger: None) -> None:
+    log_path = tmp_path / "stage.log"
+
+    def main(args: argparse.Namespace) -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        cli.run(main, cli.parser("stage"), ["--log", str(log_path)])
+    text = log_path.read_text()
+    assert "unexpected failure" in text and "Traceback" in text and "KeyError: 'boom'" in text
+
+
+def test_run_calls_main_with_the_parsed_arguments(tmp_path: Path, clean_root_logger: None) -> None:
+    seen = {}
+    arg_parser = cli.parser("stage")
+    arg_parser.add_argument("--options", type=cli.json_arg, default={})
+
+    def main(args: argparse.Namespace) -> None:
+        seen.update(args.options)
+        logging.getLogger("stage").info("working")
+
+    cli.run(main, arg_parser, ["--options", '{"a": 1}', "--log", str(tmp_path / "l.log")])
+    assert seen == {"a": 1}
+    assert "working" in (tmp_path / "l.log").read_text()

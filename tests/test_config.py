@@ -1,0 +1,294 @@
+"""trtflow.config: schema validation messages, defaults, dotted overrides, the matrix."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from conftest import resnet_entry, tiny_config, token_entry
+from trtflow.config import (DEFAULT_OPSET, Cell, coerce_scalars, expand_dotted_keys, load_schema,
+                            matrix, model_opset, model_patch_options, model_tolerances,
+                            validate_config)
+from trtflow.errors import TrtflowError
+
+
+def one_model_config(**overrides: Any) -> Dict[str, Any]:
+    config = tiny_config(models={"net": resnet_entry({"random": True})})
+    config.update(overrides)
+    return config
+
+
+def config_error(config: Dict[str, Any]) -> TrtflowError:
+    with pytest.raises(TrtflowError) as info:
+        validate_config(config, "my-config.yaml")
+    return info.value
+
+
+# --- defaults and the returned config --------------------------------------------------------
+
+def test_validate_config_fills_schema_defaults() -> None:
+    """Absent blocks come back with the schema's defaults, nested ones included."""
+    resolved = validate_config(one_model_config())
+    assert resolved["export"] == {"opset": None, "exporter": "torchscript"}
+    assert resolved["patch"]["passes"] == ["fold_constants", "cleanup", "toposort",
+                                           "int64_inputs_to_int32", "infer_shapes"]
+    assert resolved["patch"]["int64_inputs_to_int32"] == "auto"
+    assert resolved["exclude"] == []
+    assert resolved["tensorrt"]["python"] is None and resolved["tensorrt"]["workspace_mib"] == 4096
+    # given values are kept, their siblings defaulted
+    assert resolved["calibration"] == {"num_samples": 4, "method": "minmax", "seed": 0}
+    assert resolved["backend"] == "onnxruntime"
+    net = resolved["models"]["net"]
+    assert net["task"] == "classification" and net["labels"] == "none"
+    assert net["architecture_kwargs"] == {}
+    assert net["weights"] == {"random": True, "seed": 0}
+    assert net["inputs"][0]["data"] == "synthetic"
+
+
+def test_validate_config_leaves_its_argument_unchanged() -> None:
+    config = one_model_config()
+    before = copy.deepcopy(config)
+    validate_config(config)
+    assert config == before
+
+
+def test_backend_defaults_to_auto_when_not_given() -> None:
+    config = one_model_config()
+    del config["backend"]
+    assert validate_config(config)["backend"] == "auto"
+
+
+# --- schema errors name the key path ---------------------------------------------------------
+
+def test_wrong_type_error_names_the_key_path_and_the_config_file() -> None:
+    config = one_model_config()
+    config["batch_profiles"]["small"]["max"] = "four"
+    error = config_error(config)
+    text = str(error)
+    assert text.startswith("file 'my-config.yaml': invalid config at 'batch_profiles.small.max'")
+    assert "'four' is not of type 'integer'" in text
+    assert error.path == "my-config.yaml"
+    assert "batch_profiles.small.max" in error.fix and "schema.yaml" in error.fix
+
+
+def test_error_path_shows_list_indices() -> None:
+    config = one_model_config()
+    config["models"]["net"]["inputs"][0]["dtype"] = "float64"
+    assert "invalid config at 'models.net.inputs[0].dtype'" in str(config_error(config))
+
+
+def test_unknown_key_lists_the_allowed_keys() -> None:
+    config = one_model_config(precision=["fp32"])
+    text = str(config_error(config))
+    assert "invalid config at '(top level)'" in text
+    assert "'precision' was unexpected" in text
+    assert "allowed keys here: backend, batch_profiles, benchmark," in text
+    assert "precisions" in text
+
+
+def test_unknown_precision_is_refused() -> None:
+    text = str(config_error(one_model_config(precisions=["fp32", "int4"])))
+    assert "invalid config at 'precisions[1]'" in text and "'int4'" in text
+
+
+def test_missing_required_top_level_key_is_reported() -> None:
+    config = one_model_config()
+    del config["precisions"]
+    assert "'precisions' is a required property" in str(config_error(config))
+
+
+def test_weights_naming_two_sources_says_exactly_one() -> None:
+    config = one_model_config()
+    config["models"]["net"]["weights"] = {"random": True, "path": "x.pt"}
+    text = str(config_error(config))
+    assert "invalid config at 'models.net.weights'" in text
+    assert "weights must name exactly one of 'path', 'builtin' or 'random'" in text
+
+
+def test_bad_sha256_format_is_refused() -> None:
+    config = one_model_config()
+    config["models"]["net"]["weights"] = {"random": True, "sha256": "abc"}
+    assert "models.net.weights.sha256" in str(config_error(config))
+
+
+# --- semantic checks -------------------------------------------------------------------------
+
+def test_profile_needs_min_opt_max_in_order() -> None:
+    config = one_model_config(batch_profiles={"odd": {"min": 4, "opt": 2, "max": 8}})
+    error = config_error(config)
+    assert "batch profile 'odd' needs min <= opt <= max" in str(error)
+    assert error.fix == "edit batch_profiles.odd"
+
+
+def test_unknown_architecture_suggests_the_close_builtin_name() -> None:
+    config = one_model_config()
+    config["models"]["net"]["architecture"] = "resnet_18"
+    error = config_error(config)
+    assert "model 'net'" in str(error) and "unknown architecture 'resnet_18'" in str(error)
+    assert "did you mean 'resnet18'" in error.fix
+    assert error.model == "net"
+
+
+def test_repeated_input_names_are_refused() -> None:
+    entry = token_entry({"random": True})
+    entry["inputs"].append(dict(entry["inputs"][0]))
+    error = config_error(tiny_config(models={"tok": entry}))
+    assert "input names repeat: ['tokens', 'tokens']" in str(error) and error.model == "tok"
+
+
+def test_exclusion_naming_an_unknown_model_is_refused() -> None:
+    error = config_error(one_model_config(exclude=[{"model": "nett"}]))
+    assert "exclude[0].model = 'nett' names no configured model" in str(error)
+    assert error.fix == "use one of ['net']"
+
+
+def test_exclusion_with_an_unknown_key_is_a_schema_error() -> None:
+    text = str(config_error(one_model_config(exclude=[{"device": "cpu"}])))
+    assert "invalid config at 'exclude[0]'" in text and "'device' was unexpected" in text
+
+
+def test_missing_weights_file_stops_validation(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.pt"
+    config = tiny_config(models={"net": resnet_entry({"path": str(missing)})})
+    error = config_error(config)
+    assert f"weights file not found: '{missing}'" in str(error) and error.model == "net"
+    assert "weights: {random: true}" in error.fix
+
+
+def test_existing_weights_file_passes(resnet18_checkpoint: Path) -> None:
+    config = tiny_config(models={"net": resnet_entry({"path": str(resnet18_checkpoint)})})
+    assert validate_config(config)["models"]["net"]["weights"]["path"] == str(resnet18_checkpoint)
+
+
+# --- dotted keys -----------------------------------------------------------------------------
+
+def test_expand_dotted_keys_nests_a_flat_key() -> None:
+    assert expand_dotted_keys({"tensorrt.python": "/opt/trt/bin/python"}) == {
+        "tensorrt": {"python": "/opt/trt/bin/python"}}
+    assert expand_dotted_keys({"a.b.c": 1}) == {"a": {"b": {"c": 1}}}
+
+
+def test_dotted_override_lands_on_top_of_its_block_whatever_the_order() -> None:
+    flat_first = {"tensorrt.python": "b", "tensorrt": {"python": "a", "tf32": True}}
+    flat_last = {"tensorrt": {"python": "a", "tf32": True}, "tensorrt.python": "b"}
+    for config in (flat_first, flat_last):
+        assert expand_dotted_keys(config) == {"tensorrt": {"python": "b", "tf32": True}}
+
+
+def test_dotted_key_into_a_non_mapping_is_refused() -> None:
+    with pytest.raises(TrtflowError, match="config key 'backend.name': 'backend' is not a mapping"):
+        expand_dotted_keys({"backend": "auto", "backend.name": "x"})
+
+
+def test_expand_dotted_keys_expands_inside_nested_values() -> None:
+    assert expand_dotted_keys({"models": {"net": {"weights.seed": 3}}}) == {
+        "models": {"net": {"weights": {"seed": 3}}}}
+
+
+def test_deep_dotted_override_keeps_the_sibling_keys() -> None:
+    config = {"validation": {"tolerances": {"fp32": {"rel_l2": 1e-4}, "fp16": {"rel_l2": 1e-2}}},
+              "validation.tolerances.fp16.rel_l2": 0.5}
+    assert expand_dotted_keys(config) == {
+        "validation": {"tolerances": {"fp32": {"rel_l2": 1e-4}, "fp16": {"rel_l2": 0.5}}}}
+
+
+def test_validate_config_applies_a_dotted_override() -> None:
+    resolved = validate_config({**one_model_config(), "tensorrt.python": "/opt/py"})
+    assert resolved["tensorrt"]["python"] == "/opt/py"
+    assert resolved["tensorrt"]["workspace_mib"] == 4096
+    assert "tensorrt.python" not in resolved
+
+
+# --- string scalars from `--config` ----------------------------------------------------------
+
+def test_string_scalars_become_the_types_the_schema_asks_for() -> None:
+    """Snakemake hands nested --config values over as strings (YAML BaseLoader)."""
+    config = one_model_config(
+        batch_profiles={"small": {"min": "1", "opt": "2", "max": "4"}},
+        tensorrt={"optimization_level": "0", "tf32": "True", "python": "null"},
+        export={"opset": "~"},
+        benchmark={"max_seconds": "0.5", "iterations": "3"},
+        validation={"tolerances": {"fp32": {"rel_l2": "1e-4"}}})
+    config["models"]["net"]["weights"]["seed"] = "3"
+    config["models"]["net"]["inputs"][0]["shape"] = ["3", "32", "32"]
+    resolved = validate_config(config)
+    assert resolved["batch_profiles"]["small"] == {"min": 1, "opt": 2, "max": 4}
+    assert resolved["tensorrt"]["optimization_level"] == 0 and resolved["tensorrt"]["tf32"] is True
+    assert resolved["tensorrt"]["python"] is None and resolved["export"]["opset"] is None
+    assert resolved["benchmark"]["max_seconds"] == 0.5 and resolved["benchmark"]["iterations"] == 3
+    assert resolved["validation"]["tolerances"]["fp32"]["rel_l2"] == 1e-4
+    net = resolved["models"]["net"]  # reached through additionalProperties and $ref
+    assert net["weights"]["seed"] == 3 and net["inputs"][0]["shape"] == [3, 32, 32]
+
+
+def test_strings_the_schema_wants_as_strings_stay_strings() -> None:
+    schema = load_schema()
+    value = {"results_dir": "123", "python": "null", "models": {"m": {"architecture": "1",
+                                                                      "outputs": ["2"]}}}
+    coerced = coerce_scalars(value, schema, schema)
+    assert coerced["results_dir"] == "123" and coerced["models"]["m"]["architecture"] == "1"
+    assert coerced["models"]["m"]["outputs"] == ["2"]
+    assert coerced["python"] is None  # type: [string, "null"]
+
+
+def test_a_string_that_is_no_valid_scalar_is_still_refused() -> None:
+    text = str(config_error(one_model_config(tensorrt={"tf32": "maybe"})))
+    assert "invalid config at 'tensorrt.tf32'" in text and "'maybe' is not of type 'boolean'" in text
+
+
+# --- matrix and per-model options ------------------------------------------------------------
+
+def two_model_config(**overrides: Any) -> Dict[str, Any]:
+    config = tiny_config(
+        models={"net": resnet_entry({"random": True}), "tok": token_entry({"random": True})},
+        precisions=["fp32", "fp16", "int8"],
+        batch_profiles={"small": {"min": 1, "opt": 2, "max": 4},
+                        "large": {"min": 8, "opt": 16, "max": 32}})
+    config.update(overrides)
+    return validate_config(config)
+
+
+def test_matrix_is_models_times_precisions_times_profiles_in_order() -> None:
+    cells = matrix(two_model_config())
+    assert len(cells) == 12
+    assert cells[0] == Cell("net", "fp32", "small")
+    assert cells[1] == Cell("net", "fp32", "large")
+    assert cells[-1] == Cell("tok", "int8", "large")
+    assert len(set(cells)) == 12
+
+
+def test_matrix_exclusions_match_on_the_keys_they_name() -> None:
+    config = two_model_config(exclude=[{"model": "tok", "precision": "int8"},
+                                       {"batch_profile": "large"}])
+    cells = matrix(config)
+    assert cells == [Cell("net", "fp32", "small"), Cell("net", "fp16", "small"),
+                     Cell("net", "int8", "small"), Cell("tok", "fp32", "small"),
+                     Cell("tok", "fp16", "small")]
+
+
+def test_model_patch_options_apply_the_model_override() -> None:
+    config = two_model_config()
+    config["models"]["tok"]["patch"] = {"int64_inputs_to_int32": "never"}
+    assert model_patch_options(config, "tok")["int64_inputs_to_int32"] == "never"
+    assert model_patch_options(config, "tok")["passes"] == config["patch"]["passes"]
+    assert model_patch_options(config, "net")["int64_inputs_to_int32"] == "auto"
+    assert config["patch"]["int64_inputs_to_int32"] == "auto"  # the top level is not edited
+
+
+def test_model_opset_prefers_model_then_export_then_default() -> None:
+    config = two_model_config()
+    assert model_opset(config, "net") == DEFAULT_OPSET == 17
+    config["export"]["opset"] = 13
+    assert model_opset(config, "net") == 13
+    config["models"]["net"]["opset"] = 18
+    assert model_opset(config, "net") == 18 and model_opset(config, "tok") == 13
+
+
+def test_model_tolerances_merge_model_overrides_into_the_precision_defaults() -> None:
+    config = two_model_config(validation={"tolerances": {"int8": {"rel_l2": 0.25, "cosine_min": 0.97}}})
+    config["models"]["net"]["tolerances"] = {"int8": {"rel_l2": 0.35}}
+    assert model_tolerances(config, "net", "int8") == {"rel_l2": 0.35, "cosine_min": 0.97}
+    assert model_tolerances(config, "tok", "int8") == {"rel_l2": 0.25, "cosine_min": 0.97}
+    assert model_tolerances(config, "net", "fp16") == {}

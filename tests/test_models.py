@@ -1,0 +1,180 @@
+"""trtflow.models: architecture names, factories, checkpoint formats, weight matching, EvalWrapper."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+import torchvision
+
+from trtflow.errors import TrtflowError
+from trtflow.models import (BUILTIN_ARCHITECTURES, EvalWrapper, build_model, check_architecture,
+                            extract_state_dict, load_trained_model, load_weights, resolve_factory)
+from user_models.token_classifier import TokenClassifier
+
+
+@pytest.fixture(scope="module")
+def resnet_state() -> Dict[str, torch.Tensor]:
+    torch.manual_seed(3)
+    return torchvision.models.resnet18(weights=None).state_dict()
+
+
+# --- architecture names ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_ARCHITECTURES) + [
+    "user_models.token_classifier:build", "pkg.sub.module:make_model"])
+def test_check_architecture_accepts_builtins_and_module_factory(name: str) -> None:
+    check_architecture("net", name)  # no exception
+
+
+@pytest.mark.parametrize("name, suggestion", [("resnet_18", "'resnet18'"),
+                                              ("mobilenetv2", "'mobilenet_v2'"),
+                                              ("resnet5", "'resnet50'")])
+def test_unknown_architecture_suggests_close_names(name: str, suggestion: str) -> None:
+    with pytest.raises(TrtflowError) as info:
+        check_architecture("net", name)
+    assert str(info.value).startswith(f"model 'net': unknown architecture '{name}'")
+    assert f"did you mean {suggestion}" in info.value.fix
+
+
+def test_unknown_architecture_without_close_name_lists_the_builtins() -> None:
+    with pytest.raises(TrtflowError) as info:
+        check_architecture("net", "transformer-xl")
+    assert "did you mean" not in info.value.fix
+    assert "mobilenet_v2, resnet18, resnet50" in info.value.fix
+    assert "'package.module:function'" in info.value.fix
+
+
+def test_resolve_factory_reports_a_module_that_does_not_import() -> None:
+    with pytest.raises(TrtflowError, match="cannot import 'no_such_pkg.models' for architecture"):
+        resolve_factory("net", "no_such_pkg.models:build")
+
+
+def test_resolve_factory_reports_a_missing_factory() -> None:
+    with pytest.raises(TrtflowError, match="'user_models.token_classifier' has no callable 'nope'"):
+        resolve_factory("net", "user_models.token_classifier:nope")
+
+
+def test_resolve_factory_returns_the_torchvision_function() -> None:
+    assert resolve_factory("net", "resnet18") is torchvision.models.resnet18
+
+
+# --- building ----------------------------------------------------------------------------------
+
+def test_build_model_builtin_passes_kwargs_and_is_in_eval_mode() -> None:
+    module = build_model("net", {"architecture": "resnet18",
+                                 "architecture_kwargs": {"num_classes": 7}})
+    assert isinstance(module, torchvision.models.ResNet)
+    assert module.fc.out_features == 7
+    assert not module.training
+
+
+def test_build_model_user_factory_with_kwargs() -> None:
+    module = build_model("tok", {"architecture": "user_models.token_classifier:build",
+                                 "architecture_kwargs": {"classes": 3, "dim": 8}})
+    assert isinstance(module, TokenClassifier)
+    assert module.head.out_features == 3 and module.embed.embedding_dim == 8
+    assert not module.training
+
+
+# --- checkpoint formats ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wrap", ["bare", "state_dict", "model_state_dict", "model", "module_prefix"])
+def test_extract_state_dict_accepts_common_wrappers(resnet_state: Dict[str, torch.Tensor],
+                                                    wrap: str) -> None:
+    if wrap == "bare":
+        checkpoint = resnet_state
+    elif wrap == "module_prefix":  # saved from a DataParallel model
+        checkpoint = OrderedDict((f"module.{k}", v) for k, v in resnet_state.items())
+    else:
+        checkpoint = {wrap: resnet_state, "epoch": 12, "optimizer": {"lr": 0.1}}
+    state = extract_state_dict(checkpoint, "net", "ckpt.pt")
+    assert list(state) == list(resnet_state)
+    assert all(torch.equal(state[k], resnet_state[k]) for k in resnet_state)
+
+
+def test_extract_state_dict_from_a_module_object() -> None:
+    module = TokenClassifier()
+    for checkpoint in (module, {"model": module}):
+        state = extract_state_dict(checkpoint, "tok", "ckpt.pt")
+        assert set(state) == set(module.state_dict())
+
+
+def test_extract_state_dict_refuses_a_mapping_of_non_tensors() -> None:
+    with pytest.raises(TrtflowError) as info:
+        extract_state_dict({"epoch": 3, "lr": 0.1}, "net", "ckpt.pt")
+    assert "model 'net': file 'ckpt.pt': checkpoint holds no state_dict" in str(info.value)
+    assert "torch.save(model.state_dict(), path)" in info.value.fix
+
+
+# --- weight matching ---------------------------------------------------------------------------
+
+def test_load_weights_names_missing_and_unexpected_keys() -> None:
+    resnet = build_model("net", {"architecture": "resnet18"})
+    mobilenet_state = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    with pytest.raises(TrtflowError) as info:
+        load_weights(resnet, mobilenet_state, "net", "resnet18", "mobilenet.pt")
+    text = str(info.value)
+    assert "weights do not match architecture 'resnet18'" in text
+    assert f"{len(resnet.state_dict())} missing (e.g. conv1.weight" in text
+    assert f"{len(mobilenet_state)} unexpected (e.g. features.0.0.weight" in text
+
+
+def test_load_weights_names_the_tensor_of_another_shape(resnet_state: Dict[str, torch.Tensor]) -> None:
+    ten_classes = build_model("net", {"architecture": "resnet18",
+                                      "architecture_kwargs": {"num_classes": 10}})
+    with pytest.raises(TrtflowError) as info:
+        load_weights(ten_classes, resnet_state, "net", "resnet18", "r.pt")
+    text = str(info.value)
+    assert "2 of another shape" in text
+    assert "fc.weight: checkpoint (1000, 512) vs model (10, 512)" in text
+    assert "missing" not in text and "unexpected" not in text
+    assert "num_classes" in info.value.fix
+
+
+def test_load_weights_loads_a_matching_state(resnet_state: Dict[str, torch.Tensor]) -> None:
+    module = build_model("net", {"architecture": "resnet18"})
+    load_weights(module, resnet_state, "net", "resnet18", "r.pt")
+    assert torch.equal(module.conv1.weight, resnet_state["conv1.weight"])
+
+
+def test_load_trained_model_reproduces_the_saved_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    original = TokenClassifier().eval()
+    path = tmp_path / "tok.pt"
+    torch.save(original.state_dict(), path)
+    loaded = load_trained_model("tok", {"architecture": "user_models.token_classifier:build"},
+                                str(path))
+    tokens = torch.randint(0, 100, (3, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), original(tokens))
+    assert not loaded.training
+
+
+# --- EvalWrapper -------------------------------------------------------------------------------
+
+class _DropoutDict(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.9)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"a": self.drop(x), "b": x * 2}
+
+
+def test_eval_wrapper_returns_a_tuple_and_stays_in_eval_mode() -> None:
+    wrapped = EvalWrapper.wrap(_DropoutDict())
+    wrapped.train()  # export and inference code may call train(); it must not switch modes
+    assert not wrapped.training and not wrapped.inner.drop.training
+    x = torch.ones(2, 100)
+    out = wrapped(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    assert torch.equal(out[0], x)  # dropout inactive
+    assert torch.equal(out[1], x * 2)
+
+
+def test_eval_wrapper_wraps_a_single_tensor_output() -> None:
+    out = EvalWrapper.wrap(TokenClassifier())(torch.zeros(1, 16, dtype=torch.long))
+    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (1, 10)

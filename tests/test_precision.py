@@ -1,0 +1,242 @@
+"""trtflow.precision: fp32 copy, fp16 graph with fp32 I/O, int8 Q/DQ per backend flavour."""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import resnet_entry
+from trtflow.data import input_set
+from trtflow.errors import TrtflowError
+from trtflow.io import read_json
+from trtflow.patch import patch_onnx
+from trtflow.precision import (ArrayCalibrationReader, calibration_arrays, initializer_dtypes,
+                               make_precision, op_histogram, quantization_settings)
+from unit_helpers import exported, image_batch, ort_run, rel_l2, token_spec, validated_spec
+
+PATCH_OPTIONS = {"passes": ["fold_constants", "cleanup", "toposort", "int64_inputs_to_int32",
+                            "infer_shapes"], "int64_inputs_to_int32": "auto"}
+
+
+def image_spec() -> Dict[str, Any]:
+    entry = resnet_entry({"random": True, "seed": 0}, size=32)
+    entry["inputs"][0]["data"] = "imagenet_samples"
+    return validated_spec("resnet", entry)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("precision")
+
+
+@pytest.fixture(scope="module")
+def resnet_patched(workdir: Path) -> Dict[str, Path]:
+    """The resnet graph after the patch stage, once per backend."""
+    _, source = exported(workdir, "resnet", image_spec())
+    patched = {}
+    for backend in ("tensorrt", "onnxruntime"):
+        patched[backend] = workdir / f"patched-{backend}.onnx"
+        patch_onnx("resnet", source, patched[backend], workdir / f"patch-{backend}.json", backend,
+                   PATCH_OPTIONS)
+    return patched
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Dict[str, np.ndarray]:
+    return calibration_arrays("resnet", image_spec()["inputs"], 8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def built(workdir: Path, resnet_patched: Dict[str, Path],
+          calibration: Dict[str, np.ndarray]) -> Dict[Tuple[str, str], Tuple[Path, Dict[str, Any]]]:
+    """(backend, precision) -> (precision ONNX, report) for fp32, fp16 and int8."""
+    results = {}
+    for backend, source in resnet_patched.items():
+        for precision in ("fp32", "fp16", "int8"):
+            output = workdir / f"{backend}-{precision}.onnx"
+            report = make_precision("resnet", precision, source, output,
+                                    workdir / f"{backend}-{precision}.json", backend,
+                                    calibration if precision == "int8" else None)
+            results[(backend, precision)] = (output, report)
+    return results
+
+
+def io_elem_types(proto) -> List[int]:
+    return [v.type.tensor_type.elem_type for v in list(proto.graph.input) + list(proto.graph.output)]
+
+
+def zero_points(proto, op_type: str) -> List[np.ndarray]:
+    initializers = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    nodes = [n for n in proto.graph.node if n.op_type == op_type]
+    assert nodes and all(len(n.input) == 3 for n in nodes), f"{op_type} without zero points"
+    return [initializers[n.input[2]] for n in nodes]
+
+
+def consumers(proto) -> Dict[str, int]:
+    counts: Dict[str, int] = collections.Counter()
+    for node in proto.graph.node:
+        counts.update(node.input)
+    return counts
+
+
+# --- fp32 / fp16 -----------------------------------------------------------------------------
+
+def test_fp32_is_a_byte_copy_of_the_patched_graph(built, resnet_patched) -> None:
+    output, report = built[("onnxruntime", "fp32")]
+    assert output.read_bytes() == resnet_patched["onnxruntime"].read_bytes()
+    assert report["initializer_dtypes"] == {"float32": report["initializer_dtypes"]["float32"]}
+    assert report["quantize_linear"] == 0 and "calibration" not in report
+
+
+def test_fp16_has_float16_weights_and_float32_io(built) -> None:
+    output, report = built[("tensorrt", "fp16")]
+    proto = onnx.load(str(output))
+    assert set(initializer_dtypes(proto)) == {"float16"}
+    assert report["initializer_dtypes"] == initializer_dtypes(proto)
+    assert io_elem_types(proto) == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+    assert report["op_types"]["Cast"] >= 2  # casts at both edges
+
+
+def test_fp16_outputs_stay_close_to_fp32(built) -> None:
+    feed = image_batch(4)
+    (ref,) = ort_run(built[("tensorrt", "fp32")][0], feed)
+    (out,) = ort_run(built[("tensorrt", "fp16")][0], feed)
+    assert out.dtype == np.float32
+    assert rel_l2(out, ref) < 1e-2
+
+
+# --- int8 --------------------------------------------------------------------------------------
+
+def test_int8_for_tensorrt_is_symmetric_int8_with_dedicated_pairs(built) -> None:
+    output, report = built[("tensorrt", "int8")]
+    proto = onnx.load(str(output))
+    for op_type in ("QuantizeLinear", "DequantizeLinear"):
+        points = zero_points(proto, op_type)
+        assert {p.dtype.name for p in points} == {"int8"}, op_type
+        assert all(not p.any() for p in points), f"{op_type} zero point not 0"
+    # no int32 bias quantisation, which TensorRT does not take
+    assert set(initializer_dtypes(proto)) == {"float32", "int8"}
+    # dedicated Q/DQ pair per consumer: no dequantised tensor feeds two nodes
+    counts = consumers(proto)
+    assert all(counts[n.output[0]] <= 1 for n in proto.graph.node if n.op_type == "DequantizeLinear")
+    assert io_elem_types(proto) == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+    assert report["quantize_linear"] == op_histogram(proto)["QuantizeLinear"] > 0
+    assert report["calibration"] == {"method": "minmax", "samples": 8}
+
+
+def test_int8_for_onnxruntime_has_uint8_activations_and_int8_weights(built) -> None:
+    proto = onnx.load(str(built[("onnxruntime", "int8")][0]))
+    activation_points = zero_points(proto, "QuantizeLinear")
+    assert {p.dtype.name for p in activation_points} == {"uint8"}
+    assert any(p.any() for p in activation_points)  # asymmetric: some zero points are not 0
+    initializers = {i.name for i in proto.graph.initializer}
+    weight_points = [p for n, p in zip([n for n in proto.graph.node
+                                        if n.op_type == "DequantizeLinear"],
+                                       zero_points(proto, "DequantizeLinear"))
+                     if n.input[0] in initializers and p.dtype == np.int8]
+    assert weight_points and all(not p.any() for p in weight_points)  # symmetric weights
+    assert {"int8", "uint8", "int32"} <= set(initializer_dtypes(proto))
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime"])
+def test_int8_outputs_follow_fp32(built, backend: str) -> None:
+    feed, _ = input_set("resnet", image_spec()["inputs"], 6, "validation")
+    (ref,) = ort_run(built[(backend, "fp32")][0], feed)
+    (out,) = ort_run(built[(backend, "int8")][0], feed)
+    cosine = float(np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref)))
+    assert cosine > 0.9 and rel_l2(out, ref) < 0.6
+    assert not np.allclose(out, ref, atol=1e-4)  # really quantised
+
+
+def test_reports_are_written_with_a_node_index(built, workdir: Path) -> None:
+    for (backend, precision), (output, report) in built.items():
+        assert read_json(workdir / f"{backend}-{precision}.json") == report
+        proto = onnx.load(str(output))
+        assert report["nodes"] == len(proto.graph.node) == len(report["node_index"])
+        first = proto.graph.node[0]
+        assert report["node_index"][0] == f"'{first.name}' ({first.op_type})"
+        assert report["precision"] == precision and report["backend"] == backend
+
+
+def test_int8_without_calibration_is_refused(resnet_patched, tmp_path: Path) -> None:
+    with pytest.raises(TrtflowError, match="model 'resnet': int8 needs a calibration set"):
+        make_precision("resnet", "int8", resnet_patched["tensorrt"], tmp_path / "o.onnx",
+                       tmp_path / "o.json", "tensorrt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_precision_is_refused(resnet_patched, tmp_path: Path) -> None:
+    with pytest.raises(TrtflowError, match="unknown precision 'int4'"):
+        make_precision("resnet", "int4", resnet_patched["tensorrt"], tmp_path / "o.onnx",
+                       tmp_path / "o.json", "tensorrt")
+
+
+def test_int8_token_model_for_onnxruntime_quantises_its_linear_layers(tmp_path: Path) -> None:
+    spec = token_spec()
+    _, source = exported(tmp_path, "tokens", spec)
+    patched = tmp_path / "patched.onnx"
+    patch_onnx("tokens", source, patched, tmp_path / "p.json", "onnxruntime", PATCH_OPTIONS)
+    report = make_precision("tokens", "int8", patched, tmp_path / "int8.onnx", tmp_path / "r.json",
+                            "onnxruntime", calibration_arrays("tokens", spec["inputs"], 4, 0))
+    assert report["quantize_linear"] > 0 and report["calibration"]["samples"] == 4
+
+
+def test_int8_token_model_for_tensorrt_calibrates_on_its_int32_input(tmp_path: Path) -> None:
+    spec = token_spec()
+    _, source = exported(tmp_path, "tokens", spec)
+    patched = tmp_path / "patched.onnx"
+    patch_onnx("tokens", source, patched, tmp_path / "p.json", "tensorrt", PATCH_OPTIONS)
+    report = make_precision("tokens", "int8", patched, tmp_path / "int8.onnx", tmp_path / "r.json",
+                            "tensorrt", calibration_arrays("tokens", spec["inputs"], 4, 0))
+    assert report["quantize_linear"] > 0
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def test_calibration_reader_yields_one_sample_per_call_and_rewinds() -> None:
+    arrays = {"a": np.arange(6).reshape(3, 2), "b": np.arange(3) * 10}
+    reader = ArrayCalibrationReader(arrays)
+    batches = [reader.get_next() for _ in range(4)]
+    assert batches[3] is None
+    assert [b["b"].tolist() for b in batches[:3]] == [[0], [10], [20]]
+    assert batches[1]["a"].shape == (1, 2) and batches[1]["a"].tolist() == [[2, 3]]
+    reader.rewind()
+    assert reader.get_next()["b"].tolist() == [0]
+
+
+def test_quantization_settings_per_backend() -> None:
+    from onnxruntime.quantization import QuantType
+
+    trt = quantization_settings("tensorrt")
+    assert trt["activation_type"] == QuantType.QInt8 and trt["weight_type"] == QuantType.QInt8
+    assert trt["extra_options"] == {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                    "QuantizeBias": False, "DedicatedQDQPair": True}
+    ort = quantization_settings("onnxruntime")
+    assert ort["activation_type"] == QuantType.QUInt8 and ort["weight_type"] == QuantType.QInt8
+
+
+def test_calibration_arrays_are_the_calibration_input_set() -> None:
+    specs = image_spec()["inputs"]
+    arrays = calibration_arrays("resnet", specs, 3, seed=4)
+    expected, _ = input_set("resnet", specs, 3, "calibration", 4)
+    validation, _ = input_set("resnet", specs, 3, "validation", 4)
+    np.testing.assert_array_equal(arrays["input"], expected["input"])
+    assert not np.allclose(arrays["input"], validation["input"])
+
+
+def test_op_histogram_and_initializer_dtypes_on_a_built_graph() -> None:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "w"], ["y"]), onnx.helper.make_node("Relu", ["y"], ["z"]),
+         onnx.helper.make_node("Relu", ["z"], ["out"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "w"),
+         numpy_helper.from_array(np.ones(2, np.int64), "unused")])
+    model = onnx.helper.make_model(graph)
+    assert op_histogram(model) == {"Add": 1, "Relu": 2}
+    assert initializer_dtypes(model) == {"float32": 1, "int64": 1}

@@ -1,0 +1,172 @@
+"""trtflow.validate: metrics on known arrays, the tolerance gate, the full comparison."""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import numpy as np
+import pytest
+
+from trtflow.validate import (GATES, classification_metrics, compare, gate, predictions,
+                              tensor_metrics, topk)
+
+FP32 = {"max_abs": 1e-3, "rel_l2": 1e-4, "cosine_min": 0.9999, "top1_agreement_min": 1.0,
+        "top5_agreement_min": 0.8}
+
+
+# --- tensor metrics ----------------------------------------------------------------------------
+
+def test_tensor_metrics_on_known_values() -> None:
+    ref = np.array([[3.0, 4.0]])
+    out = np.array([[3.0, 4.5]], dtype=np.float32)
+    metrics = tensor_metrics(out, ref)
+    assert metrics["nonfinite"] == 0
+    assert metrics["max_abs"] == pytest.approx(0.5)
+    assert metrics["rel_l2"] == pytest.approx(0.5 / 5.0)
+    assert metrics["cosine"] == pytest.approx((9 + 18) / (5.0 * math.hypot(3, 4.5)))
+
+
+def test_tensor_metrics_identical_and_opposite() -> None:
+    ref = np.linspace(-1, 1, 10)
+    same = tensor_metrics(ref.copy(), ref)
+    assert same["max_abs"] == 0 and same["rel_l2"] == 0 and same["cosine"] == pytest.approx(1.0)
+    opposite = tensor_metrics(-ref, ref)
+    assert opposite["cosine"] == pytest.approx(-1.0) and opposite["rel_l2"] == pytest.approx(2.0)
+
+
+def test_tensor_metrics_with_a_zero_reference() -> None:
+    zeros = np.zeros(4)
+    assert tensor_metrics(zeros, zeros) == {"nonfinite": 0, "max_abs": 0.0, "rel_l2": 0.0,
+                                            "cosine": 1.0}
+    ones = tensor_metrics(np.ones(4), zeros)
+    assert ones["rel_l2"] == pytest.approx(2.0)  # the absolute L2 of the difference
+    assert ones["cosine"] == 0.0
+
+
+def test_tensor_metrics_count_nonfinite_values() -> None:
+    out = np.array([1.0, np.nan, np.inf, 2.0])
+    assert tensor_metrics(out, np.ones(4))["nonfinite"] == 2
+
+
+# --- classification ----------------------------------------------------------------------------
+
+def test_topk_orders_by_score_and_breaks_ties_by_index() -> None:
+    logits = np.array([[0.1, 0.9, 0.5, 0.9], [4, 3, 2, 1]], dtype=np.float32)
+    np.testing.assert_array_equal(topk(logits, 2), [[1, 3], [0, 1]])
+
+
+def test_classification_metrics_agreement() -> None:
+    ref = np.tile(np.arange(10, dtype=np.float64), (4, 1))  # top-5 = 9, 8, 7, 6, 5
+    out = ref.copy()
+    out[0, 0] = 100.0  # sample 0: new top-1, top-5 overlap 4/5
+    metrics = classification_metrics(out, ref)
+    assert metrics["top1_agreement"] == pytest.approx(0.75)
+    assert metrics["top5_agreement"] == pytest.approx((0.8 + 1 + 1 + 1) / 4)
+
+
+def test_top5_agreement_of_identical_outputs_with_three_classes_is_one() -> None:
+    logits = np.random.default_rng(0).normal(size=(4, 3))
+    assert classification_metrics(logits, logits.copy())["top5_agreement"] == 1.0
+
+
+def test_predictions_check_the_expected_imagenet_classes() -> None:
+    ref = np.zeros((3, 1000))
+    out = np.zeros((3, 1000))
+    ref[0, 281], out[0, 281] = 1, 1    # chelsea: tabby cat, both right
+    ref[1, 967], out[1, 100] = 1, 1    # coffee: reference espresso, engine wrong
+    ref[2, 5], out[2, 5] = 1, 1        # no expected class known
+    labels = [f"class{i}" for i in range(1000)]
+    rows = predictions(out, ref, ["chelsea", "coffee", "astronaut"], labels, check_expected=True)
+    assert rows[0] == {"sample": "chelsea", "reference": "281 class281", "engine": "281 class281",
+                       "expected": "a cat class", "reference_ok": True, "engine_ok": True}
+    assert rows[1]["reference_ok"] is True and rows[1]["engine_ok"] is False
+    assert rows[2] == {"sample": "astronaut", "reference": "5 class5", "engine": "5 class5"}
+    unchecked = predictions(out, ref, ["chelsea", "coffee", "x"], None, check_expected=False)
+    assert unchecked[1] == {"sample": "coffee", "reference": "967", "engine": "100"}
+
+
+# --- gate ----------------------------------------------------------------------------------------
+
+def good_metrics() -> Dict[str, float]:
+    return {"nonfinite": 0, "max_abs": 1e-5, "rel_l2": 1e-6, "cosine": 1.0, "top1_agreement": 1.0,
+            "top5_agreement": 1.0}
+
+
+def test_gate_passes_metrics_within_all_bounds() -> None:
+    assert gate(good_metrics(), FP32, "output 'logits'") == []
+
+
+def test_gate_fails_on_nan_values() -> None:
+    metrics = tensor_metrics(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+    failures = gate(metrics, FP32, "output 'logits'")
+    assert failures == ["output 'logits': 1 NaN/Inf values",
+                        "output 'logits': max_abs = nan is above the allowed 0.001",
+                        "output 'logits': rel_l2 = nan is above the allowed 0.0001",
+                        "output 'logits': cosine = 0 is below the required 0.9999"]
+
+
+def test_gate_fails_on_a_nan_metric_even_without_nonfinite_outputs() -> None:
+    # every comparison with NaN is False: the gate must not read that as "within bounds"
+    assert gate({"max_abs": float("nan")}, {"max_abs": 1e-3}, "o") == [
+        "o: max_abs = nan is above the allowed 0.001"]
+    assert gate({"cosine": float("nan")}, {"cosine_min": 0.9}, "o") == [
+        "o: cosine = nan is below the required 0.9"]
+
+
+@pytest.mark.parametrize("metric, value, expected", [
+    ("max_abs", 0.01, "output 'y': max_abs = 0.01 is above the allowed 0.001"),
+    ("rel_l2", 0.002, "output 'y': rel_l2 = 0.002 is above the allowed 0.0001"),
+    ("cosine", 0.99, "output 'y': cosine = 0.99 is below the required 0.9999"),
+    ("top1_agreement", 0.5, "output 'y': top1_agreement = 0.5 is below the required 1"),
+    ("top5_agreement", 0.6, "output 'y': top5_agreement = 0.6 is below the required 0.8"),
+])
+def test_gate_fails_on_each_metric_bound(metric: str, value: float, expected: str) -> None:
+    metrics = dict(good_metrics(), **{metric: value})
+    assert gate(metrics, FP32, "output 'y'") == [expected]
+    # without that tolerance, the same metric is not gated
+    key = GATES[metric][1]
+    assert gate(metrics, {k: v for k, v in FP32.items() if k != key}, "output 'y'") == []
+
+
+def test_gate_bounds_are_inclusive() -> None:
+    metrics = dict(good_metrics(), rel_l2=1e-4, cosine=0.9999)
+    assert gate(metrics, FP32, "o") == []
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+def test_compare_passes_close_outputs_and_records_everything() -> None:
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.normal(size=(4, 10)).astype(np.float32)}
+    out = {"logits": ref["logits"] + np.float32(1e-7)}
+    result = compare(out, ref, "classification", FP32, ["a", "b", "c", "d"])
+    assert result["passed"] is True and result["failures"] == []
+    assert set(result["outputs"]["logits"]) == {"nonfinite", "max_abs", "rel_l2", "cosine",
+                                                "top1_agreement", "top5_agreement"}
+    assert [row["sample"] for row in result["predictions"]] == ["a", "b", "c", "d"]
+    assert result["tolerances"] == FP32
+
+
+def test_compare_fails_on_a_shape_mismatch() -> None:
+    result = compare({"y": np.zeros((2, 3))}, {"y": np.zeros((2, 4))}, "generic", {}, ["a", "b"])
+    assert result["passed"] is False
+    assert result["failures"] == ["output 'y': shape [2, 3] vs reference [2, 4]"]
+
+
+def test_compare_generic_task_has_no_classification_metrics() -> None:
+    ref = {"y": np.ones((2, 5))}
+    result = compare({"y": ref["y"] * 1.5}, ref, "generic", {"rel_l2": 0.1}, ["a", "b"])
+    assert "top1_agreement" not in result["outputs"]["y"] and result["predictions"] == []
+    assert result["failures"] == ["output 'y': rel_l2 = 0.5 is above the allowed 0.1"]
+
+
+def test_compare_fails_when_the_engine_misses_an_expected_class() -> None:
+    ref = np.zeros((1, 1000))
+    ref[0, 967] = 5.0
+    out = ref.copy()
+    out[0, 100] = 6.0
+    result = compare({"logits": out}, {"logits": ref}, "classification", {}, ["coffee"],
+                     check_expected=True)
+    assert result["passed"] is False
+    assert result["failures"] == ["sample 'coffee' should be espresso: reference says 967, "
+                                  "engine says 100"]

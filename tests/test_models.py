@@ -1,4 +1,4 @@
-"""trtflow.models: architecture names, factories, checkpoint formats, weight matching, EvalWrapper."""
+"""trtflow.models: architecture names, factories, checkpoint formats, weight matching, eval_wrapper."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from trtflow.errors import TrtflowError
-from trtflow.models import (BUILTIN_ARCHITECTURES, EvalWrapper, build_model, check_architecture,
+from trtflow.models import (BUILTIN_ARCHITECTURES, eval_wrapper, build_model, check_architecture,
                             extract_state_dict, load_trained_model, load_weights, resolve_factory)
 from user_models.token_classifier import TokenClassifier
 
@@ -153,7 +153,7 @@ def test_load_trained_model_reproduces_the_saved_model(tmp_path: Path) -> None:
     assert not loaded.training
 
 
-# --- EvalWrapper -------------------------------------------------------------------------------
+# --- eval_wrapper -------------------------------------------------------------------------------
 
 class _DropoutDict(torch.nn.Module):
     def __init__(self) -> None:
@@ -165,7 +165,7 @@ class _DropoutDict(torch.nn.Module):
 
 
 def test_eval_wrapper_returns_a_tuple_and_stays_in_eval_mode() -> None:
-    wrapped = EvalWrapper.wrap(_DropoutDict())
+    wrapped = eval_wrapper(_DropoutDict())
     wrapped.train()  # export and inference code may call train(); it must not switch modes
     assert not wrapped.training and not wrapped.inner.drop.training
     x = torch.ones(2, 100)
@@ -176,5 +176,5 @@ def test_eval_wrapper_returns_a_tuple_and_stays_in_eval_mode() -> None:
 
 
 def test_eval_wrapper_wraps_a_single_tensor_output() -> None:
-    out = EvalWrapper.wrap(TokenClassifier())(torch.zeros(1, 16, dtype=torch.long))
+    out = eval_wrapper(TokenClassifier())(torch.zeros(1, 16, dtype=torch.long))
     assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (1, 10)

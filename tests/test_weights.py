@@ -127,15 +127,15 @@ CACHED_MOBILENET = REPO / "resources" / "cache" / "weights" / (
     BUILTIN_SOURCES["torchvision_mobilenet_v2_imagenet"].sha256 + ".pth")
 
 
-@pytest.mark.skipif(not CACHED_MOBILENET.exists(), reason="MobileNetV2 weights not in the cache")
-def test_builtin_source_found_in_cache_is_used_without_download() -> None:
-    # a download would need pip and network: the cached file must be returned as is
+def test_builtin_source_found_in_cache_is_used_without_download(mobilenet_checkpoint) -> None:
+    # the fixture fetched it (downloading at most once): now it must come from the cache as is
+    before = mobilenet_checkpoint.stat().st_mtime_ns
     path = fetch_builtin("torchvision_mobilenet_v2_imagenet", CACHED_MOBILENET.parent, "mnet")
-    assert path == CACHED_MOBILENET
+    assert path == CACHED_MOBILENET == mobilenet_checkpoint
+    assert path.stat().st_mtime_ns == before
 
 
-@pytest.mark.skipif(not CACHED_MOBILENET.exists(), reason="MobileNetV2 weights not in the cache")
-def test_builtin_weights_are_prepared_as_pretrained(tmp_path: Path) -> None:
+def test_builtin_weights_are_prepared_as_pretrained(tmp_path: Path, mobilenet_checkpoint) -> None:
     spec = resnet_entry({"builtin": "torchvision_mobilenet_v2_imagenet"}, size=224)
     spec["architecture"] = "mobilenet_v2"
     meta = prepare_weights("mnet", spec, CACHED_MOBILENET.parent, tmp_path / "m.pt",

@@ -50,9 +50,9 @@ def exported(directory: Path, model: str, spec: Mapping[str, Any],
 
 def reference_module(model: str, spec: Mapping[str, Any], weights: Path):
     """The trained PyTorch model wrapped like the reference stage wraps it (tuple outputs)."""
-    from trtflow.models import EvalWrapper, load_trained_model
+    from trtflow.models import eval_wrapper, load_trained_model
 
-    return EvalWrapper.wrap(load_trained_model(model, spec, str(weights)))
+    return eval_wrapper(load_trained_model(model, spec, str(weights)))
 
 
 def torch_outputs(module, feed: Mapping[str, np.ndarray]) -> List[np.ndarray]:

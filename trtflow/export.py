@@ -51,9 +51,9 @@ def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: 
     import onnx
     import torch
 
-    from .models import EvalWrapper, load_trained_model
+    from .models import eval_wrapper, load_trained_model
 
-    module = EvalWrapper.wrap(load_trained_model(model, spec, weights_path))
+    module = eval_wrapper(load_trained_model(model, spec, weights_path))
     specs = spec["inputs"]
     inputs = dummy_inputs(model, specs)
     check_forward(module, inputs, model, specs, spec["outputs"])

@@ -86,3 +86,9 @@ def load_npz(path: PathLike) -> dict:
 
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def reference_part(arrays: dict, kind: str) -> dict:
+    """The 'input:<name>' or 'output:<name>' arrays of a reference .npz, keyed by <name>."""
+    prefix = f"{kind}:"
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

@@ -116,28 +116,24 @@ def load_trained_model(model: str, spec: Mapping[str, Any], weights_path: str):
     return module.eval()
 
 
-class EvalWrapper:
-    """Factory for a torch.nn.Module that keeps the wrapped model in eval mode and returns a tuple.
+def eval_wrapper(module):
+    """The model in eval mode (and kept there), returning a tuple: what export and references run.
 
-    Built lazily so that importing this module needs no torch.
-    """
+    The wrapper class is built inside the function so that importing this module needs no torch."""
+    import torch
 
-    @staticmethod
-    def wrap(module):
-        import torch
+    class EvalOnly(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner.eval()
 
-        class _Eval(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module) -> None:
-                super().__init__()
-                self.inner = inner.eval()
+        def train(self, mode: bool = True):  # export and inference must never see train mode
+            return super().train(False)
 
-            def train(self, mode: bool = True):  # export and inference must never see train mode
-                return super().train(False)
+        def forward(self, *inputs):
+            out = self.inner(*inputs)
+            if isinstance(out, Mapping):
+                return tuple(out.values())
+            return out if isinstance(out, (tuple, list)) else (out,)
 
-            def forward(self, *inputs):
-                out = self.inner(*inputs)
-                if isinstance(out, Mapping):
-                    return tuple(out.values())
-                return out if isinstance(out, (tuple, list)) else (out,)
-
-        return _Eval(module).eval()
+    return EvalOnly(module).eval()

@@ -23,17 +23,17 @@ def main(args) -> None:
     import torch
 
     from trtflow.benchmark import measure, profile_batches
-    from trtflow.io import load_npz, write_json
-    from trtflow.models import EvalWrapper, load_trained_model
+    from trtflow.io import load_npz, reference_part, write_json
+    from trtflow.models import eval_wrapper, load_trained_model
     from trtflow.runners.torch import TorchRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
     reference = load_npz(args.reference)
-    inputs = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("input:")}
+    inputs = reference_part(reference, "input")
     results = []
     for precision, compiled in variants(args.device, args.settings.get("torch_compile", False)):
-        module = EvalWrapper.wrap(load_trained_model(args.model, args.spec, args.weights))
+        module = eval_wrapper(load_trained_model(args.model, args.spec, args.weights))
         runner = TorchRunner(module, args.spec["outputs"], args.device, precision, compiled).load()
         results.append({"variant": runner.name, "precision": precision, "compiled": compiled,
                         "batches": measure(runner, inputs, profile_batches(args.profile),

@@ -11,13 +11,13 @@ from trtflow import cli  # noqa: E402
 
 def main(args) -> None:
     from trtflow.benchmark import measure, profile_batches
-    from trtflow.io import load_npz, read_json, write_json
+    from trtflow.io import load_npz, reference_part, read_json, write_json
     from trtflow.runners import get_backend
     from trtflow.runners.base import adapt_feed
 
     sidecar = read_json(args.sidecar)
     reference = load_npz(args.reference)
-    inputs = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("input:")}
+    inputs = reference_part(reference, "input")
     backend = get_backend(args.backend)
     with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **args.options) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")

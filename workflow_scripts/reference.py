@@ -23,14 +23,14 @@ def main(args) -> None:
     from trtflow.data import input_set
     from trtflow.export import check_forward
     from trtflow.io import save_npz
-    from trtflow.models import EvalWrapper, load_trained_model
+    from trtflow.models import eval_wrapper, load_trained_model
     from trtflow.runners.torch import TorchRunner
 
     torch.manual_seed(0)
     # the reference is true fp32: no TF32 in cuDNN convolutions or matmuls on the GPU
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    module = EvalWrapper.wrap(load_trained_model(args.model, args.spec, args.weights))
+    module = eval_wrapper(load_trained_model(args.model, args.spec, args.weights))
     inputs, names = input_set(args.model, args.spec["inputs"], args.num_samples, "validation")
     check_forward(module, tuple(torch.from_numpy(v[:1]) for v in inputs.values()), args.model,
                   args.spec["inputs"], args.spec["outputs"])

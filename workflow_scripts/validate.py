@@ -24,15 +24,15 @@ def main(args) -> None:
     import logging
 
     from trtflow.errors import TrtflowError
-    from trtflow.io import load_npz, read_json, write_json
+    from trtflow.io import load_npz, reference_part, read_json, write_json
     from trtflow.runners import get_backend
     from trtflow.runners.base import adapt_feed
     from trtflow.validate import compare
 
     sidecar = read_json(args.sidecar)
     reference = load_npz(args.reference)
-    inputs = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("input:")}
-    expected = {k.split(":", 1)[1]: v for k, v in reference.items() if k.startswith("output:")}
+    inputs = reference_part(reference, "input")
+    expected = reference_part(reference, "output")
     labels = list(reference["__labels__"]) if "__labels__" in reference else None
     with get_backend(args.backend).EngineRunner(Path(args.engine), Path(args.sidecar),
                                                 **args.options) as runner:

@@ -104,15 +104,26 @@ class Runner:
         self.close()
 
 
-def host_timing(call: Callable[[], Any], warmup: int, iterations: int,
+def timing_loop(one_run_ms: Callable[[], float], warmup: int, iterations: int,
                 max_seconds: float) -> List[float]:
-    """Warm up, then time `iterations` calls (at least 3, at most `max_seconds` of them)."""
+    """Warm up, then collect `iterations` timings (at least 3, at most `max_seconds` of them).
+
+    `one_run_ms` runs once and returns its time in milliseconds (host clock or device events)."""
     for _ in range(warmup):
-        call()
+        one_run_ms()
     times: List[float] = []
     deadline = time.perf_counter() + max_seconds
     while len(times) < iterations and (len(times) < 3 or time.perf_counter() < deadline):
+        times.append(one_run_ms())
+    return times
+
+
+def host_timing(call: Callable[[], Any], warmup: int, iterations: int,
+                max_seconds: float) -> List[float]:
+    """Host-clock timing, right for synchronous calls."""
+    def one() -> float:
         start = time.perf_counter()
         call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+        return (time.perf_counter() - start) * 1e3
+
+    return timing_loop(one, warmup, iterations, max_seconds)

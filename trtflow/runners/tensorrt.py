@@ -25,7 +25,7 @@ import numpy as np
 from .. import cuda
 from ..errors import TrtflowError
 from ..io import atomic_path, read_json, write_json
-from .base import Runner, TensorSpec, check_feed
+from .base import Runner, TensorSpec, check_feed, timing_loop
 
 log = logging.getLogger(__name__)
 
@@ -482,13 +482,7 @@ class TensorRTRunner(Runner):
             return end.elapsed_ms(start)
 
         try:
-            for _ in range(warmup):
-                one()
-            times: List[float] = []
-            deadline = time.perf_counter() + max_seconds
-            while len(times) < iterations and (len(times) < 3 or time.perf_counter() < deadline):
-                times.append(one())
-            return times
+            return timing_loop(one, warmup, iterations, max_seconds)
         finally:
             start.destroy()
             end.destroy()

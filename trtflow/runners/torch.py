@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from .base import Runner, host_timing
+from .base import Runner, host_timing, timing_loop
 
 
 class TorchRunner(Runner):
@@ -68,18 +68,12 @@ class TorchRunner(Runner):
 
 def cuda_event_timing(call, warmup: int, iterations: int, max_seconds: float, cuda) -> List[float]:
     """Per-iteration GPU time between CUDA events on the current stream."""
-    import time
-
-    for _ in range(warmup):
-        call()
-    cuda.synchronize()
-    times: List[float] = []
-    deadline = time.perf_counter() + max_seconds
-    while len(times) < iterations and (len(times) < 3 or time.perf_counter() < deadline):
+    def one() -> float:
         start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
         start.record()
         call()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+        return start.elapsed_time(end)
+
+    return timing_loop(one, warmup, iterations, max_seconds)

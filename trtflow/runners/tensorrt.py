@@ -179,6 +179,21 @@ def save_timing_cache(config, path: Path) -> int:
     return len(data)
 
 
+def tactic_source_mask(trt, names: Optional[List[str]]) -> Optional[int]:
+    """Bit mask of the named tactic sources (None: TensorRT's default). Names this TensorRT does
+    not have (cuBLAS/cuDNN sources were removed in 10/11) are skipped with a warning."""
+    if names is None:
+        return None
+    mask = 0
+    for name in names:
+        source = getattr(trt.TacticSource, name, None)
+        if source is None:
+            log.warning("TensorRT %s has no tactic source %s: ignored", trt.__version__, name)
+            continue
+        mask |= 1 << int(source)
+    return mask
+
+
 def progress_monitor(trt):
     """Log build phases (TensorRT 10+); None where the API does not exist."""
     if not hasattr(trt, "IProgressMonitor"):
@@ -328,6 +343,9 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         config.set_flag(getattr(trt.BuilderFlag, name))
     if not options.get("tf32", False) and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 would not mean fp32
+    sources = tactic_source_mask(trt, options.get("tactic_sources"))
+    if sources is not None:
+        config.set_tactic_sources(sources)
     monitor = progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -364,6 +382,7 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         "profile": dict(batch_profile), "build_seconds": round(seconds, 3),
         "strongly_typed": strongly_typed, "builder_flags": flag_names,
         "tf32": bool(options.get("tf32", False)),
+        "tactic_sources": options.get("tactic_sources"),
         "timing_cache": {"path": str(cache_path) if cache_path else None,
                          "state": cache_state,
                          "bytes_before": cache_bytes_before, "bytes_after": cache_bytes_after},

@@ -170,3 +170,33 @@ def test_compare_fails_when_the_engine_misses_an_expected_class() -> None:
     assert result["passed"] is False
     assert result["failures"] == ["sample 'coffee' should be espresso: reference says 967, "
                                   "engine says 100"]
+
+
+def test_segmentation_metrics_on_known_masks() -> None:
+    """2 classes on a 2x2 image: the engine gets 1 of the 4 pixels wrong."""
+    import numpy as np
+
+    from trtflow.validate import segmentation_metrics
+
+    reference = np.zeros((1, 2, 2, 2), dtype=np.float32)
+    reference[0, 1, 0, :] = 1.0          # top row class 1, bottom row class 0
+    engine = reference.copy()
+    engine[0, 1, 1, 0] = 2.0             # one bottom pixel becomes class 1
+    metrics = segmentation_metrics(engine, reference)
+    assert metrics["pixel_agreement"] == 0.75
+    # class 0: 1 shared pixel of 2 in the union; class 1: 2 of 3
+    assert abs(metrics["miou"] - (1 / 2 + 2 / 3) / 2) < 1e-12
+
+
+def test_segmentation_gates_fail_on_low_pixel_agreement() -> None:
+    import numpy as np
+
+    from trtflow.validate import compare
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((2, 5, 8, 8)).astype(np.float32)
+    result = compare({"out": -reference}, {"out": reference}, "segmentation",
+                     {"pixel_agreement_min": 0.9, "miou_min": 0.5}, ["a", "b"])
+    assert not result["passed"]
+    assert any("pixel_agreement" in f for f in result["failures"])
+    assert any("miou" in f for f in result["failures"])

@@ -18,6 +18,14 @@ BUILTIN_ARCHITECTURES: Dict[str, str] = {
     "mobilenet_v2": "torchvision.models:mobilenet_v2",
     "resnet18": "torchvision.models:resnet18",
     "resnet50": "torchvision.models:resnet50",
+    "deeplabv3_resnet50": "torchvision.models.segmentation:deeplabv3_resnet50",
+    "fcn_resnet50": "torchvision.models.segmentation:fcn_resnet50",
+}
+# Keyword arguments that keep a torchvision factory from downloading anything: the segmentation
+# models would otherwise fetch ImageNet backbone weights.
+NO_DOWNLOAD_KWARGS: Dict[str, Dict[str, Any]] = {
+    "deeplabv3_resnet50": {"weights": None, "weights_backbone": None},
+    "fcn_resnet50": {"weights": None, "weights_backbone": None},
 }
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -56,7 +64,8 @@ def build_model(model: str, spec: Mapping[str, Any]):
     factory = resolve_factory(model, spec["architecture"])
     kwargs = dict(spec.get("architecture_kwargs") or {})
     if spec["architecture"] in BUILTIN_ARCHITECTURES:
-        kwargs.setdefault("weights", None)
+        for key, value in NO_DOWNLOAD_KWARGS.get(spec["architecture"], {"weights": None}).items():
+            kwargs.setdefault(key, value)
     module = factory(**kwargs)
     return module.eval()
 

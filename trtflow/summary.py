@@ -12,7 +12,7 @@ SUMMARY_COLUMNS = [
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "throughput",
     "torch_latency_p50_ms", "speedup_vs_torch", "torch_fp16_latency_p50_ms",
     "speedup_vs_torch_fp16", "validation_passed", "max_abs", "rel_l2", "cosine",
-    "top1_agreement", "top5_agreement", "failures", "weights", "build_seconds", "layer_precisions",
+    "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "failures", "weights", "build_seconds", "layer_precisions",
 ]
 LATENCY_COLUMNS = ["model", "precision", "batch_profile", "backend", "batch", "latency_p50_ms",
                    "latency_p99_ms", "throughput"]
@@ -60,7 +60,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 else "",
         "validation_passed": bool(validation["passed"]),
         **{k: _round(metrics.get(k)) for k in ("max_abs", "rel_l2", "cosine", "top1_agreement",
-                                                 "top5_agreement")},
+                                                 "top5_agreement", "pixel_agreement", "miou")},
         "failures": " | ".join(validation.get("failures", [])),
         "weights": weights.get("weights", ""),
         "build_seconds": sidecar.get("build_seconds", ""),

@@ -2,7 +2,7 @@
 
 Metrics per output: max-abs, relative L2, cosine; for classification also top-1/top-5 agreement
 and, for models with real ImageNet weights, the predicted class of the sample photos whose subject
-is an ImageNet class.
+is an ImageNet class; for segmentation (N x classes x H x W logits) pixel agreement and mIoU.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from .data import EXPECTED_IMAGENET_CLASSES
 # metric name -> (direction, tolerance key): "max" means the metric must not exceed the tolerance
 GATES = {"max_abs": ("max", "max_abs"), "rel_l2": ("max", "rel_l2"),
          "cosine": ("min", "cosine_min"), "top1_agreement": ("min", "top1_agreement_min"),
-         "top5_agreement": ("min", "top5_agreement_min")}
+         "top5_agreement": ("min", "top5_agreement_min"),
+         "pixel_agreement": ("min", "pixel_agreement_min"), "miou": ("min", "miou_min")}
 
 
 def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
@@ -45,6 +46,17 @@ def classification_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]
     top1 = float(np.mean(top5_out[:, 0] == top5_ref[:, 0]))
     overlap = [len(set(a) & set(b)) / width for a, b in zip(top5_out, top5_ref)]
     return {"top1_agreement": top1, "top5_agreement": float(np.mean(overlap))}
+
+
+def segmentation_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
+    """Per-pixel class (argmax over axis 1) of engine vs reference: the share of pixels that
+    agree, and the mean IoU over the classes the reference predicts."""
+    predicted, expected = out.argmax(axis=1), ref.argmax(axis=1)
+    ious = []
+    for label in np.unique(expected):
+        ours, theirs = predicted == label, expected == label
+        ious.append(np.count_nonzero(ours & theirs) / np.count_nonzero(ours | theirs))
+    return {"pixel_agreement": float(np.mean(predicted == expected)), "miou": float(np.mean(ious))}
 
 
 def predictions(out: np.ndarray, ref: np.ndarray, sample_names: Sequence[str],
@@ -101,6 +113,8 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
         if task == "classification" and ref.ndim >= 2:
             metrics.update(classification_metrics(out, ref))
             rows = predictions(out, ref, sample_names, labels, check_expected)
+        elif task == "segmentation" and ref.ndim == 4:
+            metrics.update(segmentation_metrics(out, ref))
         per_output[name] = metrics
         failures += gate(metrics, tolerances, f"output '{name}'")
     for row in rows:

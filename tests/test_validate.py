@@ -200,3 +200,38 @@ def test_segmentation_gates_fail_on_low_pixel_agreement() -> None:
     assert not result["passed"]
     assert any("pixel_agreement" in f for f in result["failures"])
     assert any("miou" in f for f in result["failures"])
+
+
+def _detections(rows):
+    """One image: rows of (label, x1, y1, x2, y2, score) -> (labels, boxes, scores) arrays."""
+    import numpy as np
+
+    table = np.array(rows, dtype=np.float64)
+    return (table[None, :, 0].astype(np.int32), table[None, :, 1:5].astype(np.float32),
+            table[None, :, 5].astype(np.float32))
+
+
+def test_detections_match_despite_reordering() -> None:
+    from trtflow.validate import detection_metrics
+
+    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8), (3, 0, 0, 5, 5, 0.1)])
+    engine = _detections([(2, 21, 20, 40, 41, 0.79), (1, 0, 0, 10, 10, 0.91), (5, 50, 50, 60, 60, 0.2)])
+    metrics = detection_metrics(engine, reference)
+    assert metrics["reference_detections"] == 2 and metrics["engine_detections"] == 2
+    assert metrics["detection_recall"] == 1.0 and metrics["detection_precision"] == 1.0
+    assert 0.85 < metrics["matched_box_iou"] < 1.0
+    assert abs(metrics["max_score_diff"] - 0.01) < 1e-6
+
+
+def test_detection_of_another_class_or_place_does_not_match() -> None:
+    from trtflow.validate import compare
+
+    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])
+    engine = _detections([(7, 0, 0, 10, 10, 0.9), (2, 60, 60, 80, 80, 0.8)])  # wrong class, wrong box
+    names = ("labels", "boxes", "scores")
+    result = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
+                     {"detection_recall_min": 0.9, "rel_l2": 1e-9}, ["img"])
+    assert not result["passed"]
+    assert result["detections"]["detection_recall"] == 0.0
+    assert any("detection_recall" in f for f in result["failures"])
+    assert not any("rel_l2" in f for f in result["failures"])  # tensors are not gated element-wise

@@ -16,7 +16,13 @@ from .data import EXPECTED_IMAGENET_CLASSES
 GATES = {"max_abs": ("max", "max_abs"), "rel_l2": ("max", "rel_l2"),
          "cosine": ("min", "cosine_min"), "top1_agreement": ("min", "top1_agreement_min"),
          "top5_agreement": ("min", "top5_agreement_min"),
-         "pixel_agreement": ("min", "pixel_agreement_min"), "miou": ("min", "miou_min")}
+         "pixel_agreement": ("min", "pixel_agreement_min"), "miou": ("min", "miou_min"),
+         "detection_recall": ("min", "detection_recall_min"),
+         "detection_precision": ("min", "detection_precision_min"),
+         "matched_box_iou": ("min", "box_iou_min"), "max_score_diff": ("max", "score_diff_max")}
+# Detections the reference is at least this sure of are the ones an engine must reproduce.
+DETECTION_MIN_SCORE = 0.3
+DETECTION_MATCH_IOU = 0.5
 
 
 def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
@@ -57,6 +63,53 @@ def segmentation_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
         ours, theirs = predicted == label, expected == label
         ious.append(np.count_nonzero(ours & theirs) / np.count_nonzero(ours | theirs))
     return {"pixel_agreement": float(np.mean(predicted == expected)), "miou": float(np.mean(ious))}
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of `boxes` (K x 4)."""
+    low = np.maximum(box[:2], boxes[:, :2])
+    high = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=1)
+    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa: E731
+    union = area(box) + area(boxes) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def detection_metrics(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
+                      min_score: float = DETECTION_MIN_SCORE,
+                      match_iou: float = DETECTION_MATCH_IOU) -> Dict[str, float]:
+    """Engine vs reference detections, each (labels N x K, boxes N x K x 4 xyxy, scores N x K).
+
+    Engines may order near-equal detections differently, so tensors are not compared
+    element-wise: each confident reference detection (score >= min_score), most confident first,
+    is matched to the unmatched engine detection of the same class with the highest IoU
+    (>= match_iou)."""
+    (labels, boxes, scores), (ref_labels, ref_boxes, ref_scores) = out, ref
+    wanted = matched = found = 0
+    ious: List[float] = []
+    score_diffs: List[float] = [0.0]
+    for image in range(ref_labels.shape[0]):
+        keep = scores[image] >= min_score
+        cand_labels, cand_boxes, cand_scores = labels[image][keep], boxes[image][keep], scores[image][keep]
+        found += int(keep.sum())
+        used = np.zeros(len(cand_labels), dtype=bool)
+        for index in np.argsort(-ref_scores[image], kind="stable"):
+            if ref_scores[image][index] < min_score:
+                break
+            wanted += 1
+            overlap = box_iou(ref_boxes[image][index], cand_boxes) if len(cand_boxes) else np.zeros(0)
+            overlap[(cand_labels != ref_labels[image][index]) | used] = -1.0
+            if overlap.size and overlap.max() >= match_iou:
+                best = int(overlap.argmax())
+                used[best] = True
+                matched += 1
+                ious.append(float(overlap[best]))
+                score_diffs.append(abs(float(cand_scores[best] - ref_scores[image][index])))
+    return {"reference_detections": wanted, "engine_detections": found,
+            "detection_recall": matched / wanted if wanted else 1.0,
+            "detection_precision": matched / found if found else 1.0,
+            "matched_box_iou": float(np.mean(ious)) if ious else (1.0 if not wanted else 0.0),
+            "max_score_diff": float(max(score_diffs))}
 
 
 def predictions(out: np.ndarray, ref: np.ndarray, sample_names: Sequence[str],
@@ -104,6 +157,8 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
     per_output: Dict[str, Any] = {}
     failures: List[str] = []
     rows: List[Dict[str, Any]] = []
+    if task == "detection":
+        return _compare_detections(outputs, reference, tolerances)
     for name, ref in reference.items():
         out = outputs[name]
         if out.shape != ref.shape:
@@ -123,3 +178,26 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
                             f"{row['reference']}, engine says {row['engine']}")
     return {"passed": not failures, "failures": failures, "outputs": per_output,
             "predictions": rows, "tolerances": dict(tolerances)}
+
+
+def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                        tolerances: Mapping[str, float]) -> Dict[str, Any]:
+    """task: detection. The outputs are (labels, boxes, scores) in config order; per-tensor
+    metrics are reported but only the detection metrics (and NaNs) are gated, since a reordering
+    of near-equal detections is not an error."""
+    names = list(reference)
+    if len(names) != 3:
+        return {"passed": False, "failures": [f"task detection needs 3 outputs (labels, boxes, "
+                                              f"scores), the model has {names}"],
+                "outputs": {}, "predictions": [], "tolerances": dict(tolerances)}
+    per_output = {name: tensor_metrics(outputs[name], reference[name]) for name in names}
+    metrics = detection_metrics([outputs[n] for n in names], [reference[n] for n in names])
+    failures = [f"output '{n}': {m['nonfinite']} NaN/Inf values" for n, m in per_output.items()
+                if m["nonfinite"]]
+    detection_gates = {k: v for k, v in tolerances.items()
+                       if k in ("detection_recall_min", "detection_precision_min", "box_iou_min",
+                                "score_diff_max")}
+    failures += gate(metrics, detection_gates, "detections")
+    per_output[names[1]].update(metrics)  # the boxes output carries the detection metrics
+    return {"passed": not failures, "failures": failures, "outputs": per_output,
+            "detections": metrics, "predictions": [], "tolerances": dict(tolerances)}

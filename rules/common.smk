@@ -43,7 +43,7 @@ wildcard_constraints:
 # (and what depends on it) without the file-time reruns a fresh clone would cause.
 STAGE_CODE = {
     "weights": ["trtflow/weights.py", "trtflow/models.py", "workflow_scripts/weights.py"],
-    "export": ["trtflow/export.py", "trtflow/models.py", "workflow_scripts/export.py"],
+    "export": ["trtflow/export.py", "trtflow/models.py", "trtflow/zoo.py", "workflow_scripts/export.py"],
     "patch": ["trtflow/patch.py", "workflow_scripts/patch.py"],
     "precision": ["trtflow/precision.py", "trtflow/data.py", "workflow_scripts/precision.py"],
     "engine": ["trtflow/runners/onnxruntime.py", "trtflow/runners/tensorrt.py",

@@ -20,12 +20,14 @@ BUILTIN_ARCHITECTURES: Dict[str, str] = {
     "resnet50": "torchvision.models:resnet50",
     "deeplabv3_resnet50": "torchvision.models.segmentation:deeplabv3_resnet50",
     "fcn_resnet50": "torchvision.models.segmentation:fcn_resnet50",
+    "rtdetr_r18": "trtflow.zoo:rtdetr_r18",
 }
 # Keyword arguments that keep a torchvision factory from downloading anything: the segmentation
 # models would otherwise fetch ImageNet backbone weights.
 NO_DOWNLOAD_KWARGS: Dict[str, Dict[str, Any]] = {
     "deeplabv3_resnet50": {"weights": None, "weights_backbone": None},
     "fcn_resnet50": {"weights": None, "weights_backbone": None},
+    "rtdetr_r18": {},  # built from a config: nothing to download
 }
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 

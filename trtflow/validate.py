@@ -152,13 +152,14 @@ def gate(metrics: Mapping[str, float], tolerances: Mapping[str, float], where: s
 
 def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], task: str,
             tolerances: Mapping[str, float], sample_names: Sequence[str],
-            labels: Optional[Sequence[str]] = None, check_expected: bool = False) -> Dict[str, Any]:
+            labels: Optional[Sequence[str]] = None, check_expected: bool = False,
+            detection_min_score: float = DETECTION_MIN_SCORE) -> Dict[str, Any]:
     """All metrics, the gate verdict and (classification) per-sample predictions."""
     per_output: Dict[str, Any] = {}
     failures: List[str] = []
     rows: List[Dict[str, Any]] = []
     if task == "detection":
-        return _compare_detections(outputs, reference, tolerances)
+        return _compare_detections(outputs, reference, tolerances, detection_min_score)
     for name, ref in reference.items():
         out = outputs[name]
         if out.shape != ref.shape:
@@ -181,7 +182,7 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
 
 
 def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-                        tolerances: Mapping[str, float]) -> Dict[str, Any]:
+                        tolerances: Mapping[str, float], min_score: float) -> Dict[str, Any]:
     """task: detection. The outputs are (labels, boxes, scores) in config order; per-tensor
     metrics are reported but only the detection metrics (and NaNs) are gated, since a reordering
     of near-equal detections is not an error."""
@@ -191,7 +192,8 @@ def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[st
                                               f"scores), the model has {names}"],
                 "outputs": {}, "predictions": [], "tolerances": dict(tolerances)}
     per_output = {name: tensor_metrics(outputs[name], reference[name]) for name in names}
-    metrics = detection_metrics([outputs[n] for n in names], [reference[n] for n in names])
+    metrics = detection_metrics([outputs[n] for n in names], [reference[n] for n in names],
+                                min_score)
     failures = [f"output '{n}': {m['nonfinite']} NaN/Inf values" for n, m in per_output.items()
                 if m["nonfinite"]]
     detection_gates = {k: v for k, v in tolerances.items()

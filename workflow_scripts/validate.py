@@ -41,7 +41,7 @@ def main(args) -> None:
     result = compare(outputs, expected, args.task, args.tolerances,
                      [str(s) for s in reference["__samples__"]], labels,
                      check_expected=args.check_expected_labels and labels is not None
-                     and args.pretrained)
+                     and args.pretrained, detection_min_score=args.detection_min_score)
     where = f"{sidecar['model']} {sidecar['precision']} {sidecar['batch_profile']} ({args.backend})"
     log = logging.getLogger("validate")
     for row in result["predictions"]:
@@ -69,6 +69,8 @@ if __name__ == "__main__":
     p.add_argument("--tolerances", type=cli.json_arg, default={})
     p.add_argument("--on-failure", choices=["fail", "record"], default="fail")
     p.add_argument("--check-expected-labels", action="store_true")
+    p.add_argument("--detection-min-score", type=float, default=0.3,
+                   help="task detection: confidence of the reference detections to reproduce")
     p.add_argument("--pretrained", action="store_true", help="the weights are real, not random")
     p.add_argument("--options", type=cli.json_arg, default={}, help="runner options")
     p.add_argument("--output", required=True)

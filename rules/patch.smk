@@ -8,6 +8,8 @@ rule patch:
     params:
         options=lambda wc: json.dumps(model_patch_options(CONFIG, wc.model), sort_keys=True),
         backend=BACKEND.name,
+        # the TensorRT version decides version-specific passes; ONNX Runtime's does not matter
+        backend_version=BACKEND.info.get("tensorrt", ""),
         code=code_hash("patch"),
     log:
         LOGS + f"/patch/{{model}}-{BACKEND.name}.log",
@@ -17,5 +19,6 @@ rule patch:
         "../envs/onnx.yaml"
     shell:
         "{TORCH_PY} {SCRIPTS}/patch.py --model {wildcards.model} --backend {params.backend}"
+        " --backend-version '{params.backend_version}'"
         " --options {params.options:q} --input {input.onnx} --output {output.onnx}"
         " --report {output.report} --log {log}"

@@ -132,3 +132,49 @@ def test_no_passes_gives_an_equivalent_graph(token_onnx: Path, tmp_path: Path) -
     feed = token_batch(2)
     np.testing.assert_array_equal(ort_run(tmp_path / "patched.onnx", feed)[0],
                                   ort_run(token_onnx, feed)[0])
+
+
+@pytest.fixture(scope="module")
+def layernorm_model(tmp_path_factory) -> Path:
+    """A small transformer-style block exported at opset 17, which has LayerNormalization."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(16)
+            self.proj = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.proj(self.norm(x))
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ln") / "ln.onnx"
+    torch.onnx.export(Block().eval(), (torch.randn(2, 5, 16),), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("backend,version,policy,expect", [
+    ("tensorrt", "8.5.3", "auto", 1), ("tensorrt", "8.6.0", "auto", 0),
+    ("onnxruntime", "", "auto", 0), ("onnxruntime", "", "always", 1), ("tensorrt", "8.5.3", "never", 0)])
+def test_decompose_layernorm_policy_and_equivalence(layernorm_model: Path, tmp_path: Path,
+                                                    backend: str, version: str, policy: str,
+                                                    expect: int) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from trtflow.patch import PatchContext, apply_passes
+
+    patched, reports = apply_passes(onnx.load(str(layernorm_model)), ["decompose_layernorm", "infer_shapes"],
+                                    PatchContext("ln", backend, {"decompose_layernorm": policy}, version))
+    assert reports[0]["decomposed"] == expect
+    ops = [n.op_type for n in patched.graph.node]
+    assert ("LayerNormalization" in ops) == (expect == 0)
+    onnx.checker.check_model(patched)
+    x = np.random.default_rng(1).standard_normal((3, 5, 16)).astype(np.float32)
+    before = ort.InferenceSession(str(layernorm_model)).run(None, {"x": x})[0]
+    after = ort.InferenceSession(patched.SerializeToString()).run(None, {"x": x})[0]
+    assert np.abs(before - after).max() < 1e-5

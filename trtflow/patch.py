@@ -21,6 +21,7 @@ class PatchContext:
     model: str
     backend: str
     options: Mapping[str, Any]
+    backend_version: str = ""
 
 
 def _count(graph) -> Dict[str, int]:
@@ -71,6 +72,74 @@ def int64_inputs_to_int32(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"converted": converted}
 
 
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) if version else ()
+
+
+def decompose_layernorm(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """Replace LayerNormalization (opset 17) by the ops it is made of.
+
+    TensorRT before 8.6 has no LayerNormalization importer ("Plugin not found" on RT-DETR
+    exports at opset 17); policy auto decomposes only for those versions."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    policy = ctx.options.get("decompose_layernorm", "auto")
+    old_trt = ctx.backend == "tensorrt" and _version_tuple(ctx.backend_version) < (8, 6)
+    if policy == "never" or (policy == "auto" and not old_trt):
+        return {"skipped": f"policy '{policy}' for {ctx.backend} {ctx.backend_version}".strip(),
+                "decomposed": 0}
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "LayerNormalization"]:
+        axis = int(node.attrs.get("axis", -1))
+        epsilon = float(node.attrs.get("epsilon", 1e-5))
+        x, scale = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        y = node.outputs[0]
+        rank = len(x.shape) if x.shape is not None else None
+        if axis < 0 and rank is None:
+            raise ValueError(f"LayerNormalization '{node.name}' needs a known input rank")
+        first = axis if axis >= 0 else rank + axis
+        axes = list(range(first, rank if rank is not None else first + 1))
+        name = node.name or f"layernorm{count}"
+        dtype = np.float32 if x.dtype is None else np.dtype(x.dtype).type
+
+        def var(suffix):
+            return gs.Variable(f"{name}/{suffix}", dtype=x.dtype)
+
+        mean, centred, squared, variance = var("mean"), var("centred"), var("squared"), var("var")
+        shifted, std, normed, scaled = var("var_eps"), var("std"), var("normed"), var("scaled")
+        const = lambda suffix, value: gs.Constant(f"{name}/{suffix}", np.array(value, dtype=dtype))  # noqa: E731
+        # ReduceMean takes `axes` as an attribute up to opset 17 and as an input from 18
+        if graph.opset >= 18:
+            axes_input = [gs.Constant(f"{name}/axes", np.array(axes, dtype=np.int64))]
+            reduce_attrs: Dict[str, Any] = {"keepdims": 1}
+        else:
+            axes_input, reduce_attrs = [], {"axes": axes, "keepdims": 1}
+        new_nodes = [
+            gs.Node("ReduceMean", f"{name}/ReduceMean", attrs=reduce_attrs,
+                    inputs=[x] + axes_input, outputs=[mean]),
+            gs.Node("Sub", f"{name}/Sub", inputs=[x, mean], outputs=[centred]),
+            gs.Node("Mul", f"{name}/Square", inputs=[centred, centred], outputs=[squared]),
+            gs.Node("ReduceMean", f"{name}/ReduceVar", attrs=reduce_attrs,
+                    inputs=[squared] + axes_input, outputs=[variance]),
+            gs.Node("Add", f"{name}/AddEps", inputs=[variance, const("eps", epsilon)],
+                    outputs=[shifted]),
+            gs.Node("Sqrt", f"{name}/Sqrt", inputs=[shifted], outputs=[std]),
+            gs.Node("Div", f"{name}/Div", inputs=[centred, std], outputs=[normed]),
+            gs.Node("Mul", f"{name}/Scale", inputs=[normed, scale],
+                    outputs=[scaled if bias is not None else y]),
+        ]
+        if bias is not None:
+            new_nodes.append(gs.Node("Add", f"{name}/Bias", inputs=[scaled, bias], outputs=[y]))
+        node.outputs.clear()
+        node.inputs.clear()
+        graph.nodes.extend(new_nodes)
+        count += 1
+    graph.cleanup().toposort()
+    return {"decomposed": count}
+
+
 def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Marker pass: shapes are inferred on the ModelProto in `apply_passes` (needs onnx)."""
     return {}
@@ -81,6 +150,7 @@ PASSES: Dict[str, Callable[[Any, PatchContext], Dict[str, Any]]] = {
     "cleanup": cleanup,
     "toposort": toposort,
     "int64_inputs_to_int32": int64_inputs_to_int32,
+    "decompose_layernorm": decompose_layernorm,
     "infer_shapes": infer_shapes,
 }
 
@@ -115,11 +185,12 @@ def apply_passes(model_proto, passes: List[str], ctx: PatchContext):
 
 
 def patch_onnx(model: str, source: Path, output: Path, report_path: Path, backend: str,
-               options: Mapping[str, Any]) -> Dict[str, Any]:
+               options: Mapping[str, Any], backend_version: str = "") -> Dict[str, Any]:
     import onnx
 
     original = onnx.load(str(source))
-    ctx = PatchContext(model=model, backend=backend, options=options)
+    ctx = PatchContext(model=model, backend=backend, options=options,
+                       backend_version=backend_version)
     patched, reports = apply_passes(original, list(options["passes"]), ctx)
     with atomic_path(output) as tmp:
         onnx.checker.check_model(patched)

@@ -11,13 +11,15 @@ def main(args) -> None:
     from trtflow.patch import patch_onnx
 
     patch_onnx(args.model, Path(args.input), Path(args.output), Path(args.report), args.backend,
-               args.options)
+               args.options, args.backend_version)
 
 
 if __name__ == "__main__":
     p = cli.parser(__doc__)
     p.add_argument("--model", required=True)
     p.add_argument("--backend", required=True, choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--backend-version", default="",
+                   help="e.g. the TensorRT version: some passes apply only to some versions")
     p.add_argument("--options", required=True, type=cli.json_arg,
                    help='patch options, e.g. {"passes": ["fold_constants", "cleanup"]}')
     p.add_argument("--input", required=True)

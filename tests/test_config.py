@@ -33,8 +33,10 @@ def test_validate_config_fills_schema_defaults() -> None:
     resolved = validate_config(one_model_config())
     assert resolved["export"] == {"opset": None, "exporter": "torchscript"}
     assert resolved["patch"]["passes"] == ["fold_constants", "cleanup", "toposort",
-                                           "int64_inputs_to_int32", "infer_shapes"]
+                                           "int64_inputs_to_int32", "decompose_layernorm",
+                                           "infer_shapes"]
     assert resolved["patch"]["int64_inputs_to_int32"] == "auto"
+    assert resolved["patch"]["decompose_layernorm"] == "auto"
     assert resolved["exclude"] == []
     assert resolved["tensorrt"]["python"] is None and resolved["tensorrt"]["workspace_mib"] == 4096
     # given values are kept, their siblings defaulted

@@ -1,13 +1,11 @@
 """trtflow.data: sample photos, ImageNet preprocessing, synthetic inputs, batching."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
 
-from conftest import REPO
 from trtflow.data import (EXPECTED_IMAGENET_CLASSES, IMAGENET_MEAN, SAMPLE_PHOTOS, batch_of,
                           center_crop, input_set, load_photo, normalize_chw, random_crop,
                           synthetic)

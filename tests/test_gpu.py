@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 

@@ -6,7 +6,6 @@ Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
 from __future__ import annotations
 
 import copy
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional

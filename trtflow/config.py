@@ -15,7 +15,6 @@ from .errors import TrtflowError
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 # ONNX opset 17 is the newest every supported backend parses: ONNX Runtime, and TensorRT 8.6 to 11.
 DEFAULT_OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,9 @@ def model_spec(model):
 MODEL_KEYS = ("architecture", "architecture_kwargs")
 SPEC_KEYS = {
     "weights": MODEL_KEYS + ("weights",),
-    "export": MODEL_KEYS + ("inputs", "outputs"),
-    "reference": MODEL_KEYS + ("inputs", "outputs", "labels"),
-    "baseline": MODEL_KEYS + ("inputs", "outputs"),
+    "export": MODEL_KEYS + ("inputs", "outputs", "static_batch"),
+    "reference": MODEL_KEYS + ("inputs", "outputs", "labels", "static_batch"),
+    "baseline": MODEL_KEYS + ("inputs", "outputs", "static_batch"),
     "precision": ("inputs",),
 }
 
@@ -79,7 +79,8 @@ SPEC_KEYS = {
 def spec_json(stage):
     def params(wildcards):
         spec = model_spec(wildcards.model)
-        return json.dumps({k: spec[k] for k in SPEC_KEYS[stage] if k in spec}, sort_keys=True)
+        return json.dumps({k: spec[k] for k in SPEC_KEYS[stage] if spec.get(k) is not None},
+                          sort_keys=True)
 
     return params
 

@@ -26,7 +26,9 @@ rule reference:
 def validate_flags(wildcards):
     flags = []
     if model_spec(wildcards.model)["task"] == "detection":
-        flags.append(f"--detection-min-score {CONFIG['validation']['detection_min_score']}")
+        min_score = model_spec(wildcards.model).get("detection_min_score",
+                                                     CONFIG["validation"]["detection_min_score"])
+        flags.append(f"--detection-min-score {min_score}")
     if CONFIG["validation"]["check_expected_labels"]:
         flags.append("--check-expected-labels")
     if is_pretrained(wildcards.model):

@@ -32,8 +32,9 @@ def test_validate_config_fills_schema_defaults() -> None:
     """Absent blocks come back with the schema's defaults, nested ones included."""
     resolved = validate_config(one_model_config())
     assert resolved["export"] == {"opset": None, "exporter": "torchscript"}
-    assert resolved["patch"]["passes"] == ["fold_constants", "cleanup", "toposort",
-                                           "int64_inputs_to_int32", "decompose_layernorm",
+    assert resolved["patch"]["passes"] == ["inline_empty_guards", "fold_constants", "cleanup",
+                                           "toposort", "int64_inputs_to_int32",
+                                           "decompose_layernorm", "roialign_to_gridsample",
                                            "infer_shapes"]
     assert resolved["patch"]["int64_inputs_to_int32"] == "auto"
     assert resolved["patch"]["decompose_layernorm"] == "auto"
@@ -294,3 +295,28 @@ def test_model_tolerances_merge_model_overrides_into_the_precision_defaults() ->
     assert model_tolerances(config, "net", "int8") == {"rel_l2": 0.35, "cosine_min": 0.97}
     assert model_tolerances(config, "tok", "int8") == {"rel_l2": 0.25, "cosine_min": 0.97}
     assert model_tolerances(config, "net", "fp16") == {}
+
+
+# --- per-model batch profiles and static batch ----------------------------------------------
+def test_a_model_runs_only_in_its_own_batch_profiles() -> None:
+    config = one_model_config(batch_profiles={"single": {"min": 1, "opt": 1, "max": 1},
+                                              "small": {"min": 1, "opt": 2, "max": 4}})
+    config["models"]["other"] = resnet_entry({"random": True}, batch_profiles=["single"],
+                                             static_batch=1)
+    cells = matrix(validate_config(config))
+    assert {c.batch_profile for c in cells if c.model == "other"} == {"single"}
+    assert {c.batch_profile for c in cells if c.model == "net"} == {"single", "small"}
+
+
+def test_static_batch_in_a_profile_of_another_batch_is_refused() -> None:
+    config = one_model_config()
+    config["models"]["net"]["static_batch"] = 1  # the tiny profile is 1/2/4
+    error = str(config_error(config))
+    assert "static_batch 1 but runs in batch profile 'small'" in error
+    assert "min: 1, opt: 1, max: 1" in error
+
+
+def test_a_model_profile_list_naming_no_profile_is_refused() -> None:
+    config = one_model_config()
+    config["models"]["net"]["batch_profiles"] = ["tiny"]
+    assert "names 'tiny', which is not a batch profile" in str(config_error(config))

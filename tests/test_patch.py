@@ -178,3 +178,94 @@ def test_decompose_layernorm_policy_and_equivalence(layernorm_model: Path, tmp_p
     before = ort.InferenceSession(str(layernorm_model)).run(None, {"x": x})[0]
     after = ort.InferenceSession(patched.SerializeToString()).run(None, {"x": x})[0]
     assert np.abs(before - after).max() < 1e-5
+
+
+# --- detector surgery: If guards and RoiAlign ----------------------------------------------
+def _roialign_model(mode: str, sampling_ratio: int = 2):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("RoiAlign", ["X", "rois", "bi"], ["Y"], name="pool", output_height=7,
+                            output_width=5, sampling_ratio=sampling_ratio, spatial_scale=0.25,
+                            coordinate_transformation_mode=mode)
+    graph = helper.make_graph(
+        [node], "roialign",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3, 20, 24]),
+         helper.make_tensor_value_info("rois", TensorProto.FLOAT, [None, 4]),
+         helper.make_tensor_value_info("bi", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("mode", ["output_half_pixel", "half_pixel"])
+def test_roialign_becomes_gridsample_with_the_same_outputs(mode: str) -> None:
+    """Boxes inside, across and beyond the feature map edges, tiny and empty: same values as
+    ONNX Runtime's RoiAlign, and no RoiAlign left for TensorRT's plugin route."""
+    import onnxruntime as ort
+
+    model = _roialign_model(mode)
+    patched, reports = apply_passes(model, ["roialign_to_gridsample", "infer_shapes"],
+                                    PatchContext("m", "tensorrt", {}, "8.6.0"))
+    assert reports[0]["rewritten"] == ["pool"]
+    assert "RoiAlign" not in {n.op_type for n in patched.graph.node}
+    assert "GridSample" in {n.op_type for n in patched.graph.node}
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(-10, 100, (60, 2))
+    rois = np.concatenate([corners, corners + rng.uniform(0, 40, (60, 2))], 1).astype(np.float32)
+    features = rng.standard_normal((1, 3, 20, 24)).astype(np.float32)
+    for boxes in (rois, np.zeros((0, 4), np.float32)):
+        feed = {"X": features, "rois": boxes, "bi": np.zeros(len(boxes), np.int64)}
+        expected = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+        got = ort.InferenceSession(patched.SerializeToString()).run(None, feed)[0]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_roialign_rewrite_policy_and_what_it_keeps() -> None:
+    skipped = apply_passes(_roialign_model("half_pixel"), ["roialign_to_gridsample"],
+                           PatchContext("m", "onnxruntime", {}, ""))[1][0]
+    assert skipped["skipped"].startswith("policy 'auto'") and skipped["rewritten"] == []
+    adaptive = apply_passes(_roialign_model("half_pixel", sampling_ratio=0), ["roialign_to_gridsample"],
+                            PatchContext("m", "tensorrt", {}, "8.6.0"))[1][0]
+    assert "adaptive sampling_ratio" in adaptive["kept"]["pool"]
+
+
+def _guarded_model():
+    """y = If(n == 0, then: [] (int64), else: x + 1): torchvision's empty-input guard shape."""
+    from onnx import TensorProto, helper
+
+    empty = helper.make_tensor("empty", TensorProto.INT64, [0], [])
+    then_branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["then_out"], value=empty)], "then", [],
+        [helper.make_tensor_value_info("then_out", TensorProto.INT64, [0])])
+    one = helper.make_tensor("one", TensorProto.INT64, [], [1])
+    else_branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["one"], value=one),
+         helper.make_node("Add", ["x", "one"], ["else_out"])], "else", [],
+        [helper.make_tensor_value_info("else_out", TensorProto.INT64, [None])])
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    nodes = [helper.make_node("Size", ["x"], ["n"]),
+             helper.make_node("Constant", [], ["zero"], value=zero),
+             helper.make_node("Equal", ["n", "zero"], ["is_empty"]),
+             helper.make_node("If", ["is_empty"], ["y"], name="guard", then_branch=then_branch,
+                              else_branch=else_branch)]
+    graph = helper.make_graph(nodes, "guarded",
+                              [helper.make_tensor_value_info("x", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_empty_guard_if_is_replaced_by_its_else_branch() -> None:
+    import onnxruntime as ort
+
+    model = _guarded_model()
+    patched, reports = apply_passes(model, ["inline_empty_guards"], PatchContext("m", "tensorrt", {}))
+    assert reports[0]["inlined"] == ["guard"] and reports[0]["if_nodes_left"] == 0
+    assert "If" not in {n.op_type for n in patched.graph.node}
+    for x in (np.array([3, 5], np.int64), np.zeros(0, np.int64)):  # the empty case too
+        expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        got = ort.InferenceSession(patched.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(got, expected)

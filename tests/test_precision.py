@@ -233,3 +233,22 @@ def test_op_histogram_and_initializer_dtypes_on_a_built_graph() -> None:
     model = onnx.helper.make_model(graph)
     assert op_histogram(model) == {"Add": 1, "Relu": 2}
     assert initializer_dtypes(model) == {"float32": 1, "int64": 1}
+
+
+def test_duplicate_nodes_are_dropped_and_subgraph_nodes_listed() -> None:
+    from onnx import TensorProto, helper
+
+    from trtflow.precision import drop_duplicate_nodes, subgraph_node_names
+
+    cast = helper.make_node("Cast", ["x"], ["x32"], name="x_cast", to=TensorProto.FLOAT)
+    body = helper.make_graph([helper.make_node("Identity", ["x32"], ["out"], name="inner")], "b", [],
+                             [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    guard = helper.make_node("If", ["c"], ["y"], name="guard", then_branch=body, else_branch=body)
+    graph = helper.make_graph([cast, helper.make_node("Cast", ["x"], ["x32"], name="x_cast",
+                                                      to=TensorProto.FLOAT), guard], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2]),
+                               helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert drop_duplicate_nodes(graph) == 1
+    assert [n.name for n in graph.node] == ["x_cast", "guard"]
+    assert subgraph_node_names(graph) == ["inner", "inner"]

@@ -235,3 +235,51 @@ def test_detection_of_another_class_or_place_does_not_match() -> None:
     assert result["detections"]["detection_recall"] == 0.0
     assert any("detection_recall" in f for f in result["failures"])
     assert not any("rel_l2" in f for f in result["failures"])  # tensors are not gated element-wise
+
+
+def test_masks_and_keypoints_are_compared_on_matched_detections() -> None:
+    """Engine detections in another order: masks and keypoints follow their detection's match."""
+    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])
+    engine = _detections([(2, 20, 20, 40, 40, 0.8), (1, 0, 0, 10, 10, 0.9)])
+    masks_ref = np.zeros((1, 2, 4, 4), np.float32)
+    masks_ref[0, 0, :2] = 1.0  # top half
+    masks_ref[0, 1, :, :2] = 1.0  # left half
+    masks_out = masks_ref[:, ::-1].copy()  # same masks, engine order
+    masks_out[0, 1, 0] = 0.0  # first detection's mask loses one of its two rows: IoU 0.5
+    keypoints_ref = np.zeros((1, 2, 3, 3), np.float32)
+    keypoints_ref[0, 0, :, :2] = [[1, 1], [5, 5], [9, 9]]
+    keypoints_ref[0, 1, :, :2] = [[25, 25], [30, 30], [35, 35]]
+    keypoints_out = keypoints_ref[:, ::-1].copy()
+    keypoints_out[0, 0, 0, 0] += 2.0  # second detection (box 20 x 20): one keypoint 2 px off
+    names = ("labels", "boxes", "scores", "masks", "keypoints")
+    result = compare(dict(zip(names, (*engine, masks_out, keypoints_out))),
+                     dict(zip(names, (*reference, masks_ref, keypoints_ref))), "detection",
+                     {"mask_iou_min": 0.8, "keypoint_distance_max": 0.05}, ["img"])
+    detections = result["detections"]
+    assert detections["matched_masks"] == 2 and detections["mask_iou"] == pytest.approx(0.75)
+    assert detections["min_mask_iou"] == pytest.approx(0.5)
+    assert detections["keypoint_distance"] == pytest.approx(2.0 / 20 / 6)
+    assert detections["max_keypoint_distance_px"] == pytest.approx(2.0)
+    assert result["failures"] == ["detections: mask_iou = 0.75 is below the required 0.8"]
+
+
+def test_detection_validation_with_no_confident_reference_detection_fails() -> None:
+    """A pass that compared nothing would prove nothing: say what to change instead."""
+    reference = _detections([(1, 0, 0, 10, 10, 0.05)])
+    names = ("labels", "boxes", "scores")
+    result = compare(dict(zip(names, reference)), dict(zip(names, reference)), "detection",
+                     {"detection_recall_min": 0.9}, ["img"], detection_min_score=0.3)
+    assert not result["passed"]
+    assert "lower validation.detection_min_score" in result["failures"][0]
+
+
+def test_detection_tolerances_default_when_none_are_configured() -> None:
+    """Only classification tolerances configured (the defaults): detections are still gated."""
+    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])
+    engine = _detections([(1, 0, 0, 10, 10, 0.9), (0, 0, 0, 0, 0, 0.0)])  # padding row
+    names = ("labels", "boxes", "scores")
+    result = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
+                     {"rel_l2": 1e-4, "top1_agreement_min": 1.0}, ["img"])
+    assert not result["passed"]
+    assert result["tolerances"]["rel_l2"] == 1e-4
+    assert any("detection_recall = 0.5" in f for f in result["failures"])

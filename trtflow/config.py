@@ -158,6 +158,7 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
         if len(set(names)) != len(names):
             raise TrtflowError(f"input names repeat: {names}", model=model, path=config_file,
                                fix="give every input a unique name")
+        check_model_profiles(config, model, config_file)
     known = {"model": set(config["models"]), "precision": set(config["precisions"]),
              "batch_profile": set(config["batch_profiles"])}
     for index, rule in enumerate(config.get("exclude", [])):
@@ -166,6 +167,34 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
                 raise TrtflowError(
                     f"exclude[{index}].{key} = '{value}' names no configured {key}",
                     path=config_file, fix=f"use one of {sorted(known[key])}")
+
+
+def model_profiles(config: Dict[str, Any], model: str) -> List[str]:
+    """The batch profiles a model runs in: its own list, else all of them."""
+    return list(config["models"][model].get("batch_profiles") or config["batch_profiles"])
+
+
+def check_model_profiles(config: Dict[str, Any], model: str, config_file: str = "config") -> None:
+    """A model's profile list names existing profiles; a static-batch model runs only in
+    profiles of exactly that batch (its graph cannot take any other)."""
+    spec = config["models"][model]
+    for name in spec.get("batch_profiles") or []:
+        if name not in config["batch_profiles"]:
+            raise TrtflowError(
+                f"models.{model}.batch_profiles names '{name}', which is not a batch profile",
+                model=model, path=config_file,
+                fix=f"use one of {sorted(config['batch_profiles'])} or add '{name}' to batch_profiles")
+    static = spec.get("static_batch")
+    if static is None:
+        return
+    for name in model_profiles(config, model):
+        profile = config["batch_profiles"][name]
+        if not profile["min"] == profile["opt"] == profile["max"] == static:
+            raise TrtflowError(
+                f"models.{model} has static_batch {static} but runs in batch profile '{name}' "
+                f"{profile}", model=model, path=config_file,
+                fix=f"add a profile {{min: {static}, opt: {static}, max: {static}}} to "
+                    f"batch_profiles and list only it in models.{model}.batch_profiles")
 
 
 def check_weight_files(config: Dict[str, Any], config_file: str = "config") -> None:
@@ -181,11 +210,11 @@ def check_weight_files(config: Dict[str, Any], config_file: str = "config") -> N
 
 
 def matrix(config: Dict[str, Any]) -> List[Cell]:
-    """All cells of models x precisions x batch profiles, minus the configured exclusions."""
+    """All cells of models x precisions x (the model's) batch profiles, minus the exclusions."""
     cells = []
     for model in config["models"]:
         for precision in config["precisions"]:
-            for profile in config["batch_profiles"]:
+            for profile in model_profiles(config, model):
                 cell = Cell(model, precision, profile)
                 if not any(_excluded(cell, rule) for rule in config.get("exclude", [])):
                     cells.append(cell)

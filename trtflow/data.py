@@ -1,7 +1,7 @@
 """Input sets for calibration, validation and benchmarking.
 
 `imagenet_samples` uses the photos that ship inside scikit-image (no download), preprocessed the
-way torchvision's ImageNet models expect; `synthetic` draws seeded random values of the input's
+way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1]; `synthetic` draws seeded random values of the input's
 dtype. Calibration takes seeded random crops and flips, validation the standard centre crop, so
 the two sets differ.
 """
@@ -71,11 +71,20 @@ def normalize_chw(image: np.ndarray) -> np.ndarray:
     return ((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
 
 
+# data kinds made from the sample photos: ImageNet-normalised, or RGB in [0, 1] (detectors that
+# normalise inside the model)
+PHOTO_DATA = {"imagenet_samples": True, "photos": False}
+
+
+def unit_chw(image: np.ndarray) -> np.ndarray:
+    return np.clip(image, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32)
+
+
 def _image_shape(spec: Mapping[str, Any], model: str) -> Tuple[int, int]:
     shape = list(spec["shape"])
     if len(shape) != 3 or shape[0] != 3 or spec["dtype"] not in ("float32", "float16"):
         raise TrtflowError(
-            f"input '{spec['name']}' uses data: imagenet_samples, which needs a float 3xHxW "
+            f"input '{spec['name']}' uses data: {spec['data']}, which needs a float 3xHxW "
             f"input, not {spec['dtype']} {shape}", model=model,
             fix="set data: synthetic for this input, or fix its shape/dtype")
     return shape[1], shape[2]
@@ -102,7 +111,7 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
     arrays: Dict[str, np.ndarray] = {}
     names = [f"sample{i}" for i in range(count)]
     for spec in specs:
-        if spec.get("data") == "imagenet_samples":
+        if spec.get("data") in PHOTO_DATA:
             height, width = _image_shape(spec, model)
             photos = {name: load_photo(name) for name in SAMPLE_PHOTOS}
             images = []
@@ -116,7 +125,8 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
                 else:
                     images.append(random_crop(photos[name], height, width, rng))
                     names[index] = f"{name}_crop{index}"
-            arrays[spec["name"]] = np.stack([normalize_chw(i) for i in images]).astype(
+            chw = normalize_chw if PHOTO_DATA[spec["data"]] else unit_chw
+            arrays[spec["name"]] = np.stack([chw(i) for i in images]).astype(
                 NUMPY_DTYPES[spec["dtype"]])
         else:
             arrays[spec["name"]] = synthetic(spec, count, rng)

@@ -1,4 +1,5 @@
-"""Export stage: the trained PyTorch model to ONNX with named I/O and a dynamic batch axis."""
+"""Export stage: the trained PyTorch model to ONNX with named I/O and a dynamic batch axis (or
+the model's static_batch)."""
 from __future__ import annotations
 
 import logging
@@ -55,23 +56,26 @@ def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: 
 
     module = eval_wrapper(load_trained_model(model, spec, weights_path))
     specs = spec["inputs"]
-    inputs = dummy_inputs(model, specs)
+    static_batch = spec.get("static_batch")
+    inputs = dummy_inputs(model, specs, static_batch or EXPORT_BATCH)
     check_forward(module, inputs, model, specs, spec["outputs"])
     input_names = [s["name"] for s in specs]
     output_names = list(spec["outputs"])
-    log.info("export: %s with the %s exporter at opset %d", model, exporter, opset)
+    log.info("export: %s with the %s exporter at opset %d, %s batch", model, exporter, opset,
+             f"static {static_batch}" if static_batch else "dynamic")
     with atomic_path(output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=UserWarning)
         if exporter == "dynamo":
             batch = torch.export.Dim(BATCH_AXIS_NAME, min=1, max=4096)
+            # forward(*inputs) is one variadic argument: one tuple of specs
+            dynamic = None if static_batch else (tuple({0: batch} for _ in inputs),)
             torch.onnx.export(module, inputs, str(tmp), input_names=input_names,
                               output_names=output_names, opset_version=opset, dynamo=True,
-                              # forward(*inputs) is one variadic argument: one tuple of specs
-                              dynamic_shapes=(tuple({0: batch} for _ in inputs),),
-                              external_data=False)
+                              dynamic_shapes=dynamic, external_data=False)
         else:
-            axes = {name: {0: BATCH_AXIS_NAME} for name in input_names + output_names}
+            axes = None if static_batch else {name: {0: BATCH_AXIS_NAME}
+                                              for name in input_names + output_names}
             torch.onnx.export(module, inputs, str(tmp), input_names=input_names,
                               output_names=output_names, opset_version=opset,
                               dynamic_axes=axes, do_constant_folding=True, dynamo=False)
@@ -79,7 +83,7 @@ def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: 
         onnx.checker.check_model(proto)
     report = {
         "model": model, "exporter": exporter, "opset": opset, "torch": torch.__version__,
-        "onnx": onnx.__version__, "nodes": len(proto.graph.node),
+        "onnx": onnx.__version__, "nodes": len(proto.graph.node), "static_batch": static_batch,
         "inputs": [_describe(v) for v in proto.graph.input],
         "outputs": [_describe(v) for v in proto.graph.output],
     }

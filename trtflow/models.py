@@ -21,13 +21,18 @@ BUILTIN_ARCHITECTURES: Dict[str, str] = {
     "deeplabv3_resnet50": "torchvision.models.segmentation:deeplabv3_resnet50",
     "fcn_resnet50": "torchvision.models.segmentation:fcn_resnet50",
     "rtdetr_r18": "trtflow.zoo:rtdetr_r18",
+    "maskrcnn_r50_fpn": "trtflow.zoo:maskrcnn_r50_fpn",
+    "keypointrcnn_r50_fpn": "trtflow.zoo:keypointrcnn_r50_fpn",
 }
 # Keyword arguments that keep a torchvision factory from downloading anything: the segmentation
 # models would otherwise fetch ImageNet backbone weights.
 NO_DOWNLOAD_KWARGS: Dict[str, Dict[str, Any]] = {
     "deeplabv3_resnet50": {"weights": None, "weights_backbone": None},
     "fcn_resnet50": {"weights": None, "weights_backbone": None},
-    "rtdetr_r18": {},  # built from a config: nothing to download
+    # built by trtflow.zoo with nothing to download (no weights argument)
+    "rtdetr_r18": {},
+    "maskrcnn_r50_fpn": {},
+    "keypointrcnn_r50_fpn": {},
 }
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 

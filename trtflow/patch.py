@@ -1,10 +1,11 @@
 """Patch stage: named onnx-graphsurgeon passes, each reporting what it changed."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, Iterator, List, Mapping
 
 from .errors import TrtflowError
 from .io import atomic_path, write_json
@@ -14,6 +15,8 @@ log = logging.getLogger(__name__)
 # Backends whose parsers want int32 graph inputs: TensorRT before 10 has no int64 I/O, and an
 # int64 array handed to an int32 binding silently gives wrong results.
 INT32_INPUT_BACKENDS = {"tensorrt"}
+# IR version for graphs that do not say: torch.onnx writes 8 to 10, which every backend reads
+DEFAULT_IR_VERSION = 10
 
 
 @dataclass
@@ -28,10 +31,31 @@ def _count(graph) -> Dict[str, int]:
     return {"nodes": len(graph.nodes), "tensors": len(graph.tensors())}
 
 
+@contextlib.contextmanager
+def _ir_version(version: int) -> Iterator[None]:
+    """onnx.helper.make_model stamps every model it makes with onnx.IR_VERSION. graphsurgeon's
+    folding makes models for ONNX Runtime to evaluate, and an onnx newer than ONNX Runtime stamps
+    an IR version that runtime refuses ("Unsupported model IR version"): stamp the source's."""
+    import onnx
+
+    saved = onnx.IR_VERSION
+    onnx.IR_VERSION = min(saved, version)
+    try:
+        yield
+    finally:
+        onnx.IR_VERSION = saved
+
+
 def fold_constants(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """Fold constant subgraphs, shape computations included: at fixed input sizes (static_batch
+    detectors) this removes most Shape/Gather/Concat chains the TensorRT parser would otherwise
+    have to evaluate."""
     before = _count(graph)
-    graph.fold_constants(error_ok=False).cleanup()
-    return {"before": before, "after": _count(graph)}
+    shape_ops_before = sum(node.op == "Shape" for node in graph.nodes)
+    with _ir_version(graph.ir_version or DEFAULT_IR_VERSION):
+        graph.fold_constants(error_ok=False).cleanup()
+    return {"before": before, "after": _count(graph), "shape_ops_before": shape_ops_before,
+            "shape_ops_after": sum(node.op == "Shape" for node in graph.nodes)}
 
 
 def cleanup(graph, ctx: PatchContext) -> Dict[str, Any]:
@@ -140,6 +164,175 @@ def decompose_layernorm(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"decomposed": count}
 
 
+def _empty_constant_branch(branch) -> bool:
+    """A branch that only returns constant empty tensors (torchvision's `if boxes.numel() == 0:
+    return empty` guard)."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    def empty(tensor) -> bool:
+        if isinstance(tensor, gs.Constant):
+            return tensor.values.size == 0
+        producers = tensor.inputs
+        return (len(producers) == 1 and producers[0].op == "Constant"
+                and np.asarray(producers[0].attrs.get("value").values).size == 0)
+
+    return all(node.op == "Constant" for node in branch.nodes) and all(
+        empty(out) for out in branch.outputs)
+
+
+def inline_empty_guards(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """Replace an If whose then-branch only returns empty constants by its else-branch.
+
+    torchvision guards each NMS with `if boxes.numel() == 0`, which exports as an If around the
+    NonMaxSuppression. TensorRT's If needs both branches to give the same shapes, and ONNX
+    Runtime's float16 converter loses outer-scope names inside subgraphs; the else-branch alone
+    gives the same empty result for empty input (NMS of no boxes keeps none)."""
+    import onnx_graphsurgeon as gs
+
+    inlined = []
+    for node in [n for n in graph.nodes if n.op == "If"]:
+        then_branch, else_branch = node.attrs["then_branch"], node.attrs["else_branch"]
+        if not _empty_constant_branch(then_branch):
+            continue
+        graph.nodes.extend(else_branch.nodes)
+        for outer, inner in zip(list(node.outputs), list(else_branch.outputs)):
+            graph.nodes.append(gs.Node("Identity", f"{node.name}/inlined/{outer.name}",
+                                       inputs=[inner], outputs=[outer]))
+        node.outputs.clear()
+        node.inputs.clear()
+        inlined.append(node.name)
+    graph.cleanup().toposort()
+    return {"inlined": inlined, "if_nodes_left": sum(n.op == "If" for n in graph.nodes)}
+
+
+def _roialign_supported(node, graph) -> str:
+    """Why this RoiAlign cannot become GridSample ('' when it can)."""
+    if node.attrs.get("mode", "avg") != "avg":
+        return "mode max"
+    if int(node.attrs.get("sampling_ratio", 0)) <= 0:
+        return "adaptive sampling_ratio 0 (sample count depends on the box size)"
+    if graph.opset < 16:
+        return f"opset {graph.opset} has no GridSample (16+)"
+    shape = node.inputs[0].shape or (graph.inputs[0].shape if graph.inputs else None)
+    if not shape or shape[0] != 1:
+        return "the features are not of static batch 1 (batch_indices would matter)"
+    return ""
+
+
+def _roialign_as_gridsample(graph, node) -> None:
+    """RoiAlign(X, rois, batch_indices) -> the same bilinear samples taken by one GridSample.
+
+    Each RoI's sample points (sampling_ratio^2 per output cell, as RoiAlign places them) are laid
+    out as rows of one sampling grid over the single image, sampled with align_corners (pixel
+    centres at integer coordinates, RoiAlign's convention) and border padding (RoiAlign's clamp
+    of points within one pixel outside), then averaged per cell by an AveragePool."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    features, rois = node.inputs[0], node.inputs[1]
+    out_h, out_w = int(node.attrs.get("output_height", 1)), int(node.attrs.get("output_width", 1))
+    ratio = int(node.attrs["sampling_ratio"])
+    scale = float(node.attrs.get("spatial_scale", 1.0))
+    half_pixel = node.attrs.get("coordinate_transformation_mode", "half_pixel") == "half_pixel"
+    name = node.name or "roialign"
+    created: List[Any] = []
+
+    def var(suffix: str, dtype=np.float32):
+        return gs.Variable(f"{name}/{suffix}", dtype=dtype)
+
+    def const(suffix: str, value, dtype=np.float32):
+        return gs.Constant(f"{name}/{suffix}", np.asarray(value, dtype=dtype))
+
+    def op(kind: str, suffix: str, inputs, attrs=None, dtype=np.float32):
+        out = var(suffix, dtype)
+        created.append(gs.Node(kind, f"{name}/{suffix}", attrs=attrs or {}, inputs=inputs,
+                               outputs=[out]))
+        return out
+
+    columns = [var(f"roi_{c}") for c in "x1 y1 x2 y2".split()]
+    created.append(gs.Node("Split", f"{name}/split_rois", attrs={"axis": 1},
+                           inputs=[rois, const("split_sizes", [1, 1, 1, 1], np.int64)],
+                           outputs=columns))
+    shape = op("Shape", "feature_shape", [features], dtype=np.int64)
+
+    def sample_coords(axis: str, low, high, cells: int, dim_index: int):
+        """Normalised grid coordinates of one axis' sample points: R x (cells * ratio)."""
+        offset = 0.5 if half_pixel else 0.0
+        start = op("Sub", f"{axis}_start", [op("Mul", f"{axis}_low", [low, const(f"{axis}_scale", scale)]),
+                                            const(f"{axis}_offset", offset)])
+        end = op("Sub", f"{axis}_end", [op("Mul", f"{axis}_high", [high, const(f"{axis}_scale2", scale)]),
+                                        const(f"{axis}_offset2", offset)])
+        length = op("Sub", f"{axis}_length", [end, start])
+        if not half_pixel:  # output_half_pixel (torchvision aligned=False): boxes at least 1 px
+            length = op("Max", f"{axis}_length_min1", [length, const(f"{axis}_one", 1.0)])
+        steps = [(k // ratio) + ((k % ratio) + 0.5) / ratio for k in range(cells * ratio)]
+        bins = op("Div", f"{axis}_bin", [length, const(f"{axis}_cells", float(cells))])
+        coords = op("Add", f"{axis}_coords", [start, op("Mul", f"{axis}_steps",
+                                                         [bins, const(f"{axis}_grid", [steps])])])
+        size = op("Cast", f"{axis}_size", [op("Gather", f"{axis}_dim", [shape, const(
+            f"{axis}_index", dim_index, np.int64)], dtype=np.int64)], attrs={"to": np.float32})
+        extent = op("Sub", f"{axis}_extent", [size, const(f"{axis}_one_px", 1.0)])
+        unit = op("Div", f"{axis}_unit", [coords, extent])  # 0..1 over pixel centres
+        norm = op("Sub", f"{axis}_norm", [op("Mul", f"{axis}_twice", [unit, const(
+            f"{axis}_two", 2.0)]), const(f"{axis}_minus", 1.0)])
+        # RoiAlign's points beyond [-1, size] count as 0 (border padding covers the clamp inside)
+        inside = op("And", f"{axis}_inside", [
+            op("GreaterOrEqual", f"{axis}_above", [coords, const(f"{axis}_low_edge", -1.0)],
+               dtype=np.bool_),
+            op("LessOrEqual", f"{axis}_below", [coords, size], dtype=np.bool_)], dtype=np.bool_)
+        return norm, op("Cast", f"{axis}_valid", [inside], attrs={"to": np.float32})
+
+    grid_x, valid_x = sample_coords("x", columns[0], columns[2], out_w, 3)  # R x (out_w * ratio)
+    grid_y, valid_y = sample_coords("y", columns[1], columns[3], out_h, 2)  # R x (out_h * ratio)
+    rows, cols = out_h * ratio, out_w * ratio
+    full = const("grid_shape", [1, rows, cols], np.int64)
+    xs = op("Expand", "grid_x_full", [op("Unsqueeze", "grid_x_row", [grid_x, const(
+        "axis1", [1], np.int64)]), full])
+    ys = op("Expand", "grid_y_full", [op("Unsqueeze", "grid_y_col", [grid_y, const(
+        "axis2", [2], np.int64)]), full])
+    pairs = op("Concat", "grid_xy", [op("Unsqueeze", "gx", [xs, const("axis3", [3], np.int64)]),
+                                     op("Unsqueeze", "gy", [ys, const("axis3b", [3], np.int64)])],
+               attrs={"axis": 3})
+    grid = op("Reshape", "grid", [pairs, const("grid_one_image", [1, -1, cols, 2], np.int64)])
+    sampled = op("GridSample", "sample", [features, grid],
+                 attrs={"mode": "bilinear", "padding_mode": "border", "align_corners": 1})
+    per_roi = op("Reshape", "per_roi", [op("Squeeze", "drop_batch", [sampled, const(
+        "axis0", [0], np.int64)]), const("roi_shape", [0, -1, rows, cols], np.int64)])
+    samples = op("Transpose", "rois_first", [per_roi], attrs={"perm": [1, 0, 2, 3]})
+    valid = op("Mul", "valid", [op("Unsqueeze", "valid_y_col", [valid_y, const("axis2v", [2], np.int64)]),
+                                op("Unsqueeze", "valid_x_row", [valid_x, const("axis1v", [1], np.int64)])])
+    cells = op("Mul", "masked", [samples, op("Unsqueeze", "valid_c", [valid, const(
+        "axis1c", [1], np.int64)])])
+    pooled = node.outputs[0]
+    created.append(gs.Node("AveragePool", f"{name}/average", inputs=[cells], outputs=[pooled],
+                           attrs={"kernel_shape": [ratio, ratio], "strides": [ratio, ratio]}))
+    node.outputs.clear()
+    node.inputs.clear()
+    graph.nodes.extend(created)
+
+
+def roialign_to_gridsample(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """Rewrite RoiAlign (Mask/Keypoint R-CNN's RoI pooling) as GridSample + AveragePool.
+
+    TensorRT's ONNX parser maps RoiAlign to the ROIAlign_TRT plugin, which needs the plugin
+    library (and, on 8.6, its version-compatible twin) at build and run time; GridSample is a
+    native layer from TensorRT 8.6 on. Policy auto rewrites for TensorRT only."""
+    policy = ctx.options.get("roialign_to_gridsample", "auto")
+    if policy == "never" or (policy == "auto" and ctx.backend != "tensorrt"):
+        return {"skipped": f"policy '{policy}' for backend '{ctx.backend}'", "rewritten": []}
+    rewritten, kept = [], {}
+    for node in [n for n in graph.nodes if n.op == "RoiAlign"]:
+        reason = _roialign_supported(node, graph)
+        if reason:
+            kept[node.name] = reason
+            continue
+        _roialign_as_gridsample(graph, node)
+        rewritten.append(node.name)
+    graph.cleanup().toposort()
+    return {"rewritten": rewritten, "kept": kept}
+
+
 def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Marker pass: shapes are inferred on the ModelProto in `apply_passes` (needs onnx)."""
     return {}
@@ -151,6 +344,8 @@ PASSES: Dict[str, Callable[[Any, PatchContext], Dict[str, Any]]] = {
     "toposort": toposort,
     "int64_inputs_to_int32": int64_inputs_to_int32,
     "decompose_layernorm": decompose_layernorm,
+    "inline_empty_guards": inline_empty_guards,
+    "roialign_to_gridsample": roialign_to_gridsample,
     "infer_shapes": infer_shapes,
 }
 

@@ -77,6 +77,25 @@ def graph_inputs(path: Path) -> List[TensorSpec]:
                        [d.dim_value or -1 for d in i.type.tensor_type.shape.dim]) for i in graph.input]
 
 
+def drop_duplicate_nodes(graph) -> int:
+    """Remove nodes identical to an earlier one (ONNX Runtime refuses the repeated names and
+    outputs); return how many.
+
+    The float16 converter puts a Cast before each fp32-only consumer and names it (and its output)
+    after the tensor, so a tensor feeding two such consumers (RoiAlign in Mask R-CNN) gets the
+    same Cast twice."""
+    seen = set()
+    duplicates = []
+    for node in graph.node:
+        key = node.SerializeToString()
+        if key in seen:
+            duplicates.append(node)
+        seen.add(key)
+    for node in duplicates:
+        graph.node.remove(node)
+    return len(duplicates)
+
+
 def to_fp16(source: Path, output: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -84,8 +103,27 @@ def to_fp16(source: Path, output: Path) -> None:
     model = onnx.load(str(source))
     # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
     converted = convert_float_to_float16(model, keep_io_types=True)
+    drop_duplicate_nodes(converted.graph)
     with atomic_path(output) as tmp:
         onnx.save(converted, str(tmp))
+
+
+def onnx_load_graph(path: Path):
+    import onnx
+
+    return onnx.load(str(path)).graph
+
+
+def subgraph_node_names(graph) -> List[str]:
+    """Names of every node inside a control-flow body (Loop, If, Scan), at any depth."""
+    names: List[str] = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            bodies = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+            for body in bodies:
+                names += [n.name for n in body.node if n.name]
+                names += subgraph_node_names(body)
+    return names
 
 
 def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], backend: str,
@@ -97,6 +135,10 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
     settings = quantization_settings(backend)
     # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
     calibration = adapt_feed(calibration, graph_inputs(source), f"graph {source}")
+    if backend == "tensorrt":
+        # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
+        # computations there, and TensorRT refuses int8 shape tensors: keep those bodies float
+        settings["nodes_to_exclude"] = subgraph_node_names(onnx_load_graph(source))
     with atomic_path(output) as tmp:
         quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,

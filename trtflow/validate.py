@@ -2,11 +2,12 @@
 
 Metrics per output: max-abs, relative L2, cosine; for classification also top-1/top-5 agreement
 and, for models with real ImageNet weights, the predicted class of the sample photos whose subject
-is an ImageNet class; for segmentation (N x classes x H x W logits) pixel agreement and mIoU.
+is an ImageNet class; for segmentation (N x classes x H x W logits) pixel agreement and mIoU; for
+detection, detections matched by class and IoU, then masks by IoU and keypoints by distance.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,10 +20,16 @@ GATES = {"max_abs": ("max", "max_abs"), "rel_l2": ("max", "rel_l2"),
          "pixel_agreement": ("min", "pixel_agreement_min"), "miou": ("min", "miou_min"),
          "detection_recall": ("min", "detection_recall_min"),
          "detection_precision": ("min", "detection_precision_min"),
-         "matched_box_iou": ("min", "box_iou_min"), "max_score_diff": ("max", "score_diff_max")}
+         "matched_box_iou": ("min", "box_iou_min"), "max_score_diff": ("max", "score_diff_max"),
+         "mask_iou": ("min", "mask_iou_min"), "keypoint_distance": ("max", "keypoint_distance_max")}
 # Detections the reference is at least this sure of are the ones an engine must reproduce.
 DETECTION_MIN_SCORE = 0.3
 DETECTION_MATCH_IOU = 0.5
+# Gates of task detection, and what applies when a precision's tolerances name none of them (the
+# classification defaults, rel_l2 & co., are not gated for detections: see _compare_detections).
+DETECTION_GATE_KEYS = ("detection_recall_min", "detection_precision_min", "box_iou_min",
+                       "score_diff_max", "mask_iou_min", "keypoint_distance_max")
+DEFAULT_DETECTION_TOLERANCES = {"detection_recall_min": 0.9, "box_iou_min": 0.9}
 
 
 def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
@@ -75,41 +82,87 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def detection_metrics(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
-                      min_score: float = DETECTION_MIN_SCORE,
-                      match_iou: float = DETECTION_MATCH_IOU) -> Dict[str, float]:
-    """Engine vs reference detections, each (labels N x K, boxes N x K x 4 xyxy, scores N x K).
+Pair = Tuple[int, int, int]  # (image, reference detection, engine detection)
+
+
+def match_detections(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
+                     min_score: float = DETECTION_MIN_SCORE,
+                     match_iou: float = DETECTION_MATCH_IOU) -> Tuple[Dict[str, float], List[Pair]]:
+    """Engine vs reference detections, each (labels N x K, boxes N x K x 4 xyxy, scores N x K):
+    the detection metrics and the matched pairs.
 
     Engines may order near-equal detections differently, so tensors are not compared
     element-wise: each confident reference detection (score >= min_score), most confident first,
     is matched to the unmatched engine detection of the same class with the highest IoU
     (>= match_iou)."""
     (labels, boxes, scores), (ref_labels, ref_boxes, ref_scores) = out, ref
-    wanted = matched = found = 0
+    wanted = found = 0
+    pairs: List[Pair] = []
     ious: List[float] = []
     score_diffs: List[float] = [0.0]
     for image in range(ref_labels.shape[0]):
-        keep = scores[image] >= min_score
-        cand_labels, cand_boxes, cand_scores = labels[image][keep], boxes[image][keep], scores[image][keep]
-        found += int(keep.sum())
-        used = np.zeros(len(cand_labels), dtype=bool)
+        keep = np.flatnonzero(scores[image] >= min_score)
+        cand_labels, cand_boxes = labels[image][keep], boxes[image][keep]
+        found += len(keep)
+        used = np.zeros(len(keep), dtype=bool)
         for index in np.argsort(-ref_scores[image], kind="stable"):
             if ref_scores[image][index] < min_score:
                 break
             wanted += 1
-            overlap = box_iou(ref_boxes[image][index], cand_boxes) if len(cand_boxes) else np.zeros(0)
+            overlap = box_iou(ref_boxes[image][index], cand_boxes) if len(keep) else np.zeros(0)
             overlap[(cand_labels != ref_labels[image][index]) | used] = -1.0
             if overlap.size and overlap.max() >= match_iou:
                 best = int(overlap.argmax())
                 used[best] = True
-                matched += 1
+                pairs.append((image, int(index), int(keep[best])))
                 ious.append(float(overlap[best]))
-                score_diffs.append(abs(float(cand_scores[best] - ref_scores[image][index])))
-    return {"reference_detections": wanted, "engine_detections": found,
-            "detection_recall": matched / wanted if wanted else 1.0,
-            "detection_precision": matched / found if found else 1.0,
-            "matched_box_iou": float(np.mean(ious)) if ious else (1.0 if not wanted else 0.0),
-            "max_score_diff": float(max(score_diffs))}
+                score_diffs.append(abs(float(scores[image][keep[best]] - ref_scores[image][index])))
+    metrics = {"reference_detections": wanted, "engine_detections": found,
+               "detection_recall": len(pairs) / wanted if wanted else 1.0,
+               "detection_precision": len(pairs) / found if found else 1.0,
+               "matched_box_iou": float(np.mean(ious)) if ious else (1.0 if not wanted else 0.0),
+               "max_score_diff": float(max(score_diffs))}
+    return metrics, pairs
+
+
+def detection_metrics(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
+                      min_score: float = DETECTION_MIN_SCORE,
+                      match_iou: float = DETECTION_MATCH_IOU) -> Dict[str, float]:
+    return match_detections(out, ref, min_score, match_iou)[0]
+
+
+def mask_metrics(masks: np.ndarray, ref_masks: np.ndarray, pairs: Sequence[Pair],
+                 threshold: float = 0.5) -> Dict[str, float]:
+    """Matched detections' masks (N x K x h x w probabilities in each detection's box, as
+    Mask R-CNN's head gives them; matched boxes agree, so the frames do): IoU of the binary masks
+    (probability >= threshold). Empty in both counts as agreement."""
+    ious = []
+    for image, ref_index, index in pairs:
+        ours, theirs = masks[image, index] >= threshold, ref_masks[image, ref_index] >= threshold
+        union = np.count_nonzero(ours | theirs)
+        ious.append(np.count_nonzero(ours & theirs) / union if union else 1.0)
+    return {"matched_masks": len(ious), "mask_iou": float(np.mean(ious)) if ious else 1.0,
+            "min_mask_iou": float(np.min(ious)) if ious else 1.0}
+
+
+def keypoint_metrics(keypoints: np.ndarray, ref_keypoints: np.ndarray, ref_boxes: np.ndarray,
+                     pairs: Sequence[Pair]) -> Dict[str, float]:
+    """Matched detections' keypoints (N x K x P x 3: x, y, visibility): the distance of each
+    keypoint from the reference's, relative to the size (sqrt of the area) of the reference box,
+    as COCO's keypoint similarity scales it."""
+    relative, pixels = [], []
+    for image, ref_index, index in pairs:
+        distance = np.linalg.norm(keypoints[image, index, :, :2] - ref_keypoints[image, ref_index, :, :2],
+                                  axis=-1)
+        box = ref_boxes[image, ref_index]
+        scale = np.sqrt(max(float((box[2] - box[0]) * (box[3] - box[1])), 1.0))
+        pixels.append(distance)
+        relative.append(distance / scale)
+    if not pairs:
+        return {"matched_keypoint_sets": 0, "keypoint_distance": 0.0, "max_keypoint_distance_px": 0.0}
+    return {"matched_keypoint_sets": len(pairs),
+            "keypoint_distance": float(np.mean(np.concatenate(relative))),
+            "max_keypoint_distance_px": float(np.max(np.concatenate(pixels)))}
 
 
 def predictions(out: np.ndarray, ref: np.ndarray, sample_names: Sequence[str],
@@ -183,19 +236,31 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
 
 def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
                         tolerances: Mapping[str, float], min_score: float) -> Dict[str, Any]:
-    """task: detection. The outputs are (labels, boxes, scores) in config order; per-tensor
-    metrics are reported but only the detection metrics (and NaNs) are gated, since a reordering
-    of near-equal detections is not an error."""
+    """task: detection. The first three outputs are (labels, boxes, scores) in config order; an
+    output named `masks` (per-detection mask probabilities) or `keypoints` (x, y, visibility) is
+    compared on the matched detections. Per-tensor metrics are reported but only the detection
+    metrics (and NaNs) are gated, since a reordering of near-equal detections is not an error."""
     names = list(reference)
-    if len(names) != 3:
-        return {"passed": False, "failures": [f"task detection needs 3 outputs (labels, boxes, "
-                                              f"scores), the model has {names}"],
+    if len(names) < 3:
+        return {"passed": False, "failures": [f"task detection needs the outputs labels, boxes, "
+                                              f"scores first; the model has {names}"],
                 "outputs": {}, "predictions": [], "tolerances": dict(tolerances)}
     per_output = {name: tensor_metrics(outputs[name], reference[name]) for name in names}
-    metrics = detection_metrics([outputs[n] for n in names], [reference[n] for n in names],
-                                min_score)
+    metrics, pairs = match_detections([outputs[n] for n in names[:3]],
+                                      [reference[n] for n in names[:3]], min_score)
+    if "masks" in reference:
+        metrics.update(mask_metrics(outputs["masks"], reference["masks"], pairs))
+    if "keypoints" in reference:
+        metrics.update(keypoint_metrics(outputs["keypoints"], reference["keypoints"],
+                                        reference[names[1]], pairs))
     failures = [f"output '{n}': {m['nonfinite']} NaN/Inf values" for n, m in per_output.items()
                 if m["nonfinite"]]
+    if not any(key in tolerances for key in DETECTION_GATE_KEYS):
+        tolerances = {**tolerances, **DEFAULT_DETECTION_TOLERANCES}
+    if metrics["reference_detections"] == 0:  # a pass with nothing compared proves nothing
+        failures.append(f"the reference has no detection with score >= {min_score:g}, so there "
+                        "is nothing to validate: lower validation.detection_min_score (or the "
+                        "model's detection_min_score)")
     # gate() checks only the metrics it is given: the detection ones, not rel_l2 & co.
     failures += gate(metrics, tolerances, "detections")
     per_output[names[1]].update(metrics)  # the boxes output carries the detection metrics

@@ -24,6 +24,7 @@ def main(args) -> None:
     from trtflow.export import check_forward
     from trtflow.io import save_npz
     from trtflow.models import eval_wrapper, load_trained_model
+    from trtflow.runners.base import infer_in_chunks
     from trtflow.runners.torch import TorchRunner
 
     torch.manual_seed(0)
@@ -35,7 +36,7 @@ def main(args) -> None:
     check_forward(module, tuple(torch.from_numpy(v[:1]) for v in inputs.values()), args.model,
                   args.spec["inputs"], args.spec["outputs"])
     runner = TorchRunner(module, args.spec["outputs"], device=args.device).load()
-    outputs = runner.infer(inputs)
+    outputs = infer_in_chunks(runner, inputs, args.spec.get("static_batch"))
     arrays = {f"input:{k}": v for k, v in inputs.items()}
     arrays.update({f"output:{k}": v for k, v in outputs.items()})
     arrays["__samples__"] = np.array(names)

@@ -9,24 +9,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the trtflow pack
 from trtflow import cli  # noqa: E402
 
 
-def run_in_chunks(runner, inputs, max_batch: int):
-    import numpy as np
-
-    count = next(iter(inputs.values())).shape[0]
-    pieces = []
-    for start in range(0, count, max_batch):
-        pieces.append(runner.infer({k: np.ascontiguousarray(v[start:start + max_batch])
-                                    for k, v in inputs.items()}))
-    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
-
-
 def main(args) -> None:
     import logging
 
     from trtflow.errors import TrtflowError
     from trtflow.io import load_npz, reference_part, read_json, write_json
     from trtflow.runners import get_backend
-    from trtflow.runners.base import adapt_feed
+    from trtflow.runners.base import adapt_feed, infer_in_chunks
     from trtflow.validate import compare
 
     sidecar = read_json(args.sidecar)
@@ -37,7 +26,7 @@ def main(args) -> None:
     with get_backend(args.backend).EngineRunner(Path(args.engine), Path(args.sidecar),
                                                 **args.options) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
-        outputs = run_in_chunks(runner, inputs, int(sidecar["profile"]["max"]))
+        outputs = infer_in_chunks(runner, inputs, int(sidecar["profile"]["max"]))
     result = compare(outputs, expected, args.task, args.tolerances,
                      [str(s) for s in reference["__samples__"]], labels,
                      check_expected=args.check_expected_labels and labels is not None

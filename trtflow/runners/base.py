@@ -127,3 +127,13 @@ def host_timing(call: Callable[[], Any], warmup: int, iterations: int,
         return (time.perf_counter() - start) * 1e3
 
     return timing_loop(one, warmup, iterations, max_seconds)
+
+
+def infer_in_chunks(runner: Runner, inputs: Mapping[str, np.ndarray],
+                    max_batch: Optional[int]) -> Dict[str, np.ndarray]:
+    """runner.infer over the samples `max_batch` at a time (all at once for None), concatenated."""
+    count = next(iter(inputs.values())).shape[0]
+    step = max_batch or count
+    pieces = [runner.infer({k: np.ascontiguousarray(v[start:start + step]) for k, v in inputs.items()})
+              for start in range(0, count, step)]
+    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}

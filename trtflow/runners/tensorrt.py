@@ -55,25 +55,31 @@ def major_version(trt=None) -> int:
     return int(trt.__version__.split(".")[0])
 
 
-class CapturingLogger:
-    """A trt.ILogger that keeps errors (for our messages) and forwards the rest to logging."""
+def capturing_logger(trt, min_severity=None):
+    """A trt.ILogger that keeps errors (in .errors, for our messages) and forwards the rest to
+    logging. The class is made per call because its base class comes from the tensorrt module."""
 
-    def __new__(cls, trt, min_severity=None):
-        class _Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: List[str] = []
-                self.min_severity = min_severity or trt.ILogger.WARNING
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: List[str] = []
+            self.min_severity = min_severity or trt.ILogger.WARNING
 
-            def log(self, severity, msg) -> None:
-                if severity <= trt.ILogger.ERROR:
-                    self.errors.append(msg)
-                if severity <= self.min_severity:
-                    level = logging.ERROR if severity <= trt.ILogger.ERROR else (
-                        logging.WARNING if severity == trt.ILogger.WARNING else logging.INFO)
-                    log.log(level, "TensorRT: %s", msg)
+        def log(self, severity, msg) -> None:
+            if severity <= trt.ILogger.ERROR:
+                self.errors.append(msg)
+            if severity <= self.min_severity:
+                level = logging.ERROR if severity <= trt.ILogger.ERROR else (
+                    logging.WARNING if severity == trt.ILogger.WARNING else logging.INFO)
+                log.log(level, "TensorRT: %s", msg)
 
-        return _Logger()
+    return CapturingLogger()
+
+
+def load_plugins(trt, logger) -> None:
+    """Register TensorRT's bundled plugins: the ONNX parser maps some ops to them (RoiAlign ->
+    ROIAlign_TRT on 8.6, EfficientNMS_TRT nodes), and engines using them need them to load."""
+    trt.init_libnvinfer_plugins(logger, "")
 
 
 def runtime_identity() -> Dict[str, str]:
@@ -216,7 +222,8 @@ def progress_monitor(trt):
 
 
 def profile_shapes(network, batch_profile: Mapping[str, int], model: str) -> Dict[str, List[Tuple[int, ...]]]:
-    """min/opt/max shapes per network input: the profile on axis 0, the rest fixed."""
+    """min/opt/max shapes per dynamic-batch network input: the profile on axis 0, the rest fixed.
+    A static-batch input (a model exported with static_batch) needs no profile, but must agree."""
     shapes = {}
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
@@ -224,7 +231,16 @@ def profile_shapes(network, batch_profile: Mapping[str, int], model: str) -> Dic
         if any(d < 0 for d in dims[1:]):
             raise TrtflowError(f"input '{tensor.name}' has dynamic non-batch axes {dims}",
                                model=model, fix="give fixed input shapes in the config")
-        shapes[tensor.name] = [tuple([int(batch_profile[k])] + dims[1:]) for k in ("min", "opt", "max")]
+        batches = [int(batch_profile[k]) for k in ("min", "opt", "max")]
+        if dims and dims[0] >= 0:
+            if any(b != dims[0] for b in batches):
+                raise TrtflowError(
+                    f"input '{tensor.name}' has a static batch of {dims[0]} but the batch profile "
+                    f"is {dict(batch_profile)}", model=model,
+                    fix=f"run this model only in a profile with min = opt = max = {dims[0]} "
+                        "(models.<name>.batch_profiles)")
+            continue
+        shapes[tensor.name] = [tuple([b] + dims[1:]) for b in batches]
     return shapes
 
 
@@ -321,7 +337,8 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
     the precision asked for, and write it with a sidecar JSON."""
     trt = trt_module()
     identity = runtime_identity()
-    logger = CapturingLogger(trt)
+    logger = capturing_logger(trt)
+    load_plugins(trt, logger)
     builder = trt.Builder(logger)
     flags, strongly_typed = network_flags(trt)
     network = builder.create_network(flags)
@@ -350,10 +367,11 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
     if monitor is not None:
         config.progress_monitor = monitor
     shapes = profile_shapes(network, batch_profile, model)
-    opt_profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
-        opt_profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(opt_profile)
+    if shapes:  # a network whose inputs are all static takes no optimisation profile
+        opt_profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in shapes.items():
+            opt_profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(opt_profile)
     cache_path = Path(options["timing_cache_path"]) if options.get("timing_cache_path") else None
     cache_state, cache_bytes_before = "none", 0
     if cache_path is not None:
@@ -427,7 +445,8 @@ class TensorRTRunner(Runner):
         trt = trt_module()
         if self.sidecar is not None:
             check_compatible(self.sidecar, self.engine_path)
-        self.logger = CapturingLogger(trt)
+        self.logger = capturing_logger(trt)
+        load_plugins(trt, self.logger)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
@@ -439,8 +458,12 @@ class TensorRTRunner(Runner):
         self.context.set_optimization_profile_async(0, self.stream.ptr)
         self.inputs, self.outputs = io_specs(trt, self.engine)
         first = self.inputs[0].name
-        low, _, high = self.engine.get_tensor_profile_shape(first, 0)
-        self.batch_range = (int(low[0]), int(high[0]))
+        static_batch = int(self.engine.get_tensor_shape(first)[0])
+        if static_batch >= 0:
+            self.batch_range = (static_batch, static_batch)
+        else:
+            low, _, high = self.engine.get_tensor_profile_shape(first, 0)
+            self.batch_range = (int(low[0]), int(high[0]))
         return self
 
     def _stage(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -457,6 +480,12 @@ class TensorRTRunner(Runner):
         host = {}
         for spec in self.outputs:
             shape = tuple(self.context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
+                raise TrtflowError(
+                    f"engine {self.engine_path.name}: output '{spec.name}' has a data-dependent "
+                    f"shape {list(shape)}; trtflow runs engines with static output shapes",
+                    fix="pad the model's variable-length outputs to a fixed count in forward() "
+                        "(as trtflow.zoo's R-CNN deploy modules do)")
             host[spec.name] = np.empty(shape, dtype=np.dtype(spec.dtype))
             buffer = self.buffers.setdefault(spec.name, cuda.DeviceBuffer())
             buffer.resize(host[spec.name].nbytes)

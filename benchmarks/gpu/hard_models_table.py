@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Markdown table for one run of config/hard_models.yaml (benchmarks/gpu/hard_models.sh).
+
+Reads the run's JSON outputs (validation, benchmark, baseline, engine sidecars, patch reports), so
+it also tabulates a run in which some cells failed and no summary.csv was written. Every ratio
+compares numbers of that one run: engine median latency against PyTorch eager's at the same batch
+and precision, on the same GPU."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# patch passes that did nothing are not "needed": these report keys say that a pass changed the graph
+CHANGED = {"inline_empty_guards": "inlined", "roialign_to_gridsample": "rewritten",
+           "int64_inputs_to_int32": "converted", "decompose_layernorm": "decomposed"}
+
+
+def read(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def eager_p50(baseline: dict, precision: str, batch: int) -> Optional[float]:
+    for variant in baseline["variants"]:
+        if variant["variant"] == f"torch-eager-{precision}":
+            for point in variant["batches"]:
+                if point["batch"] == batch:
+                    return point["latency_p50_ms"]
+    return None
+
+
+def passes_needed(patch: dict) -> str:
+    done = [p["pass"] for p in patch["passes"] if p.get(CHANGED.get(p["pass"], ""), None)]
+    folded = next((p for p in patch["passes"] if p["pass"] == "fold_constants"), None)
+    if folded:
+        done.append(f"fold_constants ({folded['before']['nodes']}->{folded['after']['nodes']} nodes)")
+    return ", ".join(done)
+
+
+def verdict(validation: Optional[dict]) -> str:
+    if validation is None:
+        return "no engine"
+    if validation["passed"]:
+        detections = validation.get("detections")
+        if detections:
+            extra = [f"{k} {detections[k]:.3g}" for k in ("mask_iou", "keypoint_distance") if k in detections]
+            return "pass (" + ", ".join([f"recall {detections['detection_recall']:.3g}",
+                                         f"box IoU {detections['matched_box_iou']:.4g}"] + extra) + ")"
+        return "pass"
+    return "FAIL: " + "; ".join(validation["failures"])[:160]
+
+
+def rows(results: Path) -> List[str]:
+    lines = []
+    for model_dir in sorted((results / "validation").iterdir()):
+        model = model_dir.name
+        patch = read(next((results / "onnx" / model).rglob("patch.json")))
+        needed = passes_needed(patch) if patch else "?"
+        for precision in PRECISIONS:
+            sidecars = sorted((results / "engines" / model).rglob(f"{precision}-*.json"))
+            if not sidecars:
+                lines.append(f"| {model} | {precision} | | | | | build failed (see failed-engine-logs) | {needed} |")
+                continue
+            sidecar = read(sidecars[0])
+            stem = sidecars[0].stem
+            tag = sidecars[0].parent.name
+            bench = read(results / "benchmark" / model / tag / f"{stem}.json")
+            baseline = read(next((results / "baseline" / model).rglob(f"{sidecar['batch_profile']}.json")))
+            validation = read(results / "validation" / model / tag / f"{stem}.json")
+            point = bench["batches"][0]
+            eager = eager_p50(baseline, "fp16" if precision != "fp32" else "fp32", point["batch"])
+            ratio = f"{eager / point['latency_p50_ms']:.2f}x" if eager else ""
+            lines.append(f"| {model} | {precision} | {point['batch']} | {point['latency_p50_ms']:.3f} | "
+                         f"{eager:.3f} | {ratio} | {verdict(validation)} | {needed} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("results", type=Path, help="the run's results directory")
+    args = parser.parse_args()
+    header = ("| model | precision | batch | engine p50 ms | eager p50 ms (same precision; fp16 for int8) "
+              "| eager / engine | validation | patch passes that changed the graph |")
+    print(header)
+    print("|---|---|---|---|---|---|---|---|")
+    for line in rows(args.results):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

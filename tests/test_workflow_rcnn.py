@@ -1,0 +1,70 @@
+"""Mask R-CNN and Keypoint R-CNN (torchvision's R50-FPN) through the whole workflow on ONNX
+Runtime: static batch 1, fixed input size, the detector surgery passes, and validation of
+detections (class + IoU), masks (IoU) and keypoints (distance)."""
+from __future__ import annotations
+
+import csv
+import json
+
+from conftest import Workflow, tiny_config
+
+import pytest
+
+pytestmark = pytest.mark.workflow
+SIZE = 320  # a multiple of 32 (the FPN's coarsest stride); 1344 in config/hard_models.yaml
+
+
+def rcnn_entry(architecture: str, outputs, **extra) -> dict:
+    entry = {"architecture": architecture, "architecture_kwargs": {"image_size": SIZE},
+             "task": "detection", "static_batch": 1, "batch_profiles": ["single"],
+             "weights": {"random": True, "seed": 0},
+             "inputs": [{"name": "images", "shape": [3, SIZE, SIZE], "dtype": "float32",
+                         "data": "photos"}],
+             "outputs": outputs}
+    entry.update(extra)
+    return entry
+
+
+def test_mask_and_keypoint_rcnn_validate(workflow: Workflow):
+    models = {
+        "mask": rcnn_entry("maskrcnn_r50_fpn", ["labels", "boxes", "scores", "masks"], tolerances={
+            "fp32": {"detection_recall_min": 0.95, "box_iou_min": 0.99, "mask_iou_min": 0.98},
+            # random weights: hundreds of near-tied boxes, which fp16 reorders through NMS
+            "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7, "mask_iou_min": 0.9}}),
+        "keypoint": rcnn_entry("keypointrcnn_r50_fpn",
+                               ["labels", "boxes", "scores", "keypoints", "keypoint_scores"],
+                               detection_min_score=0.2, tolerances={
+            "fp32": {"detection_recall_min": 0.95, "box_iou_min": 0.99, "keypoint_distance_max": 0.01},
+            # random heatmaps have many near-equal peaks: fp16 moves the argmax, so keypoint
+            # distance is measured (asserted below) but gated only in fp32
+            "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7}}),
+    }
+    config = tiny_config(models=models, precisions=["fp32", "fp16", "int8"],
+                         batch_profiles={"single": {"min": 1, "opt": 1, "max": 1}},
+                         exclude=[{"model": "keypoint", "precision": "int8"}])
+    config["validation"] = {"num_samples": 3, "on_failure": "record", "detection_min_score": 0.5}
+    workflow.write_config(config)
+    workflow.run("all")
+    with open(workflow.path("results/summary.csv")) as handle:
+        rows = {(r["model"], r["precision"]): r for r in csv.DictReader(handle)}
+    for cell in [("mask", "fp32"), ("mask", "fp16"), ("keypoint", "fp32"), ("keypoint", "fp16")]:
+        assert rows[cell]["validation_passed"] == "True", (cell, rows[cell]["failures"])
+    assert ("mask", "int8") in rows  # measured and recorded, pass or not
+
+    exported = json.loads(workflow.path("results/onnx/mask/export.json").read_text())
+    assert exported["static_batch"] == 1 and exported["inputs"][0]["shape"] == [1, 3, SIZE, SIZE]
+    assert exported["outputs"][3]["shape"] == [1, 100, 28, 28]  # padded: static output shapes
+    patch = json.loads(workflow.path("results/onnx/mask/onnxruntime/patch.json").read_text())
+    guards = next(p for p in patch["passes"] if p["pass"] == "inline_empty_guards")
+    assert len(guards["inlined"]) == 2  # the two NMS guards (RPN and box head)
+
+    mask = json.loads(next(workflow.path("results/validation/mask").rglob("fp32-single.json")).read_text())
+    assert mask["detections"]["reference_detections"] > 10
+    assert mask["detections"]["matched_masks"] == mask["detections"]["reference_detections"]
+    keypoint = json.loads(next(workflow.path("results/validation/keypoint").rglob("fp32-single.json"))
+                          .read_text())
+    assert keypoint["detections"]["matched_keypoint_sets"] > 0
+    assert keypoint["detections"]["keypoint_distance"] < 1e-3
+    keypoint16 = json.loads(next(workflow.path("results/validation/keypoint").rglob("fp16-single.json"))
+                            .read_text())
+    assert keypoint16["detections"]["keypoint_distance"] >= 0.0  # measured and recorded

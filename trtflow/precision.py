@@ -108,12 +108,6 @@ def to_fp16(source: Path, output: Path) -> None:
         onnx.save(converted, str(tmp))
 
 
-def onnx_load_graph(path: Path):
-    import onnx
-
-    return onnx.load(str(path)).graph
-
-
 def subgraph_node_names(graph) -> List[str]:
     """Names of every node inside a control-flow body (Loop, If, Scan), at any depth."""
     names: List[str] = []
@@ -138,7 +132,9 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
     if backend == "tensorrt":
         # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
         # computations there, and TensorRT refuses int8 shape tensors: keep those bodies float
-        settings["nodes_to_exclude"] = subgraph_node_names(onnx_load_graph(source))
+        import onnx
+
+        settings["nodes_to_exclude"] = subgraph_node_names(onnx.load(str(source)).graph)
     with atomic_path(output) as tmp:
         quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,

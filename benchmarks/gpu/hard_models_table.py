@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/make_table.py
+from make_table import torch_points  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # patch passes that did nothing are not "needed": these report keys say that a pass changed the graph
@@ -23,12 +27,8 @@ def read(path: Path) -> Optional[dict]:
 
 
 def eager_p50(baseline: dict, precision: str, batch: int) -> Optional[float]:
-    for variant in baseline["variants"]:
-        if variant["variant"] == f"torch-eager-{precision}":
-            for point in variant["batches"]:
-                if point["batch"] == batch:
-                    return point["latency_p50_ms"]
-    return None
+    point = torch_points(baseline, batch).get(f"torch-eager-{precision}")
+    return point["latency_p50_ms"] if point else None
 
 
 def passes_needed(patch: dict) -> str:

@@ -17,7 +17,8 @@ BASEDIR = Path(workflow.basedir)
 SCRIPTS = BASEDIR / "workflow_scripts"
 
 try:
-    CONFIG = validate_config(config, "config/config.yaml (with --config overrides)")
+    _files = ", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
+    CONFIG = validate_config(config, f"{_files} (with --config overrides)")
     # PyTorch-side scripts: the configured interpreter, else this one; under --sdm conda the
     # rule's environment provides `python`.
     _conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))

@@ -107,7 +107,22 @@ def test_weights_naming_two_sources_says_exactly_one() -> None:
     config["models"]["net"]["weights"] = {"random": True, "path": "x.pt"}
     text = str(config_error(config))
     assert "invalid config at 'models.net.weights'" in text
-    assert "weights must name exactly one of 'path', 'builtin' or 'random'" in text
+    assert "weights must name exactly one of 'path', 'builtin' or 'random: true'" in text
+
+
+@pytest.mark.parametrize("weights", [{"random": False}, {"random": False, "seed": 3}])
+def test_weights_random_false_alone_names_no_source(weights) -> None:
+    config = one_model_config()
+    config["models"]["net"]["weights"] = weights
+    assert "weights must name exactly one" in str(config_error(config))
+
+
+def test_a_layered_config_replaces_random_weights_with_random_false(resnet18_checkpoint: Path) -> None:
+    """--configfile base.yaml overlay.yaml merges key by key: the overlay's path arrives next to
+    the base's random/seed, and random: false says the path wins."""
+    config = one_model_config()
+    config["models"]["net"]["weights"] = {"random": False, "seed": 0, "path": str(resnet18_checkpoint)}
+    assert validate_config(config, "layered")["models"]["net"]["weights"]["path"] == str(resnet18_checkpoint)
 
 
 def test_bad_sha256_format_is_refused() -> None:

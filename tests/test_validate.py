@@ -237,6 +237,23 @@ def test_detection_of_another_class_or_place_does_not_match() -> None:
     assert not any("rel_l2" in f for f in result["failures"])  # tensors are not gated element-wise
 
 
+def test_a_failed_detection_check_names_the_lost_detections() -> None:
+    from trtflow.validate import compare
+
+    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.6), (3, 50, 50, 60, 60, 0.7)])
+    # the second detection changed class (a near-tie between classes), the third lost 0.3 of score
+    engine = _detections([(1, 0, 0, 10, 10, 0.9), (3, 20, 20, 40, 40, 0.55), (3, 50, 50, 60, 60, 0.4)])
+    names = ("labels", "boxes", "scores")
+    result = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
+                     {"detection_recall_min": 0.9}, ["img"], detection_min_score=0.3)
+    lost, worst = result["mismatches"]
+    assert lost == {"kind": "lost", "sample": 0, "reference_label": 2, "reference_score": 0.6,
+                    "reference_box": [20.0, 20.0, 40.0, 40.0], "nearest_engine_label": 3,
+                    "nearest_engine_score": 0.55, "nearest_engine_iou": 1.0}
+    assert worst["kind"] == "largest_score_diff" and worst["label"] == 3
+    assert (worst["reference_score"], worst["engine_score"]) == (0.7, 0.4)
+
+
 def test_masks_and_keypoints_are_compared_on_matched_detections() -> None:
     """Engine detections in another order: masks and keypoints follow their detection's match."""
     reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])

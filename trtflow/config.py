@@ -128,14 +128,18 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
     validator = _validator_with_defaults(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: len(list(e.absolute_path)))
     if errors:
-        error = jsonschema.exceptions.best_match(errors)
+        # a weights object matching no source: say so, rather than best_match's guess of which
+        # source the user meant
+        weights_errors = [e for e in errors if e.validator == "oneOf"
+                          and _format_path(e.absolute_path).endswith("weights")]
+        error = weights_errors[0] if weights_errors else jsonschema.exceptions.best_match(errors)
         where = _format_path(error.absolute_path)
         message = error.message
         if error.validator == "additionalProperties":
             allowed = sorted(error.schema.get("properties", {}))
             message += f" (allowed keys here: {', '.join(allowed)})" if allowed else ""
         if error.validator == "oneOf" and where.endswith("weights"):
-            message = "weights must name exactly one of 'path', 'builtin' or 'random'"
+            message = "weights must name exactly one of 'path', 'builtin' or 'random: true'"
         raise TrtflowError(f"invalid config at '{where}': {message}", path=config_file,
                            fix=f"edit '{where}' (every key is described in {schema_path.name})")
     check_semantics(resolved, config_file)

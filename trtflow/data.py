@@ -1,8 +1,9 @@
 """Input sets for calibration, validation and benchmarking.
 
 `imagenet_samples` uses the photos that ship inside scikit-image (no download), preprocessed the
-way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1]; `synthetic` draws seeded random values of the input's
-dtype. Calibration takes seeded random crops and flips, validation the standard centre crop, so
+way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1]; `shapes` renders
+the synthetic scenes of `trtflow.shapes` (RGB in [0, 1], for detectors trained on them);
+`synthetic` draws seeded random values of the input's dtype. Calibration takes seeded random crops and flips, validation the standard centre crop, so
 the two sets differ.
 """
 from __future__ import annotations
@@ -128,6 +129,13 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
             chw = normalize_chw if PHOTO_DATA[spec["data"]] else unit_chw
             arrays[spec["name"]] = np.stack([chw(i) for i in images]).astype(
                 NUMPY_DTYPES[spec["dtype"]])
+        elif spec.get("data") == "shapes":
+            from .shapes import scene_images
+
+            height, width = _image_shape(spec, model)
+            arrays[spec["name"]] = scene_images(count, height, width, (seed, 0 if purpose == "validation" else 1)).astype(
+                NUMPY_DTYPES[spec["dtype"]])
+            names = [f"shapes{i}" for i in range(count)]
         else:
             arrays[spec["name"]] = synthetic(spec, count, rng)
     return arrays, names

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Iterable, Mapping
 
 from .errors import TrtflowError
 
@@ -98,10 +99,28 @@ def extract_state_dict(checkpoint: Any, model: str, path: str) -> Dict[str, Any]
                        fix="save it with torch.save(model.state_dict(), path)")
 
 
+def with_wrapper_prefix(own_keys: Iterable[str], state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The checkpoint with its keys moved under the deploy wrapper when that makes them match.
+
+    The built-in detectors are deploy modules around the framework's model (`detector.`): a
+    checkpoint of the bare torchvision / transformers model then loads as it is."""
+    own = set(own_keys)
+    if set(state_dict) == own or not own:
+        return state_dict
+    common = os.path.commonprefix([min(own), max(own)]).split(".")[:-1]
+    for depth in range(1, len(common) + 1):  # "detector", then "detector.model", ...
+        prefix = ".".join(common[:depth]) + "."
+        moved = {prefix + k: v for k, v in state_dict.items()}
+        if set(moved) == own:
+            return moved
+    return state_dict
+
+
 def load_weights(module, state_dict: Mapping[str, Any], model: str, architecture: str,
                  path: str) -> None:
     """load_state_dict(strict) with an error that says what does not match and what to do."""
     own = module.state_dict()
+    state_dict = with_wrapper_prefix(own.keys(), state_dict)
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     wrong_shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"

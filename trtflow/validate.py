@@ -125,6 +125,35 @@ def match_detections(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
     return metrics, pairs
 
 
+def detection_mismatches(out: Sequence[np.ndarray], ref: Sequence[np.ndarray], pairs: Sequence[Pair],
+                         min_score: float, limit: int = 10) -> List[Dict[str, Any]]:
+    """What a failed detection check is about: each confident reference detection the engine
+    did not reproduce, with the engine detection that overlaps it most (any class, any score),
+    and the matched pair whose scores differ most."""
+    (labels, boxes, scores), (ref_labels, ref_boxes, ref_scores) = out, ref
+    matched = {(image, index) for image, index, _ in pairs}
+    rows: List[Dict[str, Any]] = []
+    for image, index in zip(*np.nonzero(ref_scores >= min_score)):
+        if (int(image), int(index)) in matched or len(rows) == limit:
+            continue
+        overlap = box_iou(ref_boxes[image][index], boxes[image])
+        nearest = int(overlap.argmax())
+        rows.append({"kind": "lost", "sample": int(image), "reference_label": int(ref_labels[image][index]),
+                     "reference_score": round(float(ref_scores[image][index]), 4),
+                     "reference_box": [round(float(v), 1) for v in ref_boxes[image][index]],
+                     "nearest_engine_label": int(labels[image][nearest]),
+                     "nearest_engine_score": round(float(scores[image][nearest]), 4),
+                     "nearest_engine_iou": round(float(overlap[nearest]), 4)})
+    if pairs:
+        image, index, match = max(pairs, key=lambda p: abs(float(scores[p[0]][p[2]] - ref_scores[p[0]][p[1]])))
+        rows.append({"kind": "largest_score_diff", "sample": int(image),
+                     "label": int(ref_labels[image][index]),
+                     "reference_score": round(float(ref_scores[image][index]), 4),
+                     "engine_score": round(float(scores[image][match]), 4),
+                     "iou": round(float(box_iou(ref_boxes[image][index], boxes[image][match:match + 1])[0]), 4)})
+    return rows
+
+
 def detection_metrics(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
                       min_score: float = DETECTION_MIN_SCORE,
                       match_iou: float = DETECTION_MATCH_IOU) -> Dict[str, float]:
@@ -264,5 +293,8 @@ def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[st
     # gate() checks only the metrics it is given: the detection ones, not rel_l2 & co.
     failures += gate(metrics, tolerances, "detections")
     per_output[names[1]].update(metrics)  # the boxes output carries the detection metrics
+    mismatches = detection_mismatches([outputs[n] for n in names[:3]],
+                                      [reference[n] for n in names[:3]], pairs, min_score)
     return {"passed": not failures, "failures": failures, "outputs": per_output,
-            "detections": metrics, "predictions": [], "tolerances": dict(tolerances)}
+            "detections": metrics, "mismatches": mismatches, "predictions": [],
+            "tolerances": dict(tolerances)}

@@ -1,0 +1,353 @@
+"""Synthetic "shapes" scenes, and training the built-in detectors on them.
+
+No trained COCO checkpoint of Mask R-CNN, Keypoint R-CNN or RT-DETR can be fetched here (none
+is on PyPI, the only index we reach), and randomly initialised detectors are no test of an fp16 or
+int8 engine: their scores hover around one value, so any rounding reorders the detections. A
+detector trained for a few minutes on these scenes gives what a trained checkpoint gives:
+confident, well-separated detections, sharp masks and single-peaked keypoint heatmaps.
+
+A scene is a smooth two-colour background with solid rectangles, ellipses and triangles that do
+not overlap. Every object has a box, a class (1 rectangle, 2 ellipse, 3 triangle), a mask and K
+keypoints: keypoint k is where the ray from the object's centre at angle 2*pi*k/K (image axes,
+counter-clockwise from +x) leaves the shape, so each keypoint has one identity whatever the
+shape's rotation.
+
+    python -m trtflow.shapes --architecture maskrcnn_r50_fpn --size 512 --steps 1500 \
+        --output checkpoints/maskrcnn_shapes.pt
+
+The checkpoint is the detector's own state_dict (torchvision or transformers keys), the form a
+user's checkpoint has; `weights: {path: ...}` loads it into the deploy module.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import TrtflowError
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SHAPE_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle")  # labels 1, 2, 3
+OBJECT_SIDE_PX = (48, 280)   # object sizes in pixels, whatever the image size (FPN anchors 32-512)
+MIN_CONTRAST = 0.35          # colour distance between an object and the background under it
+
+
+@dataclass
+class Scene:
+    image: np.ndarray       # H x W x 3 float32 RGB in [0, 1]
+    boxes: np.ndarray       # N x 4 float32 xyxy pixels
+    labels: np.ndarray      # N int64, 1-based SHAPE_CLASSES index
+    masks: np.ndarray       # N x H x W uint8
+    keypoints: np.ndarray   # N x K x 3 float32 (x, y, visibility 2)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A linear blend of two random colours along a random direction, with mild noise."""
+    angle = rng.uniform(0, 2 * math.pi)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = (np.cos(angle) * xs / width + np.sin(angle) * ys / height)
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    first, second = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    image = first * (1 - ramp[..., None]) + second * ramp[..., None]
+    return (image + rng.normal(0, 0.02, image.shape)).astype(np.float32)
+
+
+def _shape_mask(kind: str, rng: np.random.Generator, center: Tuple[float, float], side: float,
+                height: int, width: int) -> np.ndarray:
+    from skimage.draw import ellipse, polygon
+
+    cy, cx = center
+    rotation = rng.uniform(0, math.pi)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    if kind == "ellipse":
+        rows, cols = ellipse(cy, cx, side / 2 * rng.uniform(0.5, 1.0), side / 2, (height, width),
+                             rotation=rotation)
+    else:
+        if kind == "rectangle":
+            half_w, half_h = side / 2, side / 2 * rng.uniform(0.5, 1.0)
+            corners = np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
+        else:
+            corners = np.array([[side / 2 * math.cos(a), side / 2 * math.sin(a)]
+                                for a in (0.0, 2 * math.pi / 3, 4 * math.pi / 3)])
+        turn = np.array([[math.cos(rotation), -math.sin(rotation)], [math.sin(rotation), math.cos(rotation)]])
+        points = corners @ turn.T + np.array([cx, cy])
+        rows, cols = polygon(points[:, 1], points[:, 0], (height, width))
+    mask[rows, cols] = 1
+    return mask
+
+
+def boundary_keypoints(mask: np.ndarray, count: int) -> np.ndarray:
+    """count x 3: where rays from the mask's centroid at angles 2*pi*k/count leave the mask
+    (convex shapes: one crossing per ray), visibility 2."""
+    rows, cols = np.nonzero(mask)
+    cy, cx = rows.mean(), cols.mean()
+    reach = np.arange(0, max(mask.shape), 0.5)
+    points = []
+    for k in range(count):
+        angle = 2 * math.pi * k / count
+        xs = np.clip(np.round(cx + reach * math.cos(angle)).astype(int), 0, mask.shape[1] - 1)
+        ys = np.clip(np.round(cy - reach * math.sin(angle)).astype(int), 0, mask.shape[0] - 1)
+        outside = np.nonzero(mask[ys, xs] == 0)[0]
+        last = (outside[0] - 1) if outside.size else len(reach) - 1
+        points.append((xs[max(last, 0)] + 0.5, ys[max(last, 0)] + 0.5, 2.0))
+    return np.array(points, dtype=np.float32)
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int, num_keypoints: int = 17,
+                 max_objects: int = 12) -> Scene:
+    image = _background(rng, height, width)
+    area_budget = height * width / (160.0 * 160.0)  # about one object per 160x160 pixels
+    wanted = int(rng.integers(1, int(np.clip(area_budget, 2, max_objects)) + 1))
+    discs: List[Tuple[float, float, float]] = []  # bounding circles of the placed objects
+    boxes, labels, masks, keypoints = [], [], [], []
+    for _ in range(wanted * 20):  # rejection sampling: objects neither overlap nor fade in
+        if len(masks) == wanted:
+            break
+        side = rng.uniform(*OBJECT_SIDE_PX) * min(1.0, min(height, width) / 320.0)
+        center = (rng.uniform(side / 2, height - side / 2), rng.uniform(side / 2, width - side / 2))
+        radius = side / 2 * math.sqrt(2)
+        if any(math.hypot(center[0] - y, center[1] - x) < radius + r + 4 for y, x, r in discs):
+            continue
+        label = int(rng.integers(len(SHAPE_CLASSES)))
+        mask = _shape_mask(SHAPE_CLASSES[label], rng, center, side, height, width)
+        inside = mask.astype(bool)
+        colour = rng.uniform(0, 1, 3)
+        if inside.sum() < 200 or np.abs(image[inside].mean(axis=0) - colour).sum() < MIN_CONTRAST:
+            continue
+        image[inside] = colour + rng.normal(0, 0.02, (int(inside.sum()), 3))
+        discs.append((center[0], center[1], radius))
+        rows, cols = np.nonzero(inside)
+        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+        labels.append(label + 1)
+        masks.append(mask)
+        keypoints.append(boundary_keypoints(mask, num_keypoints))
+    return Scene(np.clip(image, 0, 1).astype(np.float32), np.array(boxes, np.float32).reshape(-1, 4),
+                 np.array(labels, np.int64), np.array(masks, np.uint8).reshape(-1, height, width),
+                 np.array(keypoints, np.float32).reshape(-1, num_keypoints, 3))
+
+
+def scene_images(count: int, height: int, width: int, seed: Sequence[int]) -> np.ndarray:
+    """count x 3 x H x W float32 scenes in [0, 1]: the `data: shapes` input kind."""
+    rng = np.random.default_rng(list(seed))
+    return np.stack([render_scene(rng, height, width).image.transpose(2, 0, 1)
+                     for _ in range(count)]).astype(np.float32)
+
+
+# --- training ------------------------------------------------------------------------------
+# the built-ins this module can train (each a detector inside trtflow.zoo's deploy module)
+TRAINABLE = ("maskrcnn_r50_fpn", "keypointrcnn_r50_fpn", "rtdetr_r18")
+
+
+def target_labels(architecture: str, labels: np.ndarray) -> np.ndarray:
+    """The class ids each architecture learns: Mask R-CNN the shape classes (1-3), Keypoint
+    R-CNN its one foreground class (1: every shape is an "object"), RT-DETR 0-based ids (0-2)."""
+    if architecture == "keypointrcnn_r50_fpn":
+        return np.ones_like(labels)
+    return labels - 1 if architecture == "rtdetr_r18" else labels
+
+
+def _rcnn_targets(scenes: Sequence[Scene], architecture: str, device: Any) -> List[Dict[str, Any]]:
+    import torch
+
+    targets = []
+    for scene in scenes:
+        target = {"boxes": torch.from_numpy(scene.boxes).to(device),
+                  "labels": torch.from_numpy(target_labels(architecture, scene.labels)).to(device)}
+        if architecture == "maskrcnn_r50_fpn":
+            target["masks"] = torch.from_numpy(scene.masks).to(device)
+        else:
+            target["keypoints"] = torch.from_numpy(scene.keypoints).to(device)
+        targets.append(target)
+    return targets
+
+
+def _rtdetr_targets(scenes: Sequence[Scene], device: Any) -> List[Dict[str, Any]]:
+    """transformers' RT-DETR labels: 0-based classes, boxes as normalised cx, cy, w, h."""
+    import torch
+
+    targets = []
+    for scene in scenes:
+        height, width = scene.image.shape[:2]
+        x0, y0, x1, y1 = scene.boxes.T
+        boxes = np.stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
+                          (x1 - x0) / width, (y1 - y0) / height], axis=1).astype(np.float32)
+        targets.append({"class_labels": torch.from_numpy(target_labels("rtdetr_r18", scene.labels)).to(device),
+                        "boxes": torch.from_numpy(boxes).to(device)})
+    return targets
+
+
+def _loss_function(architecture: str, deploy) -> Callable[[Any, Sequence[Scene]], Any]:
+    """(images tensor, scenes) -> scalar training loss of the deploy module's detector."""
+    detector = deploy.detector
+    if architecture == "rtdetr_r18":
+        return lambda images, scenes: detector(pixel_values=images,
+                                               labels=_rtdetr_targets(scenes, images.device)).loss
+
+    def rcnn_loss(images, scenes):
+        losses = detector(list(images), _rcnn_targets(scenes, architecture, images.device))
+        return sum(losses.values())
+
+    return rcnn_loss
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def scene_batches(size: int, batch: int, seed: int, workers: int) -> Iterator[List[Scene]]:
+    """Endless batches of training scenes, rendered by `workers` processes (rendering on the
+    training process would leave the GPU waiting); seeded per worker, so runs repeat."""
+    import torch
+
+    class Batches(torch.utils.data.IterableDataset):
+        def __iter__(self) -> Iterator[List[Scene]]:
+            worker = torch.utils.data.get_worker_info()
+            rng = np.random.default_rng([seed, 2, worker.id if worker else 0])
+            while True:
+                yield [render_scene(rng, size, size) for _ in range(batch)]
+
+    return iter(torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=workers,
+                                            collate_fn=_identity))
+
+
+def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, batch: int = 8,
+          learning_rate: Optional[float] = None, seed: int = 0, device: str = "cuda",
+          workers: int = 8, max_seconds: Optional[float] = None,
+          log_every: int = 50) -> Dict[str, Any]:
+    """Train a built-in detector on shapes scenes; save the detector's state_dict atomically.
+
+    max_seconds stops early (what was trained is saved, and the result says so): a GPU session
+    has a fixed time."""
+    import torch
+
+    from .models import build_model
+
+    if architecture not in TRAINABLE:
+        raise TrtflowError(f"cannot train '{architecture}' on shapes scenes",
+                           fix=f"use one of {', '.join(TRAINABLE)}")
+    torch.manual_seed(seed)
+    torch.backends.cuda.matmul.allow_tf32 = True  # training precision is not under test here
+    spec = {"architecture": architecture,
+            "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": size}}
+    deploy = build_model(architecture, spec).to(device)
+    deploy.detector.train()
+    loss_of = _loss_function(architecture, deploy)
+    rtdetr = architecture == "rtdetr_r18"
+    base_lr = learning_rate or (2e-4 if rtdetr else 0.02)
+    parameters = [p for p in deploy.detector.parameters() if p.requires_grad]
+    optimizer = (torch.optim.AdamW(parameters, lr=base_lr, weight_decay=1e-4) if rtdetr else
+                 torch.optim.SGD(parameters, lr=base_lr, momentum=0.9, weight_decay=1e-4))
+    warmup = max(1, min(200, steps // 10))
+    # seed stream 2: neither the validation (0) nor the calibration (1) scenes
+    batches = scene_batches(size, batch, seed, workers)
+    started, recent, done, last_loss = time.time(), [], 0, float("nan")
+    for step in range(steps):
+        if max_seconds and time.time() - started > max_seconds:
+            log.warning("train %s: stopping at step %d of %d after %.0f s (max_seconds)",
+                        architecture, step, steps, time.time() - started)
+            break
+        # warm-up, then cosine decay over the steps or the time budget, whichever runs out first
+        progress = max(step / steps, (time.time() - started) / max_seconds if max_seconds else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+        scenes = next(batches)
+        images = torch.from_numpy(np.stack([s.image.transpose(2, 0, 1) for s in scenes])).to(device)
+        loss = loss_of(images, scenes)
+        if not torch.isfinite(loss):
+            raise TrtflowError(f"training {architecture} diverged at step {step} (loss {float(loss)})",
+                               fix="lower --learning-rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 10.0)
+        optimizer.step()
+        recent.append(float(loss.detach()))
+        done, last_loss = step + 1, recent[-1]
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            log.info("train %s: step %d/%d, loss %.4f (mean of last %d), %.1f s", architecture,
+                     step + 1, steps, float(np.mean(recent)), len(recent), time.time() - started)
+            recent = []
+    state = {k: v.detach().cpu() for k, v in deploy.detector.state_dict().items()}
+    with atomic_path(output) as tmp:
+        torch.save(state, tmp)
+    return {"architecture": architecture, "steps": done, "planned_steps": steps, "size": size,
+            "batch": batch, "final_loss": round(last_loss, 4),
+            "seconds": round(time.time() - started, 1), "output": str(output)}
+
+
+def evaluate(architecture: str, checkpoint: Path, size: int, count: int = 8, seed: int = 0,
+             device: str = "cuda", min_score: float = 0.5) -> Dict[str, float]:
+    """Detections of the checkpoint's deploy module at `size` vs the ground truth of `count`
+    scenes it was not trained on: recall and precision at IoU 0.5, same class."""
+    import torch
+
+    from .models import build_model, load_weights
+    from .validate import match_detections
+
+    spec = {"architecture": architecture,
+            "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": size}}
+    deploy = build_model(architecture, spec)
+    load_weights(deploy, torch.load(checkpoint, map_location="cpu", weights_only=True),
+                 architecture, architecture, str(checkpoint))
+    deploy = deploy.to(device)
+    rng = np.random.default_rng([seed, 3])  # held-out stream: not training, validation, calibration
+    predicted, truth = [], []
+    for _ in range(count):
+        scene = render_scene(rng, size, size)
+        image = torch.from_numpy(scene.image.transpose(2, 0, 1))[None].to(device)
+        with torch.no_grad():
+            if architecture == "rtdetr_r18":
+                out = deploy(image, torch.tensor([[size, size]], dtype=torch.int32, device=device))
+            else:
+                out = deploy(image)
+        predicted.append([t[0].cpu().numpy() for t in out[:3]])
+        labels = target_labels(architecture, scene.labels)
+        truth.append([labels, scene.boxes, np.ones(len(labels), np.float32)])
+    rows = max(len(p[0]) for p in predicted + truth)
+
+    def stacked(sets: List[List[np.ndarray]]) -> List[np.ndarray]:
+        """Per-image detections padded to one row count (score 0 rows are never confident)."""
+        padded = [[np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)]) for a in s]
+                  for s in sets]
+        return [np.stack([p[i] for p in padded]) for i in range(3)]
+
+    metrics, _ = match_detections(stacked(predicted), stacked(truth), min_score=min_score)
+    return {"scenes": count, "objects": metrics["reference_detections"],
+            "detections": metrics["engine_detections"], "recall": metrics["detection_recall"],
+            "precision": metrics["detection_precision"], "box_iou": metrics["matched_box_iou"]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architecture", required=True, choices=TRAINABLE)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--size", type=int, default=512, help="square training image side")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workers", type=int, default=8, help="processes rendering scenes")
+    parser.add_argument("--max-seconds", type=float, default=None, help="stop early and save")
+    parser.add_argument("--evaluate-size", type=int, default=None,
+                        help="then report recall/precision on 8 held-out scenes of this size")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(train(args.architecture, args.output, args.size, args.steps, args.batch,
+                args.learning_rate, args.seed, args.device, args.workers, args.max_seconds))
+    if args.evaluate_size:
+        print(evaluate(args.architecture, args.output, args.evaluate_size, seed=args.seed,
+                       device=args.device))
+
+
+if __name__ == "__main__":
+    main()

@@ -102,6 +102,8 @@ def boundary_keypoints(mask: np.ndarray, count: int) -> np.ndarray:
 
 def render_scene(rng: np.random.Generator, height: int, width: int, num_keypoints: int = 17,
                  max_objects: int = 12) -> Scene:
+    """One scene with its annotations: 1 to about one object per 160x160 pixels (at most
+    max_objects), none touching another, each in a colour that stands out from the background."""
     image = _background(rng, height, width)
     area_budget = height * width / (160.0 * 160.0)  # about one object per 160x160 pixels
     wanted = int(rng.integers(1, int(np.clip(area_budget, 2, max_objects)) + 1))

@@ -3,8 +3,8 @@
 `imagenet_samples` uses the photos that ship inside scikit-image (no download), preprocessed the
 way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1]; `shapes` renders
 the synthetic scenes of `trtflow.shapes` (RGB in [0, 1], for detectors trained on them);
-`synthetic` draws seeded random values of the input's dtype. Calibration takes seeded random crops and flips, validation the standard centre crop, so
-the two sets differ.
+`synthetic` draws seeded random values of the input's dtype. Calibration takes seeded random
+crops and flips, validation the standard centre crop, so the two sets differ.
 """
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
             from .shapes import scene_images
 
             height, width = _image_shape(spec, model)
-            arrays[spec["name"]] = scene_images(count, height, width, (seed, 0 if purpose == "validation" else 1)).astype(
+            stream = (seed, 0 if purpose == "validation" else 1)
+            arrays[spec["name"]] = scene_images(count, height, width, stream).astype(
                 NUMPY_DTYPES[spec["dtype"]])
             names = [f"shapes{i}" for i in range(count)]
         else:

@@ -69,10 +69,9 @@ def initializer_dtypes(model_proto) -> Dict[str, int]:
     return dict(collections.Counter(names))
 
 
-def graph_inputs(path: Path) -> List[TensorSpec]:
+def graph_inputs(graph) -> List[TensorSpec]:
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
     return [TensorSpec(i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name,
                        [d.dim_value or -1 for d in i.type.tensor_type.shape.dim]) for i in graph.input]
 
@@ -126,15 +125,16 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    import onnx
+
     settings = quantization_settings(backend)
+    graph = onnx.load(str(source)).graph
     # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
-    calibration = adapt_feed(calibration, graph_inputs(source), f"graph {source}")
+    calibration = adapt_feed(calibration, graph_inputs(graph), f"graph {source}")
     if backend == "tensorrt":
         # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
         # computations there, and TensorRT refuses int8 shape tensors: keep those bodies float
-        import onnx
-
-        settings["nodes_to_exclude"] = subgraph_node_names(onnx.load(str(source)).graph)
+        settings["nodes_to_exclude"] = subgraph_node_names(graph)
     with atomic_path(output) as tmp:
         quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,

@@ -199,6 +199,13 @@ def _loss_function(architecture: str, deploy) -> Callable[[Any, Sequence[Scene]]
     return rcnn_loss
 
 
+def deploy_spec(architecture: str, size: int) -> Dict[str, Any]:
+    """The config entry (architecture part) of a built-in detector at a square image size:
+    the R-CNN deploy modules fix their input size, RT-DETR takes any."""
+    return {"architecture": architecture,
+            "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": size}}
+
+
 def _identity(batch: Any) -> Any:
     return batch
 
@@ -236,9 +243,7 @@ def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, b
                            fix=f"use one of {', '.join(TRAINABLE)}")
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # training precision is not under test here
-    spec = {"architecture": architecture,
-            "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": size}}
-    deploy = build_model(architecture, spec).to(device)
+    deploy = build_model(architecture, deploy_spec(architecture, size)).to(device)
     deploy.detector.train()
     loss_of = _loss_function(architecture, deploy)
     rtdetr = architecture == "rtdetr_r18"
@@ -289,15 +294,10 @@ def evaluate(architecture: str, checkpoint: Path, size: int, count: int = 8, see
     scenes it was not trained on: recall and precision at IoU 0.5, same class."""
     import torch
 
-    from .models import build_model, load_weights
+    from .models import load_trained_model
     from .validate import match_detections
 
-    spec = {"architecture": architecture,
-            "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": size}}
-    deploy = build_model(architecture, spec)
-    load_weights(deploy, torch.load(checkpoint, map_location="cpu", weights_only=True),
-                 architecture, architecture, str(checkpoint))
-    deploy = deploy.to(device)
+    deploy = load_trained_model(architecture, deploy_spec(architecture, size), str(checkpoint)).to(device)
     rng = np.random.default_rng([seed, 3])  # held-out stream: not training, validation, calibration
     predicted, truth = [], []
     for _ in range(count):

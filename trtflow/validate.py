@@ -61,14 +61,17 @@ def classification_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]
     return {"top1_agreement": top1, "top5_agreement": float(np.mean(overlap))}
 
 
+def binary_iou(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """IoU of two boolean masks; two empty masks agree (1.0)."""
+    union = np.count_nonzero(ours | theirs)
+    return np.count_nonzero(ours & theirs) / union if union else 1.0
+
+
 def segmentation_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
     """Per-pixel class (argmax over axis 1) of engine vs reference: the share of pixels that
     agree, and the mean IoU over the classes the reference predicts."""
     predicted, expected = out.argmax(axis=1), ref.argmax(axis=1)
-    ious = []
-    for label in np.unique(expected):
-        ours, theirs = predicted == label, expected == label
-        ious.append(np.count_nonzero(ours & theirs) / np.count_nonzero(ours | theirs))
+    ious = [binary_iou(predicted == label, expected == label) for label in np.unique(expected)]
     return {"pixel_agreement": float(np.mean(predicted == expected)), "miou": float(np.mean(ious))}
 
 
@@ -165,11 +168,8 @@ def mask_metrics(masks: np.ndarray, ref_masks: np.ndarray, pairs: Sequence[Pair]
     """Matched detections' masks (N x K x h x w probabilities in each detection's box, as
     Mask R-CNN's head gives them; matched boxes agree, so the frames do): IoU of the binary masks
     (probability >= threshold). Empty in both counts as agreement."""
-    ious = []
-    for image, ref_index, index in pairs:
-        ours, theirs = masks[image, index] >= threshold, ref_masks[image, ref_index] >= threshold
-        union = np.count_nonzero(ours | theirs)
-        ious.append(np.count_nonzero(ours & theirs) / union if union else 1.0)
+    ious = [binary_iou(masks[image, index] >= threshold, ref_masks[image, ref_index] >= threshold)
+            for image, ref_index, index in pairs]
     return {"matched_masks": len(ious), "mask_iou": float(np.mean(ious)) if ious else 1.0,
             "min_mask_iou": float(np.min(ious)) if ious else 1.0}
 

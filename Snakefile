@@ -33,4 +33,5 @@ rule all:
         summary=SUMMARY_CSV,
         latency=LATENCY_CSV,
         plots=PLOTS,
+        verdicts=VERDICTS_JSON,
     default_target: True

@@ -17,11 +17,12 @@ rule baseline:
         BASELINE,
     params:
         spec=spec_json("baseline"),
+        model_code=model_code,
         profile=profile_json,
         device=BACKEND.device,
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         torch_threads=CONFIG["onnxruntime"]["intra_op_threads"],
-        code=code_hash("baseline"),
+        provenance=provenance_of("baseline"),
     threads: workflow.cores
     resources:
         gpu=1 if ON_GPU else 0,
@@ -35,7 +36,7 @@ rule baseline:
         "{TORCH_PY} {SCRIPTS}/baseline.py --model {wildcards.model} --spec {params.spec:q}"
         " --weights {input.weights} --reference {input.reference} --device {params.device}"
         " --profile {params.profile:q} --settings {params.settings:q}"
-        " --threads {params.torch_threads} --output {output} --log {log}"
+        " --threads {params.torch_threads} --output {output} --provenance {params.provenance} --log {log}"
 
 
 rule benchmark:
@@ -50,7 +51,7 @@ rule benchmark:
         backend=BACKEND.name,
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         options=runner_options(),
-        code=code_hash("benchmark"),
+        provenance=provenance_of("benchmark"),
     threads: workflow.cores
     resources:
         gpu=1 if ON_GPU else 0,
@@ -63,4 +64,4 @@ rule benchmark:
     shell:
         "{BACKEND_PY} {SCRIPTS}/benchmark.py --backend {params.backend} --engine {input.engine}"
         " --sidecar {input.sidecar} --reference {input.reference} --settings {params.settings:q}"
-        " --options {params.options:q} --output {output} --log {log}"
+        " --options {params.options:q} --output {output} --provenance {params.provenance} --log {log}"

@@ -1,9 +1,16 @@
 # Path and matrix helpers shared by every stage. Parse time only: nothing heavy is imported here.
+import functools
 import json
+import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import apply_wildcards
+from snakemake.iocontainers import Wildcards
 
 sys.path.insert(0, workflow.basedir)  # the trtflow package lives beside the Snakefile
 
@@ -11,7 +18,10 @@ from trtflow.backend import resolve_backend
 from trtflow.config import (matrix, model_opset, model_patch_options, model_tolerances,
                             validate_config)
 from trtflow.errors import TrtflowError
-from trtflow.io import sha256_files
+from trtflow.io import sha256_file
+from trtflow.models import BUILTIN_ARCHITECTURES
+from trtflow.provenance import code_digest, digest, module_source_digest
+from trtflow.summary import CELL_ARTIFACTS
 
 BASEDIR = Path(workflow.basedir)
 SCRIPTS = BASEDIR / "workflow_scripts"
@@ -40,25 +50,84 @@ wildcard_constraints:
     precision="fp32|fp16|int8",
     profile="[A-Za-z0-9_]+",
 
-# The code each stage runs: its hash is a param, so editing a stage's code reruns that stage
-# (and what depends on it) without the file-time reruns a fresh clone would cause.
-STAGE_CODE = {
-    "weights": ["trtflow/weights.py", "trtflow/models.py", "workflow_scripts/weights.py"],
-    "export": ["trtflow/export.py", "trtflow/models.py", "trtflow/zoo.py", "workflow_scripts/export.py"],
-    "patch": ["trtflow/patch.py", "workflow_scripts/patch.py"],
-    "precision": ["trtflow/precision.py", "trtflow/data.py", "workflow_scripts/precision.py"],
-    "engine": ["trtflow/runners/onnxruntime.py", "trtflow/runners/tensorrt.py",
-               "workflow_scripts/engine.py"],
-    "reference": ["trtflow/data.py", "trtflow/runners/torch.py", "workflow_scripts/reference.py"],
-    "baseline": ["trtflow/benchmark.py", "trtflow/runners/torch.py", "workflow_scripts/baseline.py"],
-    "benchmark": ["trtflow/benchmark.py", "trtflow/runners/base.py", "workflow_scripts/benchmark.py"],
-    "validate": ["trtflow/validate.py", "trtflow/runners/base.py", "workflow_scripts/validate.py"],
-    "summary": ["trtflow/summary.py", "workflow_scripts/summary.py"],
-}
+# Provenance: one digest per job of everything upstream that made its outputs: the rule's params
+# (the config values it reads), the code of its stage script (its import closure, so no file it
+# runs can be missed), and the digests of the jobs that made its inputs (or a source file's
+# contents). The chain is derived from the rules' own inputs, outputs and shell commands. Every
+# rule takes it as `params.provenance`, so a change anywhere upstream reruns everything downstream
+# even when an intermediate file is missing, and every artifact records it.
+_SCRIPT_RE = re.compile(r"\{SCRIPTS\}/(\w+\.py)")
 
 
-def code_hash(stage):
-    return sha256_files(BASEDIR / p for p in STAGE_CODE[stage] if (BASEDIR / p).exists())
+def stage_code(stage_rule):
+    """Digest of the import closure of the stage script a rule's shell command runs."""
+    match = _SCRIPT_RE.search(stage_rule.shellcmd or "")
+    if not match:
+        return ""
+    return code_digest(str(SCRIPTS / match.group(1)), (str(BASEDIR),), ("trtflow",))
+
+
+def _rule_inputs(stage_rule, wildcards):
+    paths = []
+    for item in stage_rule.input:
+        value = item(wildcards) if callable(item) else apply_wildcards(str(item), dict(wildcards.items()))
+        paths += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return paths
+
+
+def _rule_settings(stage_rule, wildcards):
+    return {name: (value(wildcards) if callable(value) else value)
+            for name, value in stage_rule.params.items() if name != "provenance"}
+
+
+@functools.lru_cache(maxsize=None)
+def _producer(path):
+    for stage_rule in workflow.rules:
+        if stage_rule.name != "all" and stage_rule.output and stage_rule.is_producer(path):
+            return stage_rule
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest(path, size, mtime):
+    return sha256_file(path)[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def job_record(rule_name, wildcard_items):
+    """(provenance digest, log files of the job and every job upstream, upstream first)."""
+    stage_rule = workflow.get_rule(rule_name)
+    wildcards = Wildcards(fromdict=dict(wildcard_items))
+    upstream, logs = [], []
+    for path in _rule_inputs(stage_rule, wildcards):
+        producer = _producer(path)
+        if producer is None:
+            stat = os.stat(path) if os.path.exists(path) else None
+            upstream.append(["file", path, _source_digest(path, stat.st_size, stat.st_mtime_ns)
+                             if stat else "missing"])
+            continue
+        items = tuple(sorted(producer.get_wildcards(path).items()))
+        digest_up, logs_up = job_record(producer.name, items)
+        upstream.append([producer.name, digest_up])
+        logs += [log for log in logs_up if log not in logs]
+    logs += [apply_wildcards(str(log), dict(wildcard_items)) for log in stage_rule.log]
+    record = {"rule": rule_name, "code": stage_code(stage_rule),
+              "settings": _rule_settings(stage_rule, wildcards), "upstream": upstream}
+    return digest(record), tuple(logs)
+
+
+def provenance_of(rule_name):
+    """params.provenance of rule `rule_name` (its own name: the rule object is not in reach)."""
+    return lambda wildcards: job_record(rule_name, tuple(sorted(wildcards.items())))[0]
+
+
+def model_code(wildcards):
+    """A user factory's module source (architecture: package.module:factory), so editing it
+    reruns that model's chain; built-in architectures are trtflow code or torchvision's."""
+    architecture = model_spec(wildcards.model)["architecture"]
+    if architecture in BUILTIN_ARCHITECTURES:
+        return ""
+    return module_source_digest(architecture.partition(":")[0])
 
 
 def model_spec(model):
@@ -110,7 +179,9 @@ WEIGHTS = R + "/weights/{model}.pt"
 WEIGHTS_META = R + "/weights/{model}.json"
 EXPORTED = R + "/onnx/{model}/exported.onnx"
 PATCHED = R + f"/onnx/{{model}}/{BACKEND.name}/patched.onnx"
-PRECISION_ONNX = R + f"/onnx/{{model}}/{BACKEND.name}/{{precision}}.onnx"
+# ONNX Runtime's int8 graph depends on the target CPU's int8 form (trtflow/cpu.py): one folder each
+GRAPHS = BACKEND.name + (f"/{BACKEND.info['int8_form']}" if "int8_form" in BACKEND.info else "")
+PRECISION_ONNX = R + f"/onnx/{{model}}/{GRAPHS}/{{precision}}.onnx"
 ENGINE_EXT = "engine" if ON_GPU else "ort.onnx"
 ENGINE = R + f"/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.{ENGINE_EXT}"
 ENGINE_META = R + f"/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
@@ -125,6 +196,12 @@ LOGS = R + "/logs"
 TIMES = R + "/timing"
 
 
+VERDICTS_JSON = R + "/verdicts.json"
+# written by the on-error handler beside a partial summary; the next run sets those files aside
+PARTIAL_MARKER = R + "/.partial-summary.json"
+RUN_STARTED = time.time()
+
+
 def cell_paths(cell):
     wildcards = dict(model=cell.model, precision=cell.precision, profile=cell.batch_profile)
     return {"model": cell.model, "precision": cell.precision, "batch_profile": cell.batch_profile,
@@ -132,14 +209,63 @@ def cell_paths(cell):
             "baseline": BASELINE.format(**wildcards), "weights": WEIGHTS_META.format(**wildcards)}
 
 
-onsuccess:
-    # The HTML report (snakemake --report) right after a successful `snakemake ... all`, with the
-    # same command line, so that the same config and targets are reported.
+def summary_cells():
+    """Each cell's artifact paths, the provenance they must record to be current, and the logs of
+    every job that makes them (upstream first), for the summary's `error` rows."""
+    cells = []
+    for cell in CELLS:
+        paths = cell_paths(cell)
+        provenance, logs = {}, []
+        for kind in CELL_ARTIFACTS:
+            stage_rule = _producer(paths[kind])
+            digest_, job_logs = job_record(stage_rule.name, tuple(sorted(stage_rule.get_wildcards(paths[kind]).items())))
+            provenance[kind] = digest_
+            logs += [log for log in job_logs if log not in logs]
+        cells.append({**paths, "backend": BACKEND.name, "provenance": provenance, "logs": logs})
+    return cells
+
+
+def set_aside_partial_summary():
+    """A partial summary (written after a failed run) must not pass for a current one: move it to
+    results/last-failed-run/ so that Snakemake makes the summary, and what it needs, again."""
+    if not os.path.exists(PARTIAL_MARKER) or "--report" in sys.argv:
+        return
+    aside = Path(R) / "last-failed-run"
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in json.load(open(PARTIAL_MARKER))["files"]:
+        if os.path.exists(path):
+            os.replace(path, aside / Path(path).name)
+    os.remove(PARTIAL_MARKER)
+    logger.info(f"trtflow: the summary of the last, failed run is in {aside}/; this run makes it anew")
+
+
+set_aside_partial_summary()
+
+
+def write_report():
+    """The HTML report (snakemake --report), with the same command line so that the same config
+    and targets are reported; only when Snakemake itself was run (not the API in a test)."""
     launched_by_cli = "snakemake" in Path(sys.argv[0]).as_posix()
     if CONFIG["report"]["html"] and launched_by_cli and "--report" not in sys.argv:
-        import subprocess
-
         report_html = R + "/report.html"
         logger.info(f"trtflow: writing {report_html} (snakemake --report)")
         subprocess.run([sys.executable, "-m", "snakemake", *sys.argv[1:], "--report", report_html],
                        check=False)
+
+
+onsuccess:
+    write_report()
+
+
+onerror:
+    # Some job failed: the summary, plots and report still cover every cell that finished, with
+    # an `error` row (its first error line) for each other cell. When the summary job itself ran
+    # in this run (only the verdicts failed), its files are complete and current already.
+    if not os.path.exists(SUMMARY_CSV) or os.path.getmtime(SUMMARY_CSV) < RUN_STARTED:
+        logger.info("trtflow: jobs failed; writing the summary of the cells that finished")
+        subprocess.run([TORCH_PY, str(SCRIPTS / "summary.py"), "--cells", json.dumps(summary_cells()),
+                        "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
+                        "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
+                        "--partial-marker", PARTIAL_MARKER, "--log", LOGS + "/summary-partial.log"],
+                       check=False)
+    write_report()

@@ -19,7 +19,7 @@ rule engine:
         backend=BACKEND.name,
         profile=profile_json,
         options=engine_options,
-        code=code_hash("engine"),
+        provenance=provenance_of("engine"),
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -32,4 +32,4 @@ rule engine:
         "{BACKEND_PY} {SCRIPTS}/engine.py --backend {params.backend} --model {wildcards.model}"
         " --precision {wildcards.precision} --profile-name {wildcards.profile}"
         " --profile {params.profile:q} --options {params.options:q} --input {input.onnx}"
-        " --output {output.engine} --sidecar {output.sidecar} --log {log}"
+        " --output {output.engine} --sidecar {output.sidecar} --provenance {params.provenance} --log {log}"

@@ -7,9 +7,10 @@ rule export:
         report=R + "/onnx/{model}/export.json",
     params:
         spec=spec_json("export"),
+        model_code=model_code,
         opset=lambda wc: model_opset(CONFIG, wc.model),
         exporter=CONFIG["export"]["exporter"],
-        code=code_hash("export"),
+        provenance=provenance_of("export"),
     log:
         LOGS + "/export/{model}.log",
     benchmark:
@@ -19,4 +20,4 @@ rule export:
     shell:
         "{TORCH_PY} {SCRIPTS}/export.py --model {wildcards.model} --spec {params.spec:q}"
         " --weights {input.weights} --opset {params.opset} --exporter {params.exporter}"
-        " --output {output.onnx} --report {output.report} --log {log}"
+        " --output {output.onnx} --report {output.report} --provenance {params.provenance} --log {log}"

@@ -10,7 +10,7 @@ rule patch:
         backend=BACKEND.name,
         # the TensorRT version decides version-specific passes; ONNX Runtime's does not matter
         backend_version=BACKEND.info.get("tensorrt", ""),
-        code=code_hash("patch"),
+        provenance=provenance_of("patch"),
     log:
         LOGS + f"/patch/{{model}}-{BACKEND.name}.log",
     benchmark:
@@ -21,4 +21,4 @@ rule patch:
         "{TORCH_PY} {SCRIPTS}/patch.py --model {wildcards.model} --backend {params.backend}"
         " --backend-version '{params.backend_version}'"
         " --options {params.options:q} --input {input.onnx} --output {output.onnx}"
-        " --report {output.report} --log {log}"
+        " --report {output.report} --provenance {params.provenance} --log {log}"

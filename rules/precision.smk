@@ -4,22 +4,24 @@ rule precision:
         onnx=PATCHED,
     output:
         onnx=PRECISION_ONNX,
-        report=R + f"/onnx/{{model}}/{BACKEND.name}/{{precision}}.json",
+        report=R + f"/onnx/{{model}}/{GRAPHS}/{{precision}}.json",
     params:
         # only what this precision uses: the calibration options matter to int8 alone
         inputs=spec_json("precision"),
         calibration=lambda wc: json.dumps(CONFIG["calibration"] if wc.precision == "int8" else {},
                                           sort_keys=True),
         backend=BACKEND.name,
-        code=code_hash("precision"),
+        int8_form=lambda wc: BACKEND.info.get("int8_form", "") if wc.precision == "int8" else "",
+        provenance=provenance_of("precision"),
     log:
-        LOGS + f"/precision/{{model}}-{BACKEND.name}-{{precision}}.log",
+        LOGS + f"/precision/{{model}}-{GRAPHS.replace('/', '-')}-{{precision}}.log",
     benchmark:
-        TIMES + f"/precision/{{model}}-{BACKEND.name}-{{precision}}.tsv"
+        TIMES + f"/precision/{{model}}-{GRAPHS.replace('/', '-')}-{{precision}}.tsv"
     conda:
         "../envs/onnx.yaml"
     shell:
         "{TORCH_PY} {SCRIPTS}/precision.py --model {wildcards.model}"
         " --precision {wildcards.precision} --backend {params.backend} --spec {params.inputs:q}"
+        " --int8-form '{params.int8_form}'"
         " --calibration {params.calibration:q} --input {input.onnx} --output {output.onnx}"
-        " --report {output.report} --log {log}"
+        " --report {output.report} --provenance {params.provenance} --log {log}"

@@ -1,15 +1,15 @@
 rule summary:
-    """results/summary.csv (one row per cell), results/latency.csv and the two report plots."""
+    """results/summary.csv (one row per cell, with its verdict), results/latency.csv, the plots."""
     input:
-        [cell_paths(c)[k] for c in CELLS for k in ("benchmark", "validation", "baseline", "weights")],
+        [cell_paths(c)[k] for c in CELLS for k in CELL_ARTIFACTS],
     output:
         summary=report(SUMMARY_CSV, caption="../report/summary.rst", category="Summary"),
         latency=LATENCY_CSV,
         latency_plot=report(PLOTS[0], caption="../report/latency.rst", category="Plots"),
         accuracy_plot=report(PLOTS[1], caption="../report/accuracy.rst", category="Plots"),
     params:
-        cells=json.dumps([cell_paths(c) for c in CELLS]),
-        code=code_hash("summary"),
+        cells=lambda wc: json.dumps(summary_cells()),
+        provenance=provenance_of("summary"),
     log:
         LOGS + "/summary.log",
     benchmark:
@@ -19,4 +19,25 @@ rule summary:
     shell:
         "{TORCH_PY} {SCRIPTS}/summary.py --cells {params.cells:q} --summary {output.summary}"
         " --latency {output.latency} --latency-plot {output.latency_plot}"
-        " --accuracy-plot {output.accuracy_plot} --log {log}"
+        " --accuracy-plot {output.accuracy_plot} --provenance {params.provenance} --log {log}"
+
+
+rule verdicts:
+    """Fails the run (validation.on_failure: fail) when a cell is failed, vacuous or error, after
+    the summary is written; its output records the verdict counts."""
+    input:
+        SUMMARY_CSV,
+    output:
+        VERDICTS_JSON,
+    params:
+        on_failure=CONFIG["validation"]["on_failure"],
+        provenance=provenance_of("verdicts"),
+    log:
+        LOGS + "/verdicts.log",
+    benchmark:
+        TIMES + "/verdicts.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "{TORCH_PY} {SCRIPTS}/verdicts.py --summary {input} --on-failure {params.on_failure}"
+        " --output {output} --provenance {params.provenance} --log {log}"

@@ -6,9 +6,10 @@ rule reference:
         REFERENCE,
     params:
         spec=spec_json("reference"),
+        model_code=model_code,
         device=BACKEND.device,
         num_samples=CONFIG["validation"]["num_samples"],
-        code=code_hash("reference"),
+        provenance=provenance_of("reference"),
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -20,7 +21,7 @@ rule reference:
     shell:
         "{TORCH_PY} {SCRIPTS}/reference.py --model {wildcards.model} --spec {params.spec:q}"
         " --weights {input.weights} --device {params.device}"
-        " --num-samples {params.num_samples} --output {output} --log {log}"
+        " --num-samples {params.num_samples} --output {output} --provenance {params.provenance} --log {log}"
 
 
 def validate_flags(wildcards):
@@ -49,10 +50,9 @@ rule validate:
         task=lambda wc: model_spec(wc.model)["task"],
         tolerances=lambda wc: json.dumps(model_tolerances(CONFIG, wc.model, wc.precision),
                                          sort_keys=True),
-        on_failure=CONFIG["validation"]["on_failure"],
         flags=validate_flags,
         options=runner_options(),
-        code=code_hash("validate"),
+        provenance=provenance_of("validate"),
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -64,5 +64,5 @@ rule validate:
     shell:
         "{BACKEND_PY} {SCRIPTS}/validate.py --backend {params.backend} --engine {input.engine}"
         " --sidecar {input.sidecar} --reference {input.reference} --task {params.task}"
-        " --tolerances {params.tolerances:q} --on-failure {params.on_failure} {params.flags}"
-        " --options {params.options:q} --output {output} --log {log}"
+        " --tolerances {params.tolerances:q} {params.flags}"
+        " --options {params.options:q} --output {output} --provenance {params.provenance} --log {log}"

@@ -7,8 +7,9 @@ rule weights:
         meta=WEIGHTS_META,
     params:
         spec=spec_json("weights"),
+        model_code=model_code,
         cache=CONFIG["weights_cache"],
-        code=code_hash("weights"),
+        provenance=provenance_of("weights"),
     log:
         LOGS + "/weights/{model}.log",
     benchmark:
@@ -17,4 +18,4 @@ rule weights:
         "../envs/torch.yaml"
     shell:
         "{TORCH_PY} {SCRIPTS}/weights.py --model {wildcards.model} --spec {params.spec:q}"
-        " --cache {params.cache:q} --output {output.weights} --metadata {output.meta} --log {log}"
+        " --cache {params.cache:q} --output {output.weights} --metadata {output.meta} --provenance {params.provenance} --log {log}"

@@ -9,6 +9,7 @@ from typing import Any, Dict
 import pytest
 
 from conftest import resnet_entry, tiny_config
+from trtflow.cpu import instruction_set, int8_form
 from trtflow.backend import (PROBE_SCRIPT, probe_tensorrt, resolve_backend, tensorrt_tag)
 from trtflow.config import validate_config
 from trtflow.errors import TrtflowError
@@ -36,16 +37,26 @@ def config(backend: str, **tensorrt: Any) -> Dict[str, Any]:
 def test_backend_onnxruntime_needs_no_probe() -> None:
     chosen = resolve_backend(config("onnxruntime", python="/does/not/exist"), "/usr/bin/python3")
     assert chosen.name == "onnxruntime"
-    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu"
+    isa = instruction_set()
+    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu-{isa}"
     assert chosen.device == "cpu" and chosen.python == "/usr/bin/python3"
     assert chosen.reason == "backend: onnxruntime in config"
-    assert chosen.info == {"onnxruntime": ORT_VERSION}
+    assert chosen.info == {"onnxruntime": ORT_VERSION, "isa": isa, "int8_form": int8_form(isa)}
+
+
+def test_onnxruntime_target_isa_from_config_names_the_artifacts() -> None:
+    """onnxruntime.isa: int8 graphs and optimised models for another CPU are other artifacts."""
+    chosen = resolve_backend(validate_config(tiny_config(
+        backend="onnxruntime", onnxruntime={"isa": "avx2"},
+        models={"net": resnet_entry({"random": True})})))
+    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu-avx2"
+    assert chosen.info["int8_form"] == "u8u8"
 
 
 def test_auto_without_tensorrt_falls_back_to_onnxruntime_and_says_why() -> None:
     chosen = resolve_backend(config("auto"))
     assert chosen.name == "onnxruntime" and chosen.device == "cpu"
-    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu"
+    assert chosen.tag == f"onnxruntime-{ORT_VERSION}-cpu-{instruction_set()}"
     assert chosen.python == sys.executable
     assert chosen.reason.startswith("auto: cannot import tensorrt")
     assert "tensorrt" in chosen.reason.lower()

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import resnet_entry, tiny_config, token_entry
 from trtflow.config import (DEFAULT_OPSET, Cell, coerce_scalars, expand_dotted_keys, load_schema,
-                            matrix, model_opset, model_patch_options, model_tolerances,
+                            builtin_tolerances, matrix, model_opset, model_patch_options,
+                            model_tolerances,
                             validate_config)
 from trtflow.errors import TrtflowError
 
@@ -304,12 +305,48 @@ def test_model_opset_prefers_model_then_export_then_default() -> None:
     assert model_opset(config, "net") == 18 and model_opset(config, "tok") == 13
 
 
-def test_model_tolerances_merge_model_overrides_into_the_precision_defaults() -> None:
-    config = two_model_config(validation={"tolerances": {"int8": {"rel_l2": 0.25, "cosine_min": 0.97}}})
+BUILTIN = {"classification": {"int8": {"rel_l2": 0.25, "cosine_min": 0.97, "top1_agreement_min": 0.75},
+                              "fp16": {"rel_l2": 0.01}},
+           "detection": {"int8": {"detection_recall_min": 0.9}}}
+
+
+def test_model_tolerances_merge_key_by_key_over_the_builtin_gates() -> None:
+    config = two_model_config(validation={"tolerances": {"int8": {"cosine_min": 0.9}}})
     config["models"]["net"]["tolerances"] = {"int8": {"rel_l2": 0.35}}
-    assert model_tolerances(config, "net", "int8") == {"rel_l2": 0.35, "cosine_min": 0.97}
-    assert model_tolerances(config, "tok", "int8") == {"rel_l2": 0.25, "cosine_min": 0.97}
-    assert model_tolerances(config, "net", "fp16") == {}
+    assert model_tolerances(config, "net", "int8", BUILTIN) == {
+        "rel_l2": 0.35, "cosine_min": 0.9, "top1_agreement_min": 0.75}
+    assert model_tolerances(config, "tok", "int8", BUILTIN) == {
+        "rel_l2": 0.25, "cosine_min": 0.9, "top1_agreement_min": 0.75}
+    assert model_tolerances(config, "net", "fp16", BUILTIN) == {"rel_l2": 0.01}
+    config["models"]["net"]["task"] = "detection"  # the task picks the built-in gates
+    assert model_tolerances(config, "net", "int8", BUILTIN) == {
+        "detection_recall_min": 0.9, "cosine_min": 0.9, "rel_l2": 0.35}
+
+
+def test_null_drops_a_gate_and_a_null_precision_drops_them_all() -> None:
+    config = two_model_config(validation={"tolerances": {"int8": {"top1_agreement_min": None}}})
+    config["models"]["net"]["tolerances"] = {"fp16": None}
+    assert model_tolerances(config, "net", "int8", BUILTIN) == {"rel_l2": 0.25, "cosine_min": 0.97}
+    assert model_tolerances(config, "net", "fp16", BUILTIN) == {}
+    assert model_tolerances(config, "tok", "fp16", BUILTIN) == {"rel_l2": 0.01}
+
+
+def test_builtin_gates_come_from_the_schema_for_every_task_and_precision() -> None:
+    """Whatever config file is used (tolerances: {} or none), every cell has gates."""
+    builtin = builtin_tolerances()
+    for task in ("classification", "segmentation", "detection", "generic"):
+        for precision in ("fp32", "fp16", "int8"):
+            assert builtin[task][precision], (task, precision)
+    config = validate_config(two_model_config())
+    assert config["validation"]["tolerances"] == {}
+    assert model_tolerances(config, "net", "fp32") == builtin["classification"]["fp32"]
+
+
+def test_precision_null_and_gate_null_pass_the_schema_and_config_strings() -> None:
+    resolved = validate_config(two_model_config(
+        validation={"tolerances": {"fp16": "null", "int8": {"rel_l2": "null", "cosine_min": "0.9"}}}))
+    assert resolved["validation"]["tolerances"] == {"fp16": None,
+                                                   "int8": {"rel_l2": None, "cosine_min": 0.9}}
 
 
 # --- per-model batch profiles and static batch ----------------------------------------------

@@ -33,7 +33,7 @@ def make_cell(directory: Path, precision: str, p50_at_opt: float, passed: bool =
                "layer_precisions": {"int8": 3, "fp32": 1} if precision == "int8" else None}
     benchmark = {"engine": "e", "settings": {}, "sidecar": sidecar,
                  "batches": [point(1, 1.0), point(2, p50_at_opt), point(4, 3.0)]}
-    validation = {"passed": passed, "failures": list(failures),
+    validation = {"verdict": "passed" if passed else "failed", "failures": list(failures),
                   "outputs": {"logits": {"nonfinite": 0, "max_abs": 0.0123456789,
                                          "rel_l2": 0.001, "cosine": 0.99999, "top1_agreement": 1.0,
                                          "top5_agreement": 0.9}}}

@@ -280,23 +280,25 @@ def test_masks_and_keypoints_are_compared_on_matched_detections() -> None:
     assert result["failures"] == ["detections: mask_iou = 0.75 is below the required 0.8"]
 
 
-def test_detection_validation_with_no_confident_reference_detection_fails() -> None:
+def test_detection_validation_with_no_confident_reference_detection_is_vacuous() -> None:
     """A pass that compared nothing would prove nothing: say what to change instead."""
     reference = _detections([(1, 0, 0, 10, 10, 0.05)])
     names = ("labels", "boxes", "scores")
     result = compare(dict(zip(names, reference)), dict(zip(names, reference)), "detection",
                      {"detection_recall_min": 0.9}, ["img"], detection_min_score=0.3)
-    assert not result["passed"]
-    assert "lower validation.detection_min_score" in result["failures"][0]
+    assert result["verdict"] == "vacuous" and not result["passed"]
+    assert "lower validation.detection_min_score" in result["reference_problems"][0]
 
 
-def test_detection_tolerances_default_when_none_are_configured() -> None:
-    """Only classification tolerances configured (the defaults): detections are still gated."""
+def test_detection_with_only_classification_gates_is_unchecked_not_passed() -> None:
+    """Gates that measure nothing of this task (rel_l2 on detections) check nothing."""
     reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])
     engine = _detections([(1, 0, 0, 10, 10, 0.9), (0, 0, 0, 0, 0, 0.0)])  # padding row
     names = ("labels", "boxes", "scores")
     result = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
                      {"rel_l2": 1e-4, "top1_agreement_min": 1.0}, ["img"])
-    assert not result["passed"]
-    assert result["tolerances"]["rel_l2"] == 1e-4
-    assert any("detection_recall = 0.5" in f for f in result["failures"])
+    assert result["verdict"] == "unchecked" and result["gates"] == []
+    gated = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
+                    {"detection_recall_min": 0.9}, ["img"])
+    assert gated["verdict"] == "failed"
+    assert any("detection_recall = 0.5" in f for f in gated["failures"])

@@ -37,13 +37,18 @@ def probe_tensorrt(python: str, timeout: float = 180.0) -> Dict[str, Any]:
         return {"error": f"{python} probe failed: {(done.stderr or done.stdout).strip()[-300:]}"}
 
 
-def onnxruntime_backend(torch_python: str, reason: str) -> Backend:
+def onnxruntime_backend(torch_python: str, reason: str, isa: str = "auto") -> Backend:
+    """ONNX Runtime on this CPU; `isa` (config onnxruntime.isa) names another target CPU's
+    instruction set. The tag carries it: int8 graphs and optimised models are made for it."""
+    from .cpu import instruction_set, int8_form
+
     try:
         version = metadata.version("onnxruntime")
     except metadata.PackageNotFoundError as exc:
         raise TrtflowError("onnxruntime is not installed", fix="pip install -e . (see README)") from exc
-    return Backend("onnxruntime", f"onnxruntime-{version}-cpu", "cpu", torch_python, reason,
-                   {"onnxruntime": version})
+    isa = instruction_set() if isa == "auto" else isa
+    return Backend("onnxruntime", f"onnxruntime-{version}-cpu-{isa}", "cpu", torch_python, reason,
+                   {"onnxruntime": version, "isa": isa, "int8_form": int8_form(isa)})
 
 
 def tensorrt_tag(info: Dict[str, Any]) -> str:
@@ -54,8 +59,9 @@ def tensorrt_tag(info: Dict[str, Any]) -> str:
 def resolve_backend(config: Dict[str, Any], torch_python: Optional[str] = None) -> Backend:
     torch_python = torch_python or sys.executable
     wanted = config["backend"]
+    isa = config.get("onnxruntime", {}).get("isa", "auto")
     if wanted == "onnxruntime":
-        return onnxruntime_backend(torch_python, "backend: onnxruntime in config")
+        return onnxruntime_backend(torch_python, "backend: onnxruntime in config", isa)
     trt_python = config["tensorrt"].get("python") or sys.executable
     info = probe_tensorrt(trt_python)
     if "error" not in info:
@@ -67,4 +73,5 @@ def resolve_backend(config: Dict[str, Any], torch_python: Optional[str] = None) 
         raise TrtflowError(f"backend: tensorrt, but {info['error']}",
                            fix="set tensorrt.python to an interpreter that imports tensorrt on a "
                                "machine with an NVIDIA GPU, or use backend: auto / onnxruntime")
-    return onnxruntime_backend(torch_python, f"auto: {info['error']} (tensorrt.python = {trt_python})")
+    return onnxruntime_backend(torch_python, f"auto: {info['error']} (tensorrt.python = {trt_python})",
+                               isa)

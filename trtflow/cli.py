@@ -9,13 +9,18 @@ import sys
 import traceback
 from typing import Any, Callable, Optional, Sequence
 
+from pathlib import Path
+
 from .errors import TrtflowError
+from .provenance import loaded_sources
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     result.add_argument("--log", help="append the log here (stderr then shows warnings only)")
+    result.add_argument("--provenance", default="",
+                        help="digest of everything upstream (from the workflow), recorded in outputs")
     return result
 
 
@@ -49,6 +54,8 @@ def run(main: Callable[[argparse.Namespace], Any], arg_parser: argparse.Argument
     log.info("command: %s", " ".join(sys.argv))
     try:
         main(args)
+        # what the stage really ran: tests compare it with the import closure the workflow hashes
+        log.info("code: %s", " ".join(loaded_sources(Path(__file__).resolve().parents[1])))
     except TrtflowError as exc:
         # one clear message, on the console and in the log; no traceback for input errors
         log.error("trtflow error: %s", exc)

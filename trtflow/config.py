@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import TrtflowError
 
@@ -54,16 +54,29 @@ def _merge(target: Dict[str, Any], update: Dict[str, Any]) -> None:
             target[key] = value
 
 
+def _resolve_ref(schema: Dict[str, Any], root: Dict[str, Any]) -> Dict[str, Any]:
+    if "$ref" not in schema:
+        return schema
+    target: Any = root
+    for part in schema["$ref"].lstrip("#/").split("/"):
+        target = target[part]
+    return target
+
+
 def coerce_scalars(value: Any, schema: Dict[str, Any], root: Dict[str, Any]) -> Any:
     """Turn strings into the integer/number/boolean the schema asks for.
 
     Snakemake reads `--config tensorrt="{optimization_level: 0}"` with YAML's BaseLoader, so
     nested values arrive as strings; without this, such overrides would fail validation."""
-    if "$ref" in schema:
-        target: Any = root
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        schema = target
+    schema = _resolve_ref(schema, root)
+    branches = [_resolve_ref(b, root) for b in schema.get("oneOf", schema.get("anyOf", []))]
+    if branches:  # a value that may be an object or null: coerce by the branch that fits
+        if isinstance(value, str) and value.lower() in ("null", "none", "~") and any(
+                b.get("type") == "null" for b in branches):
+            return None
+        objects = [b for b in branches if "properties" in b]
+        if isinstance(value, dict) and objects:
+            schema = objects[0]
     if isinstance(value, dict):
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")
@@ -241,7 +254,30 @@ def model_opset(config: Dict[str, Any], model: str) -> int:
     return int(opset or DEFAULT_OPSET)
 
 
-def model_tolerances(config: Dict[str, Any], model: str, precision: str) -> Dict[str, float]:
-    tolerances = dict(config["validation"]["tolerances"].get(precision, {}))
-    tolerances.update(config["models"][model].get("tolerances", {}).get(precision, {}))
+def builtin_tolerances(schema_path: Path = SCHEMA_PATH) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """task -> precision -> gates that apply whatever config file is used (from the schema)."""
+    return load_schema(schema_path)["definitions"]["builtin_tolerances"]["default"]
+
+
+def model_tolerances(config: Dict[str, Any], model: str, precision: str,
+                     builtin: Optional[Mapping[str, Any]] = None) -> Dict[str, float]:
+    """The gates of one cell: the built-in ones for the model's task, then validation.tolerances,
+    then the model's own, merged key by key. A key set to null drops that gate; a precision set
+    to null drops all gates above it (an explicit opt-out: the cell is then 'unchecked')."""
+    builtin = builtin_tolerances() if builtin is None else builtin
+    task = config["models"][model].get("task", "classification")
+    layers = [builtin.get(task, {}), config["validation"].get("tolerances") or {},
+              config["models"][model].get("tolerances") or {}]
+    tolerances: Dict[str, float] = {}
+    for layer in layers:
+        if precision not in layer:
+            continue
+        if layer[precision] is None:
+            tolerances = {}
+            continue
+        for key, value in layer[precision].items():
+            if value is None:
+                tolerances.pop(key, None)
+            else:
+                tolerances[key] = value
     return tolerances

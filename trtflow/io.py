@@ -44,6 +44,14 @@ def write_json(path: PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def stamp_provenance(path: PathLike, provenance: str) -> None:
+    """Record the workflow's provenance digest in a JSON artifact a stage has written."""
+    if provenance:
+        data = read_json(path)
+        data["provenance"] = provenance
+        write_json(path, data)
+
+
 def read_json(path: PathLike) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -22,21 +22,29 @@ from .runners.base import TensorSpec, adapt_feed
 log = logging.getLogger(__name__)
 
 
-def quantization_settings(backend: str) -> Dict[str, Any]:
+def quantization_settings(backend: str, form: str = "u8s8") -> Dict[str, Any]:
     """Q/DQ flavour per backend.
 
     TensorRT only takes symmetric int8 (zero point 0) and no int32 bias quantisation, with a
-    dedicated Q/DQ pair per consumer; ONNX Runtime's x86 kernels are fastest with uint8
-    activations and int8 weights (ORT's own guidance for VNNI and older CPUs alike).
+    dedicated Q/DQ pair per consumer. ONNX Runtime gets the form its kernels run right on the
+    target CPU (trtflow.cpu: U8S8 with VNNI or on Arm64, U8U8 on AVX2/AVX-512 without VNNI, whose
+    U8S8 kernels saturate).
     """
     from onnxruntime.quantization import QuantType
+
+    from .cpu import FORM_SETTINGS
 
     if backend == "tensorrt":
         return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
                 "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True,
                                   "QuantizeBias": False, "DedicatedQDQPair": True}}
-    return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
-            "extra_options": {"WeightSymmetric": True}}
+    if form not in FORM_SETTINGS:
+        raise TrtflowError(f"unknown ONNX Runtime int8 form '{form}'",
+                           fix=f"use one of {sorted(FORM_SETTINGS)}")
+    chosen = FORM_SETTINGS[form]
+    return {"activation_type": getattr(QuantType, chosen["activation_type"]),
+            "weight_type": getattr(QuantType, chosen["weight_type"]),
+            "extra_options": {"WeightSymmetric": chosen["weight_type"] == "QInt8"}}
 
 
 class ArrayCalibrationReader:
@@ -120,14 +128,14 @@ def subgraph_node_names(graph) -> List[str]:
 
 
 def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], backend: str,
-            method: str = "minmax", per_channel: bool = True) -> None:
+            method: str = "minmax", per_channel: bool = True, form: str = "u8s8") -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     import onnx
 
-    settings = quantization_settings(backend)
+    settings = quantization_settings(backend, form)
     graph = onnx.load(str(source)).graph
     # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
     calibration = adapt_feed(calibration, graph_inputs(graph), f"graph {source}")
@@ -143,7 +151,7 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
 
 def make_precision(model: str, precision: str, source: Path, output: Path, report_path: Path,
                    backend: str, calibration: Optional[Mapping[str, np.ndarray]] = None,
-                   calibration_method: str = "minmax") -> Dict[str, Any]:
+                   calibration_method: str = "minmax", int8_form: str = "u8s8") -> Dict[str, Any]:
     import onnx
 
     log.info("precision %s: %s for %s", model, precision, backend)
@@ -155,7 +163,7 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     elif precision == "int8":
         if calibration is None:
             raise TrtflowError("int8 needs a calibration set", model=model)
-        to_int8(source, output, calibration, backend, calibration_method)
+        to_int8(source, output, calibration, backend, calibration_method, form=int8_form)
     else:
         raise TrtflowError(f"unknown precision '{precision}'", model=model,
                            fix="use fp32, fp16 or int8")
@@ -171,6 +179,7 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     if precision == "int8":
         report["calibration"] = {"method": calibration_method,
                                  "samples": int(next(iter(calibration.values())).shape[0])}
+        report["int8_form"] = "s8s8-symmetric" if backend == "tensorrt" else int8_form
         if report["quantize_linear"] == 0:
             raise TrtflowError("int8 quantisation inserted no QuantizeLinear node", model=model,
                                path=str(output), fix="check that the graph has Conv/MatMul/Gemm ops")

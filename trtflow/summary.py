@@ -6,14 +6,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .io import atomic_path, read_json
+from .provenance import digest
+from .validate import FAILING_VERDICTS
 
 SUMMARY_COLUMNS = [
-    "model", "precision", "batch_profile", "backend", "backend_version", "device", "batch",
-    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms", "throughput",
-    "torch_latency_p50_ms", "speedup_vs_torch", "torch_fp16_latency_p50_ms",
+    "model", "precision", "batch_profile", "verdict", "backend", "backend_version", "device",
+    "batch", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
+    "throughput", "torch_latency_p50_ms", "speedup_vs_torch", "torch_fp16_latency_p50_ms",
     "speedup_vs_torch_fp16", "validation_passed", "max_abs", "rel_l2", "cosine",
-    "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "failures", "weights", "build_seconds", "layer_precisions",
+    "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "failures", "weights",
+    "build_seconds", "layer_precisions", "provenance",
 ]
+# the per-cell artifacts a summary row is made of (paths and expected provenance in each cell)
+CELL_ARTIFACTS = ("benchmark", "validation", "baseline", "weights")
 LATENCY_COLUMNS = ["model", "precision", "batch_profile", "backend", "batch", "latency_p50_ms",
                    "latency_p99_ms", "throughput"]
 
@@ -58,14 +63,61 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "speedup_vs_torch": round(torch32 / p50, 3) if torch32 else "",
         "torch_fp16_latency_p50_ms": round(torch16, 4) if torch16 else "",
         "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 else "",
-        "validation_passed": bool(validation["passed"]),
+        "verdict": validation["verdict"],
+        "validation_passed": validation["verdict"] == "passed",
         **{k: _round(metrics.get(k)) for k in ("max_abs", "rel_l2", "cosine", "top1_agreement",
                                                  "top5_agreement", "pixel_agreement", "miou")},
-        "failures": " | ".join(validation.get("failures", [])),
+        "failures": " | ".join(validation.get("reference_problems", [])
+                               + validation.get("failures", [])),
         "weights": weights.get("weights", ""),
         "build_seconds": sidecar.get("build_seconds", ""),
         "layer_precisions": _format_counts(sidecar.get("layer_precisions")),
+        "provenance": digest([benchmark.get("provenance"), validation.get("provenance"),
+                              baseline.get("provenance")]),
     }
+
+
+def error_row(cell: Mapping[str, Any], reason: str) -> Dict[str, Any]:
+    """The row of a cell that did not finish in this run (a job failed or was killed)."""
+    return {"model": cell["model"], "precision": cell["precision"],
+            "batch_profile": cell["batch_profile"], "verdict": "error",
+            "backend": cell.get("backend", ""), "validation_passed": False, "failures": reason}
+
+
+def first_error(logs: Sequence[str]) -> str:
+    """The first error of a cell's jobs (their logs in chain order, upstream first), from each
+    log's last run: the trtflow error message, or the exception line of an unexpected failure."""
+    for log in logs:
+        path = Path(log)
+        if not path.is_file():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        starts = [i for i, line in enumerate(lines) if " command: " in line]
+        last_run = lines[starts[-1]:] if starts else lines
+        for index, line in enumerate(last_run):
+            if "trtflow error: " in line:
+                return f"{path.name}: {line.split('trtflow error: ', 1)[1]}"
+            if "unexpected failure:" in line:
+                exception = [t for t in last_run[index + 1:] if t and not t.startswith(" ")]
+                return f"{path.name}: {exception[-1] if exception else 'unexpected failure'}"
+    return ("did not finish in this run, and no log names an error (killed, e.g. by the OOM "
+            "killer or a signal?): " + ", ".join(Path(log).name for log in logs[-3:]))
+
+
+def cell_artifacts(cell: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The cell's JSON artifacts if all exist and were made from what the workflow asks for now
+    (their recorded provenance is the expected one), else None: a stale file is never current."""
+    found = {}
+    for kind in CELL_ARTIFACTS:
+        path = Path(cell[kind])
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        expected = (cell.get("provenance") or {}).get(kind)
+        if expected and data.get("provenance") != expected:
+            return None
+        found[kind] = data
+    return found
 
 
 def _round(value: Any) -> Any:
@@ -100,14 +152,19 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, An
             writer.writerows(rows)
 
 
-def summarize(cells: Sequence[Mapping[str, str]], summary_path: Path, latency_path: Path) -> List[Dict[str, Any]]:
-    """cells: dicts with model/precision/batch_profile and the paths of benchmark, validation,
-    baseline and weights JSONs."""
+def summarize(cells: Sequence[Mapping[str, Any]], summary_path: Path, latency_path: Path) -> List[Dict[str, Any]]:
+    """cells: dicts with model/precision/batch_profile, the paths of the benchmark, validation,
+    baseline and weights JSONs, their expected provenance and the logs of the cell's jobs. A cell
+    whose artifacts are missing or stale (a job failed) gets an `error` row with its first error."""
     rows, latency, seen = [], [], set()
     for cell in cells:
-        benchmark, baseline = read_json(cell["benchmark"]), read_json(cell["baseline"])
-        rows.append(summary_row(cell, benchmark, read_json(cell["validation"]), baseline,
-                                read_json(cell["weights"])))
+        artifacts = cell_artifacts(cell)
+        if artifacts is None:
+            rows.append(error_row(cell, first_error(cell.get("logs", []))))
+            continue
+        benchmark, baseline = artifacts["benchmark"], artifacts["baseline"]
+        rows.append(summary_row(cell, benchmark, artifacts["validation"], baseline,
+                                artifacts["weights"]))
         for row in latency_rows(cell, benchmark, baseline):
             key = tuple(row[c] for c in ("model", "precision", "batch_profile", "backend", "batch"))
             if key not in seen:
@@ -118,8 +175,24 @@ def summarize(cells: Sequence[Mapping[str, str]], summary_path: Path, latency_pa
     return rows
 
 
+def verdict_failures(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """One line per cell whose verdict fails the run (FAILING_VERDICTS), naming the cell."""
+    return [f"{r['verdict']}: {r['model']} {r['precision']} {r['batch_profile']} "
+            f"({r['backend']}): {r['failures']}" for r in rows if r["verdict"] in FAILING_VERDICTS]
+
+
+def _empty_plot(output: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{title}: no cell finished", ha="center", va="center")
+    _save(fig, output)
+
+
 def plot_latency_vs_batch(latency_csv: Path, output: Path) -> None:
     rows = _read_csv(latency_csv)
+    if not rows:
+        return _empty_plot(output, "Latency vs batch")
     plt = _pyplot()
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
@@ -146,6 +219,8 @@ def plot_latency_vs_batch(latency_csv: Path, output: Path) -> None:
 def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
     """Speed-up vs error per cell: colour = model, marker = precision, hollow = failed validation."""
     rows = [r for r in _read_csv(summary_csv) if r["rel_l2"] and r["speedup_vs_torch"]]
+    if not rows:
+        return _empty_plot(output, "Accuracy vs speed")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
@@ -154,7 +229,7 @@ def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
     seen = set()
     for row in rows:
         error = max(float(row["rel_l2"]), 1e-9)  # log axis: an exact match sits at the floor
-        passed = row["validation_passed"] == "True"
+        passed = row["verdict"] == "passed"
         label = f"{row['model']} {row['precision']}"
         ax.scatter(float(row["speedup_vs_torch"]), error, marker=markers.get(row["precision"], "x"),
                    s=70, edgecolors=colors[row["model"]],
@@ -163,7 +238,7 @@ def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
         seen.add(label)
     ax.set(xlabel="speed-up vs PyTorch eager fp32 (each batch profile's opt batch)",
            ylabel="relative L2 error vs PyTorch (log)", yscale="log",
-           title="Accuracy vs speed (hollow marker: validation failed)")
+           title="Accuracy vs speed (hollow marker: not passed)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     _save(fig, output)

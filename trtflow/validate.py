@@ -25,11 +25,56 @@ GATES = {"max_abs": ("max", "max_abs"), "rel_l2": ("max", "rel_l2"),
 # Detections the reference is at least this sure of are the ones an engine must reproduce.
 DETECTION_MIN_SCORE = 0.3
 DETECTION_MATCH_IOU = 0.5
-# Gates of task detection, and what applies when a precision's tolerances name none of them (the
-# classification defaults, rel_l2 & co., are not gated for detections: see _compare_detections).
-DETECTION_GATE_KEYS = ("detection_recall_min", "detection_precision_min", "box_iou_min",
-                       "score_diff_max", "mask_iou_min", "keypoint_distance_max")
-DEFAULT_DETECTION_TOLERANCES = {"detection_recall_min": 0.9, "box_iou_min": 0.9}
+# What a cell ends in. Only "passed" means an engine was compared against a meaningful reference
+# under at least one gate; the run fails (validation.on_failure: fail) for these:
+VERDICTS = ("passed", "failed", "vacuous", "unchecked", "error")
+FAILING_VERDICTS = ("failed", "vacuous", "error")
+# float16's smallest normal number: a reference whose every value is below it cannot be told
+# apart from zero by an fp16 engine
+FP16_TINY = float(np.finfo(np.float16).tiny)
+VACUOUS_FIX = ("the reference (PyTorch with these weights) gives nothing to compare against: use "
+               "trained weights (weights: {path: ...}) or check the model's initialisation and "
+               "output scale; for fp16, keep such an output in float32 or scale it up")
+
+
+def reference_problems(reference: Mapping[str, np.ndarray], precision: str,
+                       names: Optional[Sequence[str]] = None) -> List[str]:
+    """Why a reference cannot tell a right engine from a wrong one, per float output: non-finite,
+    all zero, constant, the same for every sample, or (fp16) below float16's normal range."""
+    problems = []
+    for name in names or list(reference):
+        ref = np.asarray(reference[name])
+        if not np.issubdtype(ref.dtype, np.floating):
+            continue
+        values = ref.astype(np.float64)
+        peak = float(np.max(np.abs(values))) if values.size and np.all(np.isfinite(values)) else 0.0
+        if values.size == 0:
+            problems.append(f"output '{name}' is empty")
+        elif not np.all(np.isfinite(values)):
+            problems.append(f"output '{name}' has {int(np.count_nonzero(~np.isfinite(values)))} "
+                            "NaN/Inf values in the reference")
+        elif peak == 0:
+            problems.append(f"output '{name}' is all zero in the reference")
+        elif np.ptp(values) == 0:
+            problems.append(f"output '{name}' is constant ({values.flat[0]:.6g}) in the reference")
+        elif values.shape[0] > 1 and np.all(values == values[:1]):
+            problems.append(f"output '{name}' is the same for every sample in the reference: it "
+                            "does not depend on the input")
+        elif precision == "fp16" and peak < FP16_TINY:
+            problems.append(f"output '{name}' peaks at |x| = {peak:.3g} in the reference, below "
+                            f"float16's smallest normal number {FP16_TINY:.3g}: an fp16 engine "
+                            "cannot represent it")
+    return problems
+
+
+def verdict(failures: Sequence[str], gates: Sequence[str], problems: Sequence[str]) -> str:
+    """vacuous (nothing meaningful to compare against), failed, unchecked (no gate applied: the
+    tolerances opted out of every one) or passed."""
+    if problems:
+        return "vacuous"
+    if failures:
+        return "failed"
+    return "passed" if gates else "unchecked"
 
 
 def tensor_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
@@ -216,6 +261,12 @@ def _label(index: int, labels: Optional[Sequence[str]]) -> str:
     return f"{index} {labels[index]}" if labels is not None and index < len(labels) else str(index)
 
 
+def applied_gates(metrics: Mapping[str, float], tolerances: Mapping[str, float]) -> List[str]:
+    """The tolerance keys that gate one of these metrics (a key for a metric this task or output
+    does not have gates nothing)."""
+    return [key for metric, (_, key) in GATES.items() if key in tolerances and metric in metrics]
+
+
 def gate(metrics: Mapping[str, float], tolerances: Mapping[str, float], where: str) -> List[str]:
     """The failures of one output's metrics against the tolerances, as readable sentences."""
     failures = []
@@ -232,16 +283,26 @@ def gate(metrics: Mapping[str, float], tolerances: Mapping[str, float], where: s
     return failures
 
 
+def _result(failures: List[str], gates: Sequence[str], problems: Sequence[str],
+            tolerances: Mapping[str, float], **extra: Any) -> Dict[str, Any]:
+    chosen = verdict(failures, gates, problems)
+    return {"verdict": chosen, "passed": chosen == "passed", "failures": failures,
+            "reference_problems": list(problems), "gates": sorted(set(gates)),
+            "tolerances": dict(tolerances), **extra}
+
+
 def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], task: str,
             tolerances: Mapping[str, float], sample_names: Sequence[str],
             labels: Optional[Sequence[str]] = None, check_expected: bool = False,
-            detection_min_score: float = DETECTION_MIN_SCORE) -> Dict[str, Any]:
-    """All metrics, the gate verdict and (classification) per-sample predictions."""
+            detection_min_score: float = DETECTION_MIN_SCORE,
+            precision: str = "fp32") -> Dict[str, Any]:
+    """All metrics, the verdict (VERDICTS) and (classification) per-sample predictions."""
+    if task == "detection":
+        return _compare_detections(outputs, reference, tolerances, detection_min_score, precision)
     per_output: Dict[str, Any] = {}
     failures: List[str] = []
+    gates: List[str] = []
     rows: List[Dict[str, Any]] = []
-    if task == "detection":
-        return _compare_detections(outputs, reference, tolerances, detection_min_score)
     for name, ref in reference.items():
         out = outputs[name]
         if out.shape != ref.shape:
@@ -255,25 +316,28 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
             metrics.update(segmentation_metrics(out, ref))
         per_output[name] = metrics
         failures += gate(metrics, tolerances, f"output '{name}'")
+        gates += applied_gates(metrics, tolerances)
     for row in rows:
+        if "expected" in row:
+            gates.append("expected_labels")
         if row.get("reference_ok") is False or row.get("engine_ok") is False:
             failures.append(f"sample '{row['sample']}' should be {row['expected']}: reference says "
                             f"{row['reference']}, engine says {row['engine']}")
-    return {"passed": not failures, "failures": failures, "outputs": per_output,
-            "predictions": rows, "tolerances": dict(tolerances)}
+    return _result(failures, gates, reference_problems(reference, precision), tolerances,
+                   outputs=per_output, predictions=rows)
 
 
 def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-                        tolerances: Mapping[str, float], min_score: float) -> Dict[str, Any]:
+                        tolerances: Mapping[str, float], min_score: float,
+                        precision: str = "fp32") -> Dict[str, Any]:
     """task: detection. The first three outputs are (labels, boxes, scores) in config order; an
     output named `masks` (per-detection mask probabilities) or `keypoints` (x, y, visibility) is
     compared on the matched detections. Per-tensor metrics are reported but only the detection
     metrics (and NaNs) are gated, since a reordering of near-equal detections is not an error."""
     names = list(reference)
     if len(names) < 3:
-        return {"passed": False, "failures": [f"task detection needs the outputs labels, boxes, "
-                                              f"scores first; the model has {names}"],
-                "outputs": {}, "predictions": [], "tolerances": dict(tolerances)}
+        return _result([f"task detection needs the outputs labels, boxes, scores first; the "
+                        f"model has {names}"], [], [], tolerances, outputs={}, predictions=[])
     per_output = {name: tensor_metrics(outputs[name], reference[name]) for name in names}
     metrics, pairs = match_detections([outputs[n] for n in names[:3]],
                                       [reference[n] for n in names[:3]], min_score)
@@ -284,17 +348,16 @@ def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[st
                                         reference[names[1]], pairs))
     failures = [f"output '{n}': {m['nonfinite']} NaN/Inf values" for n, m in per_output.items()
                 if m["nonfinite"]]
-    if not any(key in tolerances for key in DETECTION_GATE_KEYS):
-        tolerances = {**tolerances, **DEFAULT_DETECTION_TOLERANCES}
+    problems = [p for p in reference_problems(reference, precision, names[1:3])
+                if "NaN/Inf" in p or "below float16" in p]
     if metrics["reference_detections"] == 0:  # a pass with nothing compared proves nothing
-        failures.append(f"the reference has no detection with score >= {min_score:g}, so there "
-                        "is nothing to validate: lower validation.detection_min_score (or the "
-                        "model's detection_min_score)")
+        problems.append(f"the reference has no detection with score >= {min_score:g}: lower "
+                        "validation.detection_min_score (or the model's detection_min_score), or "
+                        "use weights whose detections are confident")
     # gate() checks only the metrics it is given: the detection ones, not rel_l2 & co.
     failures += gate(metrics, tolerances, "detections")
     per_output[names[1]].update(metrics)  # the boxes output carries the detection metrics
     mismatches = detection_mismatches([outputs[n] for n in names[:3]],
                                       [reference[n] for n in names[:3]], pairs, min_score)
-    return {"passed": not failures, "failures": failures, "outputs": per_output,
-            "detections": metrics, "mismatches": mismatches, "predictions": [],
-            "tolerances": dict(tolerances)}
+    return _result(failures, applied_gates(metrics, tolerances), problems, tolerances,
+                   outputs=per_output, detections=metrics, mismatches=mismatches, predictions=[])

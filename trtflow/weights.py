@@ -10,7 +10,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import TrtflowError
 from .io import atomic_path, sha256_file, write_json
@@ -81,6 +81,25 @@ def check_sha256(path: Path, expected: Optional[str], model: str) -> str:
     return actual
 
 
+def reset_zero_layers(module) -> List[str]:
+    """Give zero-initialised Linear/Conv layers PyTorch's default initialisation; return their
+    names.
+
+    Several architectures start their classifier head at zero (torchvision's ViT, for one): such
+    a model's outputs are all zero (or constant), so a cell with `weights: {random: true}` would
+    compare zeros with zeros and prove nothing. Random weights exist to exercise the engine, so
+    every layer gets non-zero weights."""
+    import torch
+
+    layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    reset = []
+    for name, layer in module.named_modules():
+        if isinstance(layer, layers) and not torch.count_nonzero(layer.weight):
+            layer.reset_parameters()
+            reset.append(name)
+    return reset
+
+
 def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output: Path,
                     metadata_output: Path) -> Dict[str, Any]:
     """Resolve the model's weights, check them against the architecture, save a state_dict."""
@@ -93,7 +112,12 @@ def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output
         seed = int(weights.get("seed", 0))
         torch.manual_seed(seed)  # the initialisation itself is the weights: make it reproducible
         module = build_model(model, spec)
-        meta = {"weights": "random", "seed": seed, "source": "random", "source_sha256": None}
+        reset = reset_zero_layers(module)
+        if reset:
+            log.info("weights: %s started at zero, given PyTorch's default initialisation "
+                     "(random weights must make outputs that depend on the input)", ", ".join(reset))
+        meta = {"weights": "random", "seed": seed, "source": "random", "source_sha256": None,
+                "reinitialised_zero_layers": reset}
     else:
         if "builtin" in weights:
             path = fetch_builtin(weights["builtin"], cache_dir, model)

@@ -42,7 +42,8 @@ def main(args) -> None:
     write_json(args.output, {"model": args.model, "device": args.device, "device_name": device_name,
                              "torch": torch.__version__, "threads": torch.get_num_threads(),
                              "python": sys.version.split()[0],
-                             "profile": args.profile, "variants": results})
+                             "profile": args.profile, "variants": results,
+                             "provenance": args.provenance})
 
 
 if __name__ == "__main__":

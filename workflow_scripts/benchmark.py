@@ -23,7 +23,8 @@ def main(args) -> None:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
         batches = measure(runner, inputs, profile_batches(sidecar["profile"]), args.settings)
     write_json(args.output, {"engine": args.engine, "settings": args.settings,
-                             "sidecar": sidecar, "batches": batches})
+                             "sidecar": sidecar, "batches": batches,
+                             "provenance": args.provenance})
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
+    from trtflow.io import stamp_provenance
     from trtflow.runners import get_backend
 
     get_backend(args.backend).build_engine(
         Path(args.input), Path(args.output), Path(args.sidecar), model=args.model,
         precision=args.precision, batch_profile=args.profile, profile_name=args.profile_name,
         options=args.options)
+    stamp_provenance(args.sidecar, args.provenance)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ from trtflow import cli  # noqa: E402
 
 def main(args) -> None:
     from trtflow.export import export_onnx
+    from trtflow.io import stamp_provenance
 
     export_onnx(args.model, args.spec, args.weights, Path(args.output), Path(args.report),
                 args.opset, args.exporter)
+    stamp_provenance(args.report, args.provenance)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
+    from trtflow.io import stamp_provenance
     from trtflow.patch import patch_onnx
 
     patch_onnx(args.model, Path(args.input), Path(args.output), Path(args.report), args.backend,
                args.options, args.backend_version)
+    stamp_provenance(args.report, args.provenance)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
+    from trtflow.io import stamp_provenance
     from trtflow.precision import calibration_arrays, make_precision
 
     calibration = None
@@ -17,7 +18,8 @@ def main(args) -> None:
                                          args.calibration.get("seed", 0))
     make_precision(args.model, args.precision, Path(args.input), Path(args.output),
                    Path(args.report), args.backend, calibration,
-                   args.calibration.get("method", "minmax"))
+                   args.calibration.get("method", "minmax"), args.int8_form)
+    stamp_provenance(args.report, args.provenance)
 
 
 if __name__ == "__main__":
@@ -28,6 +30,8 @@ if __name__ == "__main__":
     p.add_argument("--spec", required=True, type=cli.json_arg, help="the model's config entry")
     p.add_argument("--calibration", type=cli.json_arg, default={"num_samples": 32},
                    help="calibration options (num_samples, method, seed)")
+    p.add_argument("--int8-form", default="u8s8",
+                   help="ONNX Runtime's int8 form for the target CPU (trtflow/cpu.py)")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--report", required=True)

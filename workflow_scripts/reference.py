@@ -36,10 +36,12 @@ def main(args) -> None:
     check_forward(module, tuple(torch.from_numpy(v[:1]) for v in inputs.values()), args.model,
                   args.spec["inputs"], args.spec["outputs"])
     runner = TorchRunner(module, args.spec["outputs"], device=args.device).load()
-    outputs = infer_in_chunks(runner, inputs, args.spec.get("static_batch"))
+    static_batch = args.spec.get("static_batch")
+    outputs = infer_in_chunks(runner, inputs, static_batch, static_batch or 1)
     arrays = {f"input:{k}": v for k, v in inputs.items()}
     arrays.update({f"output:{k}": v for k, v in outputs.items()})
     arrays["__samples__"] = np.array(names)
+    arrays["__provenance__"] = np.array(args.provenance)
     if args.spec.get("labels") == "imagenet":
         arrays["__labels__"] = np.array(imagenet_labels())
     save_npz(args.output, arrays)

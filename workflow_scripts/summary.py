@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Summary stage: results/summary.csv (one row per cell), the long latency table and the plots."""
+"""Summary stage: results/summary.csv (one row per cell), the long latency table and the plots.
+
+Also run by the workflow's on-error handler (--partial-marker): then it writes the same files for
+the cells that finished, `error` rows with each other cell's first error, and a marker that makes
+the next run set these files aside and make them again."""
 import sys
 from pathlib import Path
 
@@ -10,11 +14,17 @@ from trtflow import cli  # noqa: E402
 def main(args) -> None:
     from trtflow import summary
 
-    summary.summarize(args.cells, Path(args.summary), Path(args.latency))
+    from trtflow.io import write_json
+
+    rows = summary.summarize(args.cells, Path(args.summary), Path(args.latency))
     if args.latency_plot:
         summary.plot_latency_vs_batch(Path(args.latency), Path(args.latency_plot))
     if args.accuracy_plot:
         summary.plot_accuracy_vs_speed(Path(args.summary), Path(args.accuracy_plot))
+    if args.partial_marker:
+        written = [p for p in (args.summary, args.latency, args.latency_plot, args.accuracy_plot) if p]
+        write_json(args.partial_marker, {"files": written, "verdicts": {
+            v: sum(r["verdict"] == v for r in rows) for v in sorted({r["verdict"] for r in rows})}})
 
 
 if __name__ == "__main__":
@@ -26,4 +36,5 @@ if __name__ == "__main__":
     p.add_argument("--latency", required=True)
     p.add_argument("--latency-plot")
     p.add_argument("--accuracy-plot")
+    p.add_argument("--partial-marker", help="on-error run: write this marker listing the files")
     cli.run(main, p)

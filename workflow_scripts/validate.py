@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Validation stage: engine outputs vs the PyTorch reference, gated by per-precision tolerances.
 
+The cell ends in a verdict (passed, failed, vacuous, unchecked), written to the output JSON; the
+job itself succeeds, so the summary and report cover every cell, and the workflow's `verdicts`
+rule then fails the run (validation.on_failure: fail) naming each cell that did not pass.
 Runs under the backend's Python (tensorrt + numpy only for TensorRT)."""
 import sys
 from pathlib import Path
@@ -12,7 +15,6 @@ from trtflow import cli  # noqa: E402
 def main(args) -> None:
     import logging
 
-    from trtflow.errors import TrtflowError
     from trtflow.io import load_npz, reference_part, read_json, write_json
     from trtflow.runners import get_backend
     from trtflow.runners.base import adapt_feed, infer_in_chunks
@@ -23,14 +25,16 @@ def main(args) -> None:
     inputs = reference_part(reference, "input")
     expected = reference_part(reference, "output")
     labels = list(reference["__labels__"]) if "__labels__" in reference else None
+    profile = sidecar["profile"]
     with get_backend(args.backend).EngineRunner(Path(args.engine), Path(args.sidecar),
                                                 **args.options) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
-        outputs = infer_in_chunks(runner, inputs, int(sidecar["profile"]["max"]))
+        outputs = infer_in_chunks(runner, inputs, int(profile["max"]), int(profile["min"]))
     result = compare(outputs, expected, args.task, args.tolerances,
                      [str(s) for s in reference["__samples__"]], labels,
                      check_expected=args.check_expected_labels and labels is not None
-                     and args.pretrained, detection_min_score=args.detection_min_score)
+                     and args.pretrained, detection_min_score=args.detection_min_score,
+                     precision=sidecar["precision"])
     where = f"{sidecar['model']} {sidecar['precision']} {sidecar['batch_profile']} ({args.backend})"
     log = logging.getLogger("validate")
     for row in result["predictions"]:
@@ -38,13 +42,10 @@ def main(args) -> None:
                  row["engine"], f" (expected {row['expected']})" if "expected" in row else "")
     result.update({"model": sidecar["model"], "precision": sidecar["precision"],
                    "batch_profile": sidecar["batch_profile"], "backend": args.backend,
-                   "engine": args.engine})
-    if not result["passed"]:
-        message = f"validation failed for {where}: " + "; ".join(result["failures"])
-        if args.on_failure == "fail":
-            raise TrtflowError(message, fix="loosen validation.tolerances for this precision (or "
-                               "the model's tolerances), or set validation.on_failure: record")
-        log.warning(message)
+                   "engine": args.engine, "provenance": args.provenance})
+    log.info("%s: %s (gates: %s)", where, result["verdict"], ", ".join(result["gates"]) or "none")
+    for line in result["failures"] + result["reference_problems"]:
+        log.warning("%s: %s: %s", where, result["verdict"], line)
     write_json(args.output, result)
 
 
@@ -56,7 +57,6 @@ if __name__ == "__main__":
     p.add_argument("--reference", required=True)
     p.add_argument("--task", default="classification")
     p.add_argument("--tolerances", type=cli.json_arg, default={})
-    p.add_argument("--on-failure", choices=["fail", "record"], default="fail")
     p.add_argument("--check-expected-labels", action="store_true")
     p.add_argument("--detection-min-score", type=float, default=0.3,
                    help="task detection: confidence of the reference detections to reproduce")

@@ -8,9 +8,11 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
+    from trtflow.io import stamp_provenance
     from trtflow.weights import prepare_weights
 
     prepare_weights(args.model, args.spec, Path(args.cache), Path(args.output), Path(args.metadata))
+    stamp_provenance(args.metadata, args.provenance)
 
 
 if __name__ == "__main__":

@@ -129,11 +129,18 @@ def host_timing(call: Callable[[], Any], warmup: int, iterations: int,
     return timing_loop(one, warmup, iterations, max_seconds)
 
 
-def infer_in_chunks(runner: Runner, inputs: Mapping[str, np.ndarray],
-                    max_batch: Optional[int]) -> Dict[str, np.ndarray]:
-    """runner.infer over the samples `max_batch` at a time (all at once for None), concatenated."""
+def infer_in_chunks(runner: Runner, inputs: Mapping[str, np.ndarray], max_batch: Optional[int],
+                    min_batch: int = 1) -> Dict[str, np.ndarray]:
+    """runner.infer over the samples in batches the engine takes: at most `max_batch` at a time
+    (all at once for None), and a batch shorter than `min_batch` (a profile {min: 16, ...} with 8
+    validation samples, a static-batch engine) padded by repeating its own samples. Only the real
+    samples' outputs are kept, so every sample is compared once, whatever the profile."""
     count = next(iter(inputs.values())).shape[0]
     step = max_batch or count
-    pieces = [runner.infer({k: np.ascontiguousarray(v[start:start + step]) for k, v in inputs.items()})
-              for start in range(0, count, step)]
+    pieces = []
+    for start in range(0, count, step):
+        real = min(step, count - start)
+        take = np.arange(max(real, min_batch)) % real + start  # repeat the chunk to fill
+        outputs = runner.infer({k: np.ascontiguousarray(v[take]) for k, v in inputs.items()})
+        pieces.append({name: value[:real] for name, value in outputs.items()})
     return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}

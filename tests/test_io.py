@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtflow.io import (atomic_path, load_npz, read_json, save_npz, sha256_file, sha256_files,
+from trtflow.io import (atomic_path, load_npz, read_json, save_npz, sha256_file,
                         write_json)
 
 
@@ -72,18 +72,6 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
     path.write_bytes(payload)
     assert sha256_file(path, chunk=1000) == hashlib.sha256(payload).hexdigest()
     assert sha256_file(path) == hashlib.sha256(payload).hexdigest()
-
-
-def test_sha256_files_depends_on_content_and_order(tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.write_text("alpha")
-    b.write_text("beta")
-    digest = sha256_files([a, b])
-    assert len(digest) == 16
-    assert digest == hashlib.sha256(b"alphabeta").hexdigest()[:16]
-    assert sha256_files([b, a]) != digest
-    b.write_text("beta2")
-    assert sha256_files([a, b]) != digest
 
 
 def test_npz_round_trip_keeps_dtypes_and_strings(tmp_path: Path) -> None:

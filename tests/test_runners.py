@@ -273,3 +273,32 @@ def test_torch_runner_time_on_cpu(token_int32_engine) -> None:
 def test_torch_runner_name_says_compiled() -> None:
     assert TorchRunner(torch.nn.Identity(), ["y"], precision="fp16", compile=True).name == \
         "torch-compile-fp16"
+
+
+class RecordingRunner(Runner):
+    """Echoes its input as output and records each batch it was given, checked like an engine."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high, self.batches = low, high, []
+        self.inputs = [TensorSpec("x", "float32", [-1, 3])]
+
+    def infer(self, feed):
+        check_feed(feed, self.inputs, "recording", (self.low, self.high))
+        self.batches.append(feed["x"].shape[0])
+        return {"y": feed["x"] * 2}
+
+
+@pytest.mark.parametrize("low,high,count,batches", [
+    (16, 16, 8, [16]),          # a profile larger than the validation set: pad
+    (1, 4, 10, [4, 4, 2]),      # chunks of at most max
+    (3, 4, 10, [4, 4, 3]),      # the short last chunk padded up to min
+    (1, 1, 3, [1, 1, 1]),       # static batch 1
+])
+def test_infer_in_chunks_fits_any_profile_and_keeps_only_real_samples(low, high, count, batches):
+    from trtflow.runners.base import infer_in_chunks
+
+    x = np.arange(count * 3, dtype=np.float32).reshape(count, 3)
+    runner = RecordingRunner(low, high)
+    out = infer_in_chunks(runner, {"x": x}, high, low)
+    assert runner.batches == batches
+    np.testing.assert_array_equal(out["y"], x * 2)

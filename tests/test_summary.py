@@ -124,3 +124,44 @@ def test_plots_are_written_as_png(summarized: Path) -> None:
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert not [p for p in summarized.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_a_cell_that_did_not_finish_is_an_error_row_with_its_first_error(tmp_path: Path) -> None:
+    from trtflow.summary import summarize
+
+    done = make_cell(tmp_path, "fp32", 2.0)
+    log = tmp_path / "precision.log"
+    log.write_text("10:00:00 INFO precision.py: command: old run\n"
+                   "10:00:01 ERROR precision.py: trtflow error: an old error, fixed since\n"
+                   "10:05:00 INFO precision.py: command: this run\n"
+                   "10:05:02 ERROR precision.py: trtflow error: model 'net': int8 quantisation "
+                   "inserted no QuantizeLinear node\n")
+    (tmp_path / "int8").mkdir()
+    missing = {**make_cell(tmp_path / "int8", "int8", 1.0), "validation": str(tmp_path / "none.json"),
+               "logs": [str(tmp_path / "weights.log"), str(log)]}
+    rows = summarize([done, missing], tmp_path / "s.csv", tmp_path / "l.csv")
+    assert [r["verdict"] for r in rows] == ["passed", "error"]
+    assert rows[1]["failures"] == ("precision.log: model 'net': int8 quantisation inserted no "
+                                   "QuantizeLinear node")
+    written = read_csv(tmp_path / "s.csv")
+    assert [r["verdict"] for r in written] == ["passed", "error"]
+
+
+def test_a_stale_artifact_is_never_reported_as_current(tmp_path: Path) -> None:
+    """The JSON exists, but was made from other inputs than the workflow asks for now."""
+    from trtflow.summary import summarize
+
+    cell = make_cell(tmp_path, "fp32", 2.0)
+    cell["provenance"] = {"validation": "the-expected-digest"}
+    rows = summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv")
+    assert rows[0]["verdict"] == "error" and "no log names an error" in rows[0]["failures"]
+
+
+def test_plots_of_a_run_where_no_cell_finished(tmp_path: Path) -> None:
+    from trtflow.summary import summarize
+
+    cell = {**make_cell(tmp_path, "fp32", 2.0), "benchmark": str(tmp_path / "gone.json")}
+    summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv")
+    plot_latency_vs_batch(tmp_path / "l.csv", tmp_path / "a.png")
+    plot_accuracy_vs_speed(tmp_path / "s.csv", tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"

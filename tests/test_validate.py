@@ -7,8 +7,8 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from trtflow.validate import (GATES, classification_metrics, compare, gate, predictions,
-                              tensor_metrics, topk)
+from trtflow.validate import (FP16_TINY, GATES, classification_metrics, compare, gate, predictions,
+                              reference_problems, tensor_metrics, topk)
 
 FP32 = {"max_abs": 1e-3, "rel_l2": 1e-4, "cosine_min": 0.9999, "top1_agreement_min": 1.0,
         "top5_agreement_min": 0.8}
@@ -302,3 +302,52 @@ def test_detection_with_only_classification_gates_is_unchecked_not_passed() -> N
                     {"detection_recall_min": 0.9}, ["img"])
     assert gated["verdict"] == "failed"
     assert any("detection_recall = 0.5" in f for f in gated["failures"])
+
+
+# --- verdicts: what the reference can prove, and which gates applied ---------------------------
+
+
+
+def _logits(seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(4, 10)).astype(np.float32) * scale
+
+
+@pytest.mark.parametrize("reference,precision,needle", [
+    (np.zeros((4, 10), np.float32), "fp32", "all zero"),
+    (np.full((4, 10), 0.5, np.float32), "fp32", "constant (0.5)"),
+    (np.tile(_logits()[:1], (4, 1)), "fp32", "same for every sample"),
+    (np.where(np.eye(4, 10) > 0, np.nan, _logits()).astype(np.float32), "fp32", "NaN/Inf"),
+    (_logits(scale=1e-13), "fp16", "below float16's smallest normal"),
+])
+def test_a_reference_that_cannot_tell_engines_apart_is_vacuous(reference, precision, needle) -> None:
+    result = compare({"logits": reference.copy()}, {"logits": reference}, "classification",
+                     {"rel_l2": 1e-4, "cosine_min": 0.999}, [f"s{i}" for i in range(4)],
+                     precision=precision)
+    assert result["verdict"] == "vacuous" and not result["passed"]
+    assert needle in result["reference_problems"][0] and "output 'logits'" in result["reference_problems"][0]
+
+
+def test_tiny_outputs_are_vacuous_only_for_fp16() -> None:
+    tiny = _logits(scale=1e-13)
+    assert np.abs(tiny).max() < FP16_TINY
+    assert reference_problems({"logits": tiny}, "fp32") == []
+    result = compare({"logits": tiny * (1 + 1e-7)}, {"logits": tiny}, "classification",
+                     {"rel_l2": 1e-4}, ["a", "b", "c", "d"], precision="fp32")
+    assert result["verdict"] == "passed"
+
+
+def test_integer_outputs_are_not_checked_for_spread() -> None:
+    assert reference_problems({"labels": np.zeros((2, 5), np.int32)}, "fp16") == []
+
+
+def test_no_applicable_gate_is_unchecked_and_a_broken_engine_still_fails() -> None:
+    reference = _logits()
+    names = ["a", "b", "c", "d"]
+    unchecked = compare({"logits": reference * 2}, {"logits": reference}, "classification", {}, names)
+    assert unchecked["verdict"] == "unchecked" and unchecked["gates"] == []
+    nan = reference.copy()
+    nan[0, 0] = np.nan
+    failed = compare({"logits": nan}, {"logits": reference}, "classification", {}, names)
+    assert failed["verdict"] == "failed" and "NaN/Inf" in failed["failures"][0]
+    passed = compare({"logits": reference}, {"logits": reference}, "generic", {"rel_l2": 1e-6}, names)
+    assert passed["verdict"] == "passed" and passed["gates"] == ["rel_l2"]

@@ -73,14 +73,6 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_files(paths: Iterable[PathLike]) -> str:
-    """One digest over several files' contents (order matters), for code-change tracking."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def save_npz(path: PathLike, arrays: dict) -> None:
     import numpy as np
 

@@ -75,13 +75,15 @@ def _with_parents(name: str) -> List[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def import_closure(entry: Path, roots: Iterable[Path], packages: Iterable[str]) -> List[Path]:
-    """Every source file of `packages` (top-level names) under `roots` that `entry` reaches
-    through imports, `entry` included, sorted. Read, not imported: nothing runs."""
+def import_closure(entry: Path, roots: Iterable[Path], packages: Iterable[str],
+                   entry_module: str = "__main__") -> List[Path]:
+    """Every source file of `packages` (top-level names) under `roots` that `entry` (the module
+    `entry_module`, for its relative imports) reaches through imports, `entry` included, sorted.
+    Read, not imported: nothing runs."""
     roots = tuple(Path(r).resolve() for r in roots)
     wanted = set(packages)
     seen: Set[Path] = set()
-    todo: List[Tuple[Path, str]] = [(Path(entry).resolve(), "__main__")]
+    todo: List[Tuple[Path, str]] = [(Path(entry).resolve(), entry_module)]
     while todo:
         path, module = todo.pop()
         if path in seen:
@@ -118,7 +120,7 @@ def module_source_digest(module: str) -> str:
     origin = Path(spec.origin).resolve()
     depth = module.count(".") + (1 if origin.name == "__init__.py" else 0)
     root = origin.parents[depth]
-    return file_digest(import_closure(origin, [root], [module.split(".")[0]]))
+    return file_digest(import_closure(origin, [root], [module.split(".")[0]], module))
 
 
 def loaded_sources(root: Path) -> List[str]:

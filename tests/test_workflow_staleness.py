@@ -5,11 +5,16 @@ what a dry run schedules after one edit, then brings the workflow back up to dat
 """
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import Workflow, copy_repo, resnet_entry, tiny_config
+from conftest import REPO, Workflow, copy_repo, resnet_entry, tiny_config, token_entry
 
 pytestmark = pytest.mark.workflow
 
@@ -43,13 +48,13 @@ def test_adding_a_precision_schedules_only_its_jobs(built):
     config["precisions"] = ["fp32", "fp16", "int8"]
     flow.write_config(config)
     jobs = flow.scheduled_jobs()
-    per_cell = [j for j in jobs if j not in ("all", "summary")]
+    per_cell = [j for j in jobs if j not in ("all", "summary", "verdicts")]
     assert per_cell, jobs
     assert all("precision=int8" in j for j in per_cell), jobs
     # int8 for both models x one profile: precision graph, engine, benchmark, validation each
     assert sorted(j.split()[0] for j in per_cell) == sorted(
         ["precision"] * 2 + ["engine"] * 2 + ["benchmark"] * 2 + ["validate"] * 2), jobs
-    assert "summary" in jobs
+    assert "summary" in jobs and "verdicts" in jobs
     flow.run("all")
     assert flow.scheduled() == {}
 
@@ -62,7 +67,7 @@ def test_replacing_one_models_weights_reruns_only_that_model(built, resnet18_che
     torch.manual_seed(7)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoint)
     jobs = flow.scheduled_jobs()
-    per_model = [j for j in jobs if j not in ("all", "summary")]
+    per_model = [j for j in jobs if j not in ("all", "summary", "verdicts")]
     assert per_model and all("model=net_a" in j for j in per_model), jobs
     assert {j.split()[0] for j in per_model} >= {"weights", "export", "patch", "precision",
                                                  "engine", "benchmark", "validate", "reference",
@@ -76,7 +81,7 @@ def test_changing_a_patch_option_reruns_from_patch_down(built):
     config["models"]["net_b"]["patch"] = {"passes": ["fold_constants", "cleanup", "toposort"]}
     flow.write_config(config)
     jobs = flow.scheduled_jobs()
-    per_model = [j for j in jobs if j not in ("all", "summary")]
+    per_model = [j for j in jobs if j not in ("all", "summary", "verdicts")]
     assert per_model and all("model=net_b" in j for j in per_model), jobs
     rules = {j.split()[0] for j in per_model}
     assert "patch" in rules and {"precision", "engine", "benchmark", "validate"} <= rules
@@ -96,7 +101,7 @@ def test_editing_a_stages_code_reruns_that_stage(built):
     flow, _, _ = built
     summary_code = flow.repo / "trtflow" / "summary.py"
     summary_code.write_text(summary_code.read_text() + "\n# edited\n")
-    assert flow.scheduled() == {"summary": 1, "all": 1}
+    assert flow.scheduled() == {"summary": 1, "verdicts": 1, "all": 1}
     patch_code = flow.repo / "workflow_scripts" / "patch.py"
     patch_code.write_text(patch_code.read_text() + "\n# edited\n")
     counts = flow.scheduled()
@@ -104,3 +109,70 @@ def test_editing_a_stages_code_reruns_that_stage(built):
     assert "weights" not in counts and "export" not in counts and "reference" not in counts
     flow.run("all")
     assert flow.scheduled() == {}
+
+
+def _kill_when_running(process: subprocess.Popen, directory, script: str, timeout: float = 300) -> bool:
+    """SIGKILL the first `script` job of the workflow in `directory`, as the OOM killer would."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        for job in psutil.process_iter(["cmdline", "cwd"]):
+            try:
+                cmdline = " ".join(job.info["cmdline"] or [])
+                if script in cmdline and job.info["cwd"] == str(directory) and "python" in cmdline:
+                    job.send_signal(signal.SIGKILL)
+                    return True
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.1)
+    return False
+
+
+def test_a_failed_export_after_an_opset_change_still_rebuilds_downstream(built):
+    """Change the opset, the export job dies (SIGKILL): its output is gone, and the next run must
+    rebuild the export and everything made from the old opset, not say 'Nothing to be done'."""
+    flow, config, _ = built
+    config["export"] = {"opset": 16}
+    flow.write_config(config)
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(flow.repo / "Snakefile"),
+               "--directory", str(flow.directory), "--configfile", str(flow.config_path),
+               "--cores", "1", "all"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = _kill_when_running(process, flow.directory, "workflow_scripts/export.py")
+    assert process.wait(timeout=600) != 0 and killed
+    # keep-going: the other model's chain may have finished; the killed one's export is gone
+    lost = [m for m in ("net_a", "net_b") if not flow.path(f"results/onnx/{m}/exported.onnx").exists()]
+    assert len(lost) == 1, lost
+    jobs = [j for j in flow.scheduled_jobs() if j not in ("all", "summary", "verdicts")]
+    rules = {j.split()[0] for j in jobs if f"model={lost[0]}" in j}
+    assert rules >= {"export", "patch", "precision", "engine", "benchmark", "validate"}, jobs
+    assert not rules & {"weights", "reference", "baseline"}, jobs
+    flow.run("all")
+    for model in ("net_a", "net_b"):
+        report = json.loads(flow.path(f"results/onnx/{model}/export.json").read_text())
+        assert report["opset"] == 16, report
+    assert flow.scheduled() == {}
+
+
+def test_editing_a_user_factory_module_reruns_its_chain(tmp_path, monkeypatch):
+    """architecture: my_module:build is the user's code: editing it reruns that model's chain."""
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    source = (REPO / "tests" / "user_models" / "token_classifier.py").read_text()
+    (package / "tokens.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    flow = Workflow(tmp_path / "flow")
+    flow.directory.mkdir()
+    entry = token_entry({"random": True}, architecture="userpkg.tokens:build")
+    flow.write_config(tiny_config(models={"tokens": entry,
+                                          "other": resnet_entry({"random": True}, size=32)},
+                                  precisions=["fp32"]))
+    flow.run("all")
+    assert flow.scheduled() == {}
+    (package / "tokens.py").write_text(source.replace("hidden.mean(dim=1)", "hidden.amax(dim=1)"))
+    jobs = [j for j in flow.scheduled_jobs() if j not in ("all", "summary", "verdicts")]
+    assert jobs and all("model=tokens" in j for j in jobs), jobs
+    assert {j.split()[0] for j in jobs} >= {"weights", "export", "reference", "baseline",
+                                            "engine", "validate"}

@@ -65,7 +65,24 @@ def test_report_and_plots_are_written(default_run):
 def test_engine_paths_carry_backend_version(default_run):
     import onnxruntime
 
+    from trtflow.cpu import instruction_set, int8_form
+
     flow, _ = default_run
-    tag = f"onnxruntime-{onnxruntime.__version__}-cpu"
+    tag = f"onnxruntime-{onnxruntime.__version__}-cpu-{instruction_set()}"
     engines = list(flow.path("results/engines").rglob("*.ort.onnx"))
     assert len(engines) == 12 and all(e.parent.name == tag for e in engines)
+    # the int8 graphs are in the folder of the int8 form this CPU gets
+    form = int8_form(instruction_set())
+    assert len(list(flow.path("results/onnx").rglob(f"onnxruntime/{form}/int8.onnx"))) == 2
+
+
+def test_every_cell_passed_under_the_built_in_gates(default_run):
+    """Same config on AVX2-only and VNNI CPUs: the int8 form follows the CPU, the gates do not."""
+    flow, _ = default_run
+    verdicts = json.loads(flow.path("results/verdicts.json").read_text())
+    assert verdicts["verdicts"] == {"passed": 12}
+    path = next(flow.path("results/validation/resnet18").rglob("int8-latency.json"))
+    result = json.loads(path.read_text())
+    assert result["tolerances"] == {"rel_l2": 0.25, "cosine_min": 0.97, "top1_agreement_min": 0.75,
+                                    "top5_agreement_min": 0.6}
+    assert set(result["gates"]) == set(result["tolerances"])

@@ -35,3 +35,21 @@ rule all:
         plots=PLOTS,
         verdicts=VERDICTS_JSON,
     default_target: True
+
+
+onsuccess:
+    write_report()
+
+
+onerror:
+    # Some job failed: the summary, plots and report still cover every cell that finished, with
+    # an `error` row (its first error line) for each other cell. When the summary job itself ran
+    # in this run (only the verdicts failed), its files are complete and current already.
+    if not os.path.exists(SUMMARY_CSV) or os.path.getmtime(SUMMARY_CSV) < RUN_STARTED:
+        logger.info("trtflow: jobs failed; writing the summary of the cells that finished")
+        subprocess.run([TORCH_PY, str(SCRIPTS / "summary.py"), "--cells", json.dumps(summary_cells()),
+                        "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
+                        "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
+                        "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
+                       check=False)
+    write_report()

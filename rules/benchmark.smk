@@ -2,12 +2,6 @@
 # the engine and PyTorch numbers of one run are measured under the same conditions.
 
 
-def runner_options(wildcards=None):
-    if ON_GPU:
-        return json.dumps({"cuda_graph": CONFIG["tensorrt"]["cuda_graph"]})
-    return json.dumps({"threads": CONFIG["onnxruntime"]["intra_op_threads"]})
-
-
 rule baseline:
     """PyTorch eager (and torch.compile on GPU) at the profile's batches, same inputs as engines."""
     input:
@@ -16,6 +10,8 @@ rule baseline:
     output:
         BASELINE,
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "baseline.py"),
         spec=spec_json("baseline"),
         model_code=model_code,
         profile=profile_json,
@@ -27,13 +23,13 @@ rule baseline:
     resources:
         gpu=1 if ON_GPU else 0,
     log:
-        LOGS + f"/baseline/{{model}}-{BACKEND.device}-{{profile}}.log",
+        f"{LOGS}/baseline/{{model}}-{BACKEND.device}-{{profile}}.log",
     benchmark:
-        TIMES + f"/baseline/{{model}}-{BACKEND.device}-{{profile}}.tsv"
+        f"{TIMES}/baseline/{{model}}-{BACKEND.device}-{{profile}}.tsv"
     conda:
         "../envs/torch.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/baseline.py --model {wildcards.model} --spec {params.spec:q}"
+        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
         " --weights {input.weights} --reference {input.reference} --device {params.device}"
         " --profile {params.profile:q} --settings {params.settings:q}"
         " --threads {params.torch_threads} --output {output} --provenance {params.provenance} --log {log}"
@@ -48,6 +44,8 @@ rule benchmark:
     output:
         BENCHMARK,
     params:
+        python=BACKEND_PY,
+        script=str(SCRIPTS / "benchmark.py"),
         backend=BACKEND.name,
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         options=runner_options(),
@@ -56,12 +54,12 @@ rule benchmark:
     resources:
         gpu=1 if ON_GPU else 0,
     log:
-        LOGS + f"/benchmark/{{model}}-{TAG}-{{precision}}-{{profile}}.log",
+        f"{LOGS}/benchmark/{{model}}-{TAG}-{{precision}}-{{profile}}.log",
     benchmark:
-        TIMES + f"/benchmark/{{model}}-{TAG}-{{precision}}-{{profile}}.tsv"
+        f"{TIMES}/benchmark/{{model}}-{TAG}-{{precision}}-{{profile}}.tsv"
     conda:
         "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
     shell:
-        "{BACKEND_PY} {SCRIPTS}/benchmark.py --backend {params.backend} --engine {input.engine}"
+        "{params.python:q} {params.script:q} --backend {params.backend} --engine {input.engine}"
         " --sidecar {input.sidecar} --reference {input.reference} --settings {params.settings:q}"
         " --options {params.options:q} --output {output} --provenance {params.provenance} --log {log}"

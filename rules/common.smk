@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -51,20 +50,19 @@ wildcard_constraints:
     profile="[A-Za-z0-9_]+",
 
 # Provenance: one digest per job of everything upstream that made its outputs: the rule's params
-# (the config values it reads), the code of its stage script (its import closure, so no file it
-# runs can be missed), and the digests of the jobs that made its inputs (or a source file's
-# contents). The chain is derived from the rules' own inputs, outputs and shell commands. Every
+# (the config values it reads), the code of its stage script (params.script: its import closure,
+# so no file it runs can be missed), and the digests of the jobs that made its inputs (or a source
+# file's contents). The chain is derived from the rules' own inputs, outputs and params. Every
 # rule takes it as `params.provenance`, so a change anywhere upstream reruns everything downstream
-# even when an intermediate file is missing, and every artifact records it.
-_SCRIPT_RE = re.compile(r"\{SCRIPTS\}/(\w+\.py)")
+# even when an intermediate file is missing, and every artifact records it. The interpreter
+# (params.python) and the script's path are where the code runs, not what it computes: left out.
+_NOT_SETTINGS = ("provenance", "python", "script")
 
 
 def stage_code(stage_rule):
-    """Digest of the import closure of the stage script a rule's shell command runs."""
-    match = _SCRIPT_RE.search(stage_rule.shellcmd or "")
-    if not match:
-        return ""
-    return code_digest(str(SCRIPTS / match.group(1)), (str(BASEDIR),), ("trtflow",))
+    """Digest of the import closure of the stage script a rule runs (params.script)."""
+    script = getattr(stage_rule.params, "script", None)
+    return code_digest(str(script), (str(BASEDIR),), ("trtflow",)) if script else ""
 
 
 def _rule_inputs(stage_rule, wildcards):
@@ -77,14 +75,14 @@ def _rule_inputs(stage_rule, wildcards):
 
 def _rule_settings(stage_rule, wildcards):
     return {name: (value(wildcards) if callable(value) else value)
-            for name, value in stage_rule.params.items() if name != "provenance"}
+            for name, value in stage_rule.params.items() if name not in _NOT_SETTINGS}
 
 
 @functools.lru_cache(maxsize=None)
 def _producer(path):
-    for stage_rule in workflow.rules:
-        if stage_rule.name != "all" and stage_rule.output and stage_rule.is_producer(path):
-            return stage_rule
+    for candidate in workflow.rules:
+        if candidate.name != "all" and candidate.output and candidate.is_producer(path):
+            return candidate
     return None
 
 
@@ -117,7 +115,8 @@ def job_record(rule_name, wildcard_items):
 
 
 def provenance_of(rule_name):
-    """params.provenance of rule `rule_name` (its own name: the rule object is not in reach)."""
+    """params.provenance of the rule named `rule_name` (a rule's params cannot reach the rule
+    object, so each names itself)."""
     return lambda wildcards: job_record(rule_name, tuple(sorted(wildcards.items())))[0]
 
 
@@ -175,30 +174,62 @@ def weights_input(wildcards):
 
 # Paths: results/<stage>/<model>/...; from the patch stage on they carry the backend, and engines
 # (and what is measured on them) the backend's version and device, so a new version rebuilds.
-WEIGHTS = R + "/weights/{model}.pt"
-WEIGHTS_META = R + "/weights/{model}.json"
-EXPORTED = R + "/onnx/{model}/exported.onnx"
-PATCHED = R + f"/onnx/{{model}}/{BACKEND.name}/patched.onnx"
+WEIGHTS = f"{R}/weights/{{model}}.pt"
+WEIGHTS_META = f"{R}/weights/{{model}}.json"
+EXPORTED = f"{R}/onnx/{{model}}/exported.onnx"
+PATCHED = f"{R}/onnx/{{model}}/{BACKEND.name}/patched.onnx"
 # ONNX Runtime's int8 graph depends on the target CPU's int8 form (trtflow/cpu.py): one folder each
-GRAPHS = BACKEND.name + (f"/{BACKEND.info['int8_form']}" if "int8_form" in BACKEND.info else "")
-PRECISION_ONNX = R + f"/onnx/{{model}}/{GRAPHS}/{{precision}}.onnx"
+GRAPH_PARTS = [BACKEND.name] + ([BACKEND.info["int8_form"]] if "int8_form" in BACKEND.info else [])
+GRAPHS = os.path.join(*GRAPH_PARTS)
+GRAPHS_LABEL = "-".join(GRAPH_PARTS)
+PRECISION_ONNX = f"{R}/onnx/{{model}}/{GRAPHS}/{{precision}}.onnx"
 ENGINE_EXT = "engine" if ON_GPU else "ort.onnx"
-ENGINE = R + f"/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.{ENGINE_EXT}"
-ENGINE_META = R + f"/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
-REFERENCE = R + f"/reference/{{model}}/{BACKEND.device}.npz"
-BASELINE = R + f"/baseline/{{model}}/{BACKEND.device}/{{profile}}.json"
-BENCHMARK = R + f"/benchmark/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
-VALIDATION = R + f"/validation/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
-SUMMARY_CSV = R + "/summary.csv"
-LATENCY_CSV = R + "/latency.csv"
-PLOTS = [R + "/plots/latency_vs_batch.png", R + "/plots/accuracy_vs_speed.png"]
-LOGS = R + "/logs"
-TIMES = R + "/timing"
+ENGINE = f"{R}/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.{ENGINE_EXT}"
+ENGINE_META = f"{R}/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
+REFERENCE = f"{R}/reference/{{model}}/{BACKEND.device}.npz"
+BASELINE = f"{R}/baseline/{{model}}/{BACKEND.device}/{{profile}}.json"
+BENCHMARK = f"{R}/benchmark/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
+VALIDATION = f"{R}/validation/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
+SUMMARY_CSV = f"{R}/summary.csv"
+LATENCY_CSV = f"{R}/latency.csv"
+PLOTS = [f"{R}/plots/latency_vs_batch.png", f"{R}/plots/accuracy_vs_speed.png"]
+LOGS = f"{R}/logs"
+TIMES = f"{R}/timing"
 
 
-VERDICTS_JSON = R + "/verdicts.json"
+# Backend options and flags the engine, timing and validation rules pass to their scripts.
+def runner_options(wildcards=None):
+    if ON_GPU:
+        return json.dumps({"cuda_graph": CONFIG["tensorrt"]["cuda_graph"]})
+    return json.dumps({"threads": CONFIG["onnxruntime"]["intra_op_threads"]})
+
+
+def engine_options(wildcards):
+    """Backend build options from config; TensorRT builds share one timing cache per TRT+GPU."""
+    if not ON_GPU:
+        return json.dumps(CONFIG["onnxruntime"], sort_keys=True)
+    options = {k: v for k, v in CONFIG["tensorrt"].items() if k not in ("python", "cuda_graph")}
+    if options.pop("timing_cache"):
+        options["timing_cache_path"] = f"{R}/engines/timing-cache-{TAG}.bin"
+    return json.dumps(options, sort_keys=True)
+
+
+def validate_flags(wildcards):
+    flags = []
+    if model_spec(wildcards.model)["task"] == "detection":
+        min_score = model_spec(wildcards.model).get("detection_min_score",
+                                                     CONFIG["validation"]["detection_min_score"])
+        flags.append(f"--detection-min-score {min_score}")
+    if CONFIG["validation"]["check_expected_labels"]:
+        flags.append("--check-expected-labels")
+    if is_pretrained(wildcards.model):
+        flags.append("--pretrained")
+    return " ".join(flags)
+
+
+VERDICTS_JSON = f"{R}/verdicts.json"
 # written by the on-error handler beside a partial summary; the next run sets those files aside
-PARTIAL_MARKER = R + "/.partial-summary.json"
+PARTIAL_MARKER = f"{R}/.partial-summary.json"
 RUN_STARTED = time.time()
 
 
@@ -247,25 +278,7 @@ def write_report():
     and targets are reported; only when Snakemake itself was run (not the API in a test)."""
     launched_by_cli = "snakemake" in Path(sys.argv[0]).as_posix()
     if CONFIG["report"]["html"] and launched_by_cli and "--report" not in sys.argv:
-        report_html = R + "/report.html"
+        report_html = f"{R}/report.html"
         logger.info(f"trtflow: writing {report_html} (snakemake --report)")
         subprocess.run([sys.executable, "-m", "snakemake", *sys.argv[1:], "--report", report_html],
                        check=False)
-
-
-onsuccess:
-    write_report()
-
-
-onerror:
-    # Some job failed: the summary, plots and report still cover every cell that finished, with
-    # an `error` row (its first error line) for each other cell. When the summary job itself ran
-    # in this run (only the verdicts failed), its files are complete and current already.
-    if not os.path.exists(SUMMARY_CSV) or os.path.getmtime(SUMMARY_CSV) < RUN_STARTED:
-        logger.info("trtflow: jobs failed; writing the summary of the cells that finished")
-        subprocess.run([TORCH_PY, str(SCRIPTS / "summary.py"), "--cells", json.dumps(summary_cells()),
-                        "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
-                        "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
-                        "--partial-marker", PARTIAL_MARKER, "--log", LOGS + "/summary-partial.log"],
-                       check=False)
-    write_report()

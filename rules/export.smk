@@ -4,20 +4,22 @@ rule export:
         weights=WEIGHTS,
     output:
         onnx=EXPORTED,
-        report=R + "/onnx/{model}/export.json",
+        report=f"{R}/onnx/{{model}}/export.json",
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "export.py"),
         spec=spec_json("export"),
         model_code=model_code,
         opset=lambda wc: model_opset(CONFIG, wc.model),
         exporter=CONFIG["export"]["exporter"],
         provenance=provenance_of("export"),
     log:
-        LOGS + "/export/{model}.log",
+        f"{LOGS}/export/{{model}}.log",
     benchmark:
-        TIMES + "/export/{model}.tsv"
+        f"{TIMES}/export/{{model}}.tsv"
     conda:
         "../envs/torch.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/export.py --model {wildcards.model} --spec {params.spec:q}"
+        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
         " --weights {input.weights} --opset {params.opset} --exporter {params.exporter}"
         " --output {output.onnx} --report {output.report} --provenance {params.provenance} --log {log}"

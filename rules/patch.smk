@@ -4,21 +4,23 @@ rule patch:
         onnx=EXPORTED,
     output:
         onnx=PATCHED,
-        report=R + f"/onnx/{{model}}/{BACKEND.name}/patch.json",
+        report=f"{R}/onnx/{{model}}/{BACKEND.name}/patch.json",
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "patch.py"),
         options=lambda wc: json.dumps(model_patch_options(CONFIG, wc.model), sort_keys=True),
         backend=BACKEND.name,
         # the TensorRT version decides version-specific passes; ONNX Runtime's does not matter
         backend_version=BACKEND.info.get("tensorrt", ""),
         provenance=provenance_of("patch"),
     log:
-        LOGS + f"/patch/{{model}}-{BACKEND.name}.log",
+        f"{LOGS}/patch/{{model}}-{BACKEND.name}.log",
     benchmark:
-        TIMES + f"/patch/{{model}}-{BACKEND.name}.tsv"
+        f"{TIMES}/patch/{{model}}-{BACKEND.name}.tsv"
     conda:
         "../envs/onnx.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/patch.py --model {wildcards.model} --backend {params.backend}"
+        "{params.python:q} {params.script:q} --model {wildcards.model} --backend {params.backend}"
         " --backend-version '{params.backend_version}'"
         " --options {params.options:q} --input {input.onnx} --output {output.onnx}"
         " --report {output.report} --provenance {params.provenance} --log {log}"

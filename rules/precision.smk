@@ -4,8 +4,10 @@ rule precision:
         onnx=PATCHED,
     output:
         onnx=PRECISION_ONNX,
-        report=R + f"/onnx/{{model}}/{GRAPHS}/{{precision}}.json",
+        report=f"{R}/onnx/{{model}}/{GRAPHS}/{{precision}}.json",
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "precision.py"),
         # only what this precision uses: the calibration options matter to int8 alone
         inputs=spec_json("precision"),
         calibration=lambda wc: json.dumps(CONFIG["calibration"] if wc.precision == "int8" else {},
@@ -14,13 +16,13 @@ rule precision:
         int8_form=lambda wc: BACKEND.info.get("int8_form", "") if wc.precision == "int8" else "",
         provenance=provenance_of("precision"),
     log:
-        LOGS + f"/precision/{{model}}-{GRAPHS.replace('/', '-')}-{{precision}}.log",
+        f"{LOGS}/precision/{{model}}-{GRAPHS_LABEL}-{{precision}}.log",
     benchmark:
-        TIMES + f"/precision/{{model}}-{GRAPHS.replace('/', '-')}-{{precision}}.tsv"
+        f"{TIMES}/precision/{{model}}-{GRAPHS_LABEL}-{{precision}}.tsv"
     conda:
         "../envs/onnx.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/precision.py --model {wildcards.model}"
+        "{params.python:q} {params.script:q} --model {wildcards.model}"
         " --precision {wildcards.precision} --backend {params.backend} --spec {params.inputs:q}"
         " --int8-form '{params.int8_form}'"
         " --calibration {params.calibration:q} --input {input.onnx} --output {output.onnx}"

@@ -8,16 +8,18 @@ rule summary:
         latency_plot=report(PLOTS[0], caption="../report/latency.rst", category="Plots"),
         accuracy_plot=report(PLOTS[1], caption="../report/accuracy.rst", category="Plots"),
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "summary.py"),
         cells=lambda wc: json.dumps(summary_cells()),
         provenance=provenance_of("summary"),
     log:
-        LOGS + "/summary.log",
+        f"{LOGS}/summary.log",
     benchmark:
-        TIMES + "/summary.tsv"
+        f"{TIMES}/summary.tsv"
     conda:
         "../envs/torch.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/summary.py --cells {params.cells:q} --summary {output.summary}"
+        "{params.python:q} {params.script:q} --cells {params.cells:q} --summary {output.summary}"
         " --latency {output.latency} --latency-plot {output.latency_plot}"
         " --accuracy-plot {output.accuracy_plot} --provenance {params.provenance} --log {log}"
 
@@ -30,14 +32,16 @@ rule verdicts:
     output:
         VERDICTS_JSON,
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "verdicts.py"),
         on_failure=CONFIG["validation"]["on_failure"],
         provenance=provenance_of("verdicts"),
     log:
-        LOGS + "/verdicts.log",
+        f"{LOGS}/verdicts.log",
     benchmark:
-        TIMES + "/verdicts.tsv"
+        f"{TIMES}/verdicts.tsv"
     conda:
         "../envs/torch.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/verdicts.py --summary {input} --on-failure {params.on_failure}"
+        "{params.python:q} {params.script:q} --summary {input} --on-failure {params.on_failure}"
         " --output {output} --provenance {params.provenance} --log {log}"

@@ -5,6 +5,8 @@ rule reference:
     output:
         REFERENCE,
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "reference.py"),
         spec=spec_json("reference"),
         model_code=model_code,
         device=BACKEND.device,
@@ -13,28 +15,15 @@ rule reference:
     resources:
         gpu=1 if ON_GPU else 0,
     log:
-        LOGS + f"/reference/{{model}}-{BACKEND.device}.log",
+        f"{LOGS}/reference/{{model}}-{BACKEND.device}.log",
     benchmark:
-        TIMES + f"/reference/{{model}}-{BACKEND.device}.tsv"
+        f"{TIMES}/reference/{{model}}-{BACKEND.device}.tsv"
     conda:
         "../envs/torch.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/reference.py --model {wildcards.model} --spec {params.spec:q}"
+        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
         " --weights {input.weights} --device {params.device}"
         " --num-samples {params.num_samples} --output {output} --provenance {params.provenance} --log {log}"
-
-
-def validate_flags(wildcards):
-    flags = []
-    if model_spec(wildcards.model)["task"] == "detection":
-        min_score = model_spec(wildcards.model).get("detection_min_score",
-                                                     CONFIG["validation"]["detection_min_score"])
-        flags.append(f"--detection-min-score {min_score}")
-    if CONFIG["validation"]["check_expected_labels"]:
-        flags.append("--check-expected-labels")
-    if is_pretrained(wildcards.model):
-        flags.append("--pretrained")
-    return " ".join(flags)
 
 
 rule validate:
@@ -46,6 +35,8 @@ rule validate:
     output:
         VALIDATION,
     params:
+        python=BACKEND_PY,
+        script=str(SCRIPTS / "validate.py"),
         backend=BACKEND.name,
         task=lambda wc: model_spec(wc.model)["task"],
         tolerances=lambda wc: json.dumps(model_tolerances(CONFIG, wc.model, wc.precision),
@@ -56,13 +47,13 @@ rule validate:
     resources:
         gpu=1 if ON_GPU else 0,
     log:
-        LOGS + f"/validate/{{model}}-{TAG}-{{precision}}-{{profile}}.log",
+        f"{LOGS}/validate/{{model}}-{TAG}-{{precision}}-{{profile}}.log",
     benchmark:
-        TIMES + f"/validate/{{model}}-{TAG}-{{precision}}-{{profile}}.tsv"
+        f"{TIMES}/validate/{{model}}-{TAG}-{{precision}}-{{profile}}.tsv"
     conda:
         "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
     shell:
-        "{BACKEND_PY} {SCRIPTS}/validate.py --backend {params.backend} --engine {input.engine}"
+        "{params.python:q} {params.script:q} --backend {params.backend} --engine {input.engine}"
         " --sidecar {input.sidecar} --reference {input.reference} --task {params.task}"
         " --tolerances {params.tolerances:q} {params.flags}"
         " --options {params.options:q} --output {output} --provenance {params.provenance} --log {log}"

@@ -6,16 +6,18 @@ rule weights:
         weights=WEIGHTS,
         meta=WEIGHTS_META,
     params:
+        python=TORCH_PY,
+        script=str(SCRIPTS / "weights.py"),
         spec=spec_json("weights"),
         model_code=model_code,
         cache=CONFIG["weights_cache"],
         provenance=provenance_of("weights"),
     log:
-        LOGS + "/weights/{model}.log",
+        f"{LOGS}/weights/{{model}}.log",
     benchmark:
-        TIMES + "/weights/{model}.tsv"
+        f"{TIMES}/weights/{{model}}.tsv"
     conda:
         "../envs/torch.yaml"
     shell:
-        "{TORCH_PY} {SCRIPTS}/weights.py --model {wildcards.model} --spec {params.spec:q}"
+        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
         " --cache {params.cache:q} --output {output.weights} --metadata {output.meta} --provenance {params.provenance} --log {log}"

@@ -41,7 +41,7 @@ def test_random_weights_metadata_is_written_and_matches_the_file(tmp_path: Path)
     meta = prepare(tmp_path, "tok", token_entry({"random": True, "seed": 0}))
     assert read_json(tmp_path / "w.json") == meta
     assert meta == {"weights": "random", "seed": 0, "source": "random", "source_sha256": None,
-                    "model": "tok", "architecture": "user_models.token_classifier:build",
+                    "reinitialised_zero_layers": [], "model": "tok", "architecture": "user_models.token_classifier:build",
                     "num_parameters": meta["num_parameters"],
                     "sha256": sha256_file(tmp_path / "w.pt")}
 
@@ -144,3 +144,20 @@ def test_builtin_weights_are_prepared_as_pretrained(tmp_path: Path, mobilenet_ch
     assert meta["source"] == "builtin:torchvision_mobilenet_v2_imagenet"
     assert meta["source_sha256"] == BUILTIN_SOURCES["torchvision_mobilenet_v2_imagenet"].sha256
     assert meta["num_parameters"] == 3_504_872
+
+
+def test_random_weights_reset_zero_initialised_layers() -> None:
+    """torchvision's ViT starts its head at zero: random weights would give all-zero logits."""
+    import torch
+    import torchvision
+
+    from trtflow.weights import reset_zero_layers
+
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1,
+                                               num_heads=2, hidden_dim=8, mlp_dim=16).eval()
+    image = torch.randn(2, 3, 32, 32)
+    assert not vit(image).any()
+    assert reset_zero_layers(vit) == ["heads.head"]
+    logits = vit(image)
+    assert logits.std() > 0.01 and not torch.equal(logits[0], logits[1])
+    assert reset_zero_layers(vit) == []

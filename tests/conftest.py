@@ -1,6 +1,7 @@
 """Shared fixtures: small real models, and a helper that runs the real Snakemake workflow."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -105,11 +106,19 @@ class Workflow:
         return self.directory / relative
 
     def files(self) -> List[str]:
+        """The artifacts under results/ (not logs, timings, nor the summary of a failed run,
+        which lists the marker results/.partial-summary.json)."""
         root = self.directory / "results"
         if not root.exists():
             return []
+        marker = root / ".partial-summary.json"
+        partial = set()
+        if marker.exists():
+            partial = {str(self.directory / f) for f in json.loads(marker.read_text())["files"]}
+            partial |= {str(marker), str(root / "report.html")}
         return sorted(str(p.relative_to(self.directory)) for p in root.rglob("*")
-                      if p.is_file() and "/logs/" not in str(p) and "/timing/" not in str(p))
+                      if p.is_file() and "/logs/" not in str(p) and "/timing/" not in str(p)
+                      and str(p) not in partial)
 
 
 def copy_repo(destination: Path) -> Path:

@@ -2,6 +2,8 @@
 artifact left behind."""
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from conftest import Workflow, resnet_entry, tiny_config
@@ -36,6 +38,11 @@ def test_weights_that_do_not_match_the_architecture(workflow, tmp_path):
                   "fix:")
     assert "Traceback" not in text.split("trtflow error")[-1][:500]
     assert workflow.files() == []
+    # the failed run's summary has each cell as `error`, with the first error line
+    with open(workflow.path("results/summary.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["verdict"] for r in rows] == ["error", "error"]
+    assert all("weights do not match architecture 'resnet18'" in r["failures"] for r in rows), rows
 
 
 def test_unknown_architecture(workflow):

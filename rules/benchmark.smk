@@ -1,4 +1,4 @@
-# Timing jobs take every core (threads: workflow.cores) so that no other job runs beside them and
+# Timing jobs take every core (threads: all_cores) so that no other job runs beside them and
 # the engine and PyTorch numbers of one run are measured under the same conditions.
 
 
@@ -19,7 +19,7 @@ rule baseline:
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         torch_threads=CONFIG["onnxruntime"]["intra_op_threads"],
         provenance=provenance_of("baseline"),
-    threads: workflow.cores
+    threads: all_cores
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -29,10 +29,10 @@ rule baseline:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
-        " --weights {input.weights} --reference {input.reference} --device {params.device}"
+        "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
+        " --weights {input.weights:q} --reference {input.reference:q} --device {params.device:q}"
         " --profile {params.profile:q} --settings {params.settings:q}"
-        " --threads {params.torch_threads} --output {output} --provenance {params.provenance} --log {log}"
+        " --threads {params.torch_threads:q} --output {output:q} --provenance {params.provenance:q} --log {log:q}"
 
 
 rule benchmark:
@@ -50,7 +50,7 @@ rule benchmark:
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         options=runner_options(),
         provenance=provenance_of("benchmark"),
-    threads: workflow.cores
+    threads: all_cores
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -60,6 +60,6 @@ rule benchmark:
     conda:
         "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
     shell:
-        "{params.python:q} {params.script:q} --backend {params.backend} --engine {input.engine}"
-        " --sidecar {input.sidecar} --reference {input.reference} --settings {params.settings:q}"
-        " --options {params.options:q} --output {output} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
+        " --sidecar {input.sidecar:q} --reference {input.reference:q} --settings {params.settings:q}"
+        " --options {params.options:q} --output {output:q} --provenance {params.provenance:q} --log {log:q}"

@@ -214,17 +214,22 @@ def engine_options(wildcards):
     return json.dumps(options, sort_keys=True)
 
 
+def all_cores(wildcards):
+    """Threads of a timing job: every core of the run, so no other job runs beside it. Asked when
+    the job is planned, not at parse time: `snakemake --unlock` needs no --cores."""
+    return workflow.global_resources["_cores"].value or 1
+
+
 def validate_flags(wildcards):
-    flags = []
-    if model_spec(wildcards.model)["task"] == "detection":
-        min_score = model_spec(wildcards.model).get("detection_min_score",
-                                                     CONFIG["validation"]["detection_min_score"])
-        flags.append(f"--detection-min-score {min_score}")
+    """validate.py's optional arguments, one list item each (the shell quotes each)."""
+    spec = model_spec(wildcards.model)
+    flags = ["--detection-min-score",
+             str(spec.get("detection_min_score", CONFIG["validation"]["detection_min_score"]))]
     if CONFIG["validation"]["check_expected_labels"]:
         flags.append("--check-expected-labels")
     if is_pretrained(wildcards.model):
         flags.append("--pretrained")
-    return " ".join(flags)
+    return flags
 
 
 VERDICTS_JSON = f"{R}/verdicts.json"

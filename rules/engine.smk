@@ -21,7 +21,7 @@ rule engine:
     conda:
         "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
     shell:
-        "{params.python:q} {params.script:q} --backend {params.backend} --model {wildcards.model}"
-        " --precision {wildcards.precision} --profile-name {wildcards.profile}"
-        " --profile {params.profile:q} --options {params.options:q} --input {input.onnx}"
-        " --output {output.engine} --sidecar {output.sidecar} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --backend {params.backend:q} --model {wildcards.model:q}"
+        " --precision {wildcards.precision:q} --profile-name {wildcards.profile:q}"
+        " --profile {params.profile:q} --options {params.options:q} --input {input.onnx:q}"
+        " --output {output.engine:q} --sidecar {output.sidecar:q} --provenance {params.provenance:q} --log {log:q}"

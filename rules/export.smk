@@ -20,6 +20,6 @@ rule export:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
-        " --weights {input.weights} --opset {params.opset} --exporter {params.exporter}"
-        " --output {output.onnx} --report {output.report} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
+        " --weights {input.weights:q} --opset {params.opset:q} --exporter {params.exporter:q}"
+        " --output {output.onnx:q} --report {output.report:q} --provenance {params.provenance:q} --log {log:q}"

@@ -20,7 +20,7 @@ rule patch:
     conda:
         "../envs/onnx.yaml"
     shell:
-        "{params.python:q} {params.script:q} --model {wildcards.model} --backend {params.backend}"
-        " --backend-version '{params.backend_version}'"
-        " --options {params.options:q} --input {input.onnx} --output {output.onnx}"
-        " --report {output.report} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --model {wildcards.model:q} --backend {params.backend:q}"
+        " --backend-version={params.backend_version:q}"
+        " --options {params.options:q} --input {input.onnx:q} --output {output.onnx:q}"
+        " --report {output.report:q} --provenance {params.provenance:q} --log {log:q}"

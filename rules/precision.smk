@@ -22,8 +22,8 @@ rule precision:
     conda:
         "../envs/onnx.yaml"
     shell:
-        "{params.python:q} {params.script:q} --model {wildcards.model}"
-        " --precision {wildcards.precision} --backend {params.backend} --spec {params.inputs:q}"
-        " --int8-form '{params.int8_form}'"
-        " --calibration {params.calibration:q} --input {input.onnx} --output {output.onnx}"
-        " --report {output.report} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --model {wildcards.model:q}"
+        " --precision {wildcards.precision:q} --backend {params.backend:q} --spec {params.inputs:q}"
+        " --int8-form={params.int8_form:q}"
+        " --calibration {params.calibration:q} --input {input.onnx:q} --output {output.onnx:q}"
+        " --report {output.report:q} --provenance {params.provenance:q} --log {log:q}"

@@ -19,9 +19,9 @@ rule summary:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{params.python:q} {params.script:q} --cells {params.cells:q} --summary {output.summary}"
-        " --latency {output.latency} --latency-plot {output.latency_plot}"
-        " --accuracy-plot {output.accuracy_plot} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --cells {params.cells:q} --summary {output.summary:q}"
+        " --latency {output.latency:q} --latency-plot {output.latency_plot:q}"
+        " --accuracy-plot {output.accuracy_plot:q} --provenance {params.provenance:q} --log {log:q}"
 
 
 rule verdicts:
@@ -43,5 +43,5 @@ rule verdicts:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{params.python:q} {params.script:q} --summary {input} --on-failure {params.on_failure}"
-        " --output {output} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --summary {input:q} --on-failure {params.on_failure:q}"
+        " --output {output:q} --provenance {params.provenance:q} --log {log:q}"

@@ -21,9 +21,9 @@ rule reference:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
-        " --weights {input.weights} --device {params.device}"
-        " --num-samples {params.num_samples} --output {output} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
+        " --weights {input.weights:q} --device {params.device:q}"
+        " --num-samples {params.num_samples:q} --output {output:q} --provenance {params.provenance:q} --log {log:q}"
 
 
 rule validate:
@@ -53,7 +53,7 @@ rule validate:
     conda:
         "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
     shell:
-        "{params.python:q} {params.script:q} --backend {params.backend} --engine {input.engine}"
-        " --sidecar {input.sidecar} --reference {input.reference} --task {params.task}"
-        " --tolerances {params.tolerances:q} {params.flags}"
-        " --options {params.options:q} --output {output} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
+        " --sidecar {input.sidecar:q} --reference {input.reference:q} --task {params.task:q}"
+        " --tolerances {params.tolerances:q} {params.flags:q}"
+        " --options {params.options:q} --output {output:q} --provenance {params.provenance:q} --log {log:q}"

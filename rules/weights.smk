@@ -19,5 +19,5 @@ rule weights:
     conda:
         "../envs/torch.yaml"
     shell:
-        "{params.python:q} {params.script:q} --model {wildcards.model} --spec {params.spec:q}"
-        " --cache {params.cache:q} --output {output.weights} --metadata {output.meta} --provenance {params.provenance} --log {log}"
+        "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
+        " --cache {params.cache:q} --output {output.weights:q} --metadata {output.meta:q} --provenance {params.provenance:q} --log {log:q}"

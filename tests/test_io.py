@@ -84,3 +84,14 @@ def test_npz_round_trip_keeps_dtypes_and_strings(tmp_path: Path) -> None:
     for key, value in arrays.items():
         assert loaded[key].dtype == value.dtype
         np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_atomic_path_removes_the_leftovers_of_a_killed_write(tmp_path: Path) -> None:
+    leftover = tmp_path / ".model.onnx.abc123.tmp"  # what a SIGKILLed job leaves behind
+    leftover.write_bytes(b"")
+    other = tmp_path / ".other.onnx.abc123.tmp"
+    other.write_bytes(b"")
+    with atomic_path(tmp_path / "model.onnx") as tmp:
+        tmp.write_bytes(b"new")
+    assert not leftover.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.onnx.abc123.tmp", "model.onnx"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -21,6 +22,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # a job killed mid-write (SIGKILL, OOM) leaves its temporary file: the next write of the same
+    # artifact removes it (one job at a time writes an artifact, so none of these is in use)
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -13,9 +13,9 @@ from snakemake.iocontainers import Wildcards
 
 sys.path.insert(0, workflow.basedir)  # the trtflow package lives beside the Snakefile
 
-from trtflow.backend import resolve_backend
+from trtflow.backend import TORCH_SIDE_MODULES, check_interpreter, resolve_backend
 from trtflow.config import (matrix, model_opset, model_patch_options, model_tolerances,
-                            validate_config)
+                            name_regex, validate_config)
 from trtflow.errors import TrtflowError
 from trtflow.io import sha256_file
 from trtflow.models import BUILTIN_ARCHITECTURES
@@ -32,6 +32,8 @@ try:
     # rule's environment provides `python`.
     _conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))
     TORCH_PY = CONFIG["python"] or ("python" if _conda else sys.executable)
+    if CONFIG["python"]:
+        check_interpreter("python", CONFIG["python"], TORCH_SIDE_MODULES)
     BACKEND = resolve_backend(CONFIG, TORCH_PY)
 except TrtflowError as error:
     raise WorkflowError(f"trtflow: {error}")
@@ -45,9 +47,9 @@ CELLS = matrix(CONFIG)
 MODELS = sorted({c.model for c in CELLS})
 
 wildcard_constraints:
-    model="[A-Za-z0-9_.-]+",
-    precision="fp32|fp16|int8",
-    profile="[A-Za-z0-9_]+",
+    model=name_regex(),
+    precision="|".join(CONFIG["precisions"]),
+    profile=name_regex(),
 
 # Provenance: one digest per job of everything upstream that made its outputs: the rule's params
 # (the config values it reads), the code of its stage script (params.script: its import closure,
@@ -56,7 +58,7 @@ wildcard_constraints:
 # rule takes it as `params.provenance`, so a change anywhere upstream reruns everything downstream
 # even when an intermediate file is missing, and every artifact records it. The interpreter
 # (params.python) and the script's path are where the code runs, not what it computes: left out.
-_NOT_SETTINGS = ("provenance", "python", "script")
+_NOT_SETTINGS = ("provenance", "python", "script", "producers")
 
 
 def stage_code(stage_rule):
@@ -118,6 +120,12 @@ def provenance_of(rule_name):
     """params.provenance of the rule named `rule_name` (a rule's params cannot reach the rule
     object, so each names itself)."""
     return lambda wildcards: job_record(rule_name, tuple(sorted(wildcards.items())))[0]
+
+
+def input_producers(wildcards, input):
+    """params.producers: which rule writes each of a job's inputs, so that a stage script can
+    name the stage of an input that does not decode (trtflow.io.read_artifact)."""
+    return json.dumps({path: _producer(path).name for path in input if _producer(path)})
 
 
 def model_code(wildcards):

@@ -12,6 +12,7 @@ rule engine:
         profile=profile_json,
         options=engine_options,
         provenance=provenance_of("engine"),
+        producers=input_producers,
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -24,4 +25,4 @@ rule engine:
         "{params.python:q} {params.script:q} --backend {params.backend:q} --model {wildcards.model:q}"
         " --precision {wildcards.precision:q} --profile-name {wildcards.profile:q}"
         " --profile {params.profile:q} --options {params.options:q} --input {input.onnx:q}"
-        " --output {output.engine:q} --sidecar {output.sidecar:q} --provenance {params.provenance:q} --log {log:q}"
+        " --output {output.engine:q} --sidecar {output.sidecar:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

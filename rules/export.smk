@@ -13,6 +13,7 @@ rule export:
         opset=lambda wc: model_opset(CONFIG, wc.model),
         exporter=CONFIG["export"]["exporter"],
         provenance=provenance_of("export"),
+        producers=input_producers,
     log:
         f"{LOGS}/export/{{model}}.log",
     benchmark:
@@ -22,4 +23,4 @@ rule export:
     shell:
         "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
         " --weights {input.weights:q} --opset {params.opset:q} --exporter {params.exporter:q}"
-        " --output {output.onnx:q} --report {output.report:q} --provenance {params.provenance:q} --log {log:q}"
+        " --output {output.onnx:q} --report {output.report:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

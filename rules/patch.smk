@@ -13,6 +13,7 @@ rule patch:
         # the TensorRT version decides version-specific passes; ONNX Runtime's does not matter
         backend_version=BACKEND.info.get("tensorrt", ""),
         provenance=provenance_of("patch"),
+        producers=input_producers,
     log:
         f"{LOGS}/patch/{{model}}-{BACKEND.name}.log",
     benchmark:
@@ -23,4 +24,4 @@ rule patch:
         "{params.python:q} {params.script:q} --model {wildcards.model:q} --backend {params.backend:q}"
         " --backend-version={params.backend_version:q}"
         " --options {params.options:q} --input {input.onnx:q} --output {output.onnx:q}"
-        " --report {output.report:q} --provenance {params.provenance:q} --log {log:q}"
+        " --report {output.report:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

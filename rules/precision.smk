@@ -15,6 +15,7 @@ rule precision:
         backend=BACKEND.name,
         int8_form=lambda wc: BACKEND.info.get("int8_form", "") if wc.precision == "int8" else "",
         provenance=provenance_of("precision"),
+        producers=input_producers,
     log:
         f"{LOGS}/precision/{{model}}-{GRAPHS_LABEL}-{{precision}}.log",
     benchmark:
@@ -26,4 +27,4 @@ rule precision:
         " --precision {wildcards.precision:q} --backend {params.backend:q} --spec {params.inputs:q}"
         " --int8-form={params.int8_form:q}"
         " --calibration {params.calibration:q} --input {input.onnx:q} --output {output.onnx:q}"
-        " --report {output.report:q} --provenance {params.provenance:q} --log {log:q}"
+        " --report {output.report:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -12,6 +12,7 @@ rule summary:
         script=str(SCRIPTS / "summary.py"),
         cells=lambda wc: json.dumps(summary_cells()),
         provenance=provenance_of("summary"),
+        producers=input_producers,
     log:
         f"{LOGS}/summary.log",
     benchmark:
@@ -21,7 +22,7 @@ rule summary:
     shell:
         "{params.python:q} {params.script:q} --cells {params.cells:q} --summary {output.summary:q}"
         " --latency {output.latency:q} --latency-plot {output.latency_plot:q}"
-        " --accuracy-plot {output.accuracy_plot:q} --provenance {params.provenance:q} --log {log:q}"
+        " --accuracy-plot {output.accuracy_plot:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
 
 
 rule verdicts:
@@ -36,6 +37,7 @@ rule verdicts:
         script=str(SCRIPTS / "verdicts.py"),
         on_failure=CONFIG["validation"]["on_failure"],
         provenance=provenance_of("verdicts"),
+        producers=input_producers,
     log:
         f"{LOGS}/verdicts.log",
     benchmark:
@@ -44,4 +46,4 @@ rule verdicts:
         "../envs/torch.yaml"
     shell:
         "{params.python:q} {params.script:q} --summary {input:q} --on-failure {params.on_failure:q}"
-        " --output {output:q} --provenance {params.provenance:q} --log {log:q}"
+        " --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -12,6 +12,7 @@ rule reference:
         device=BACKEND.device,
         num_samples=CONFIG["validation"]["num_samples"],
         provenance=provenance_of("reference"),
+        producers=input_producers,
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -23,7 +24,7 @@ rule reference:
     shell:
         "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
         " --weights {input.weights:q} --device {params.device:q}"
-        " --num-samples {params.num_samples:q} --output {output:q} --provenance {params.provenance:q} --log {log:q}"
+        " --num-samples {params.num_samples:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
 
 
 rule validate:
@@ -44,6 +45,7 @@ rule validate:
         flags=validate_flags,
         options=runner_options(),
         provenance=provenance_of("validate"),
+        producers=input_producers,
     resources:
         gpu=1 if ON_GPU else 0,
     log:
@@ -56,4 +58,4 @@ rule validate:
         "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
         " --sidecar {input.sidecar:q} --reference {input.reference:q} --task {params.task:q}"
         " --tolerances {params.tolerances:q} {params.flags:q}"
-        " --options {params.options:q} --output {output:q} --provenance {params.provenance:q} --log {log:q}"
+        " --options {params.options:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -12,6 +12,7 @@ rule weights:
         model_code=model_code,
         cache=CONFIG["weights_cache"],
         provenance=provenance_of("weights"),
+        producers=input_producers,
     log:
         f"{LOGS}/weights/{{model}}.log",
     benchmark:
@@ -20,4 +21,4 @@ rule weights:
         "../envs/torch.yaml"
     shell:
         "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
-        " --cache {params.cache:q} --output {output.weights:q} --metadata {output.meta:q} --provenance {params.provenance:q} --log {log:q}"
+        " --cache {params.cache:q} --output {output.weights:q} --metadata {output.meta:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -8,7 +8,7 @@ from typing import Any, Dict
 import pytest
 
 from conftest import resnet_entry, tiny_config, token_entry
-from trtflow.config import (DEFAULT_OPSET, Cell, coerce_scalars, expand_dotted_keys, load_schema,
+from trtflow.config import (DEFAULT_OPSET, Cell, coerce_scalars, load_schema,
                             builtin_tolerances, matrix, model_opset, model_patch_options,
                             model_tolerances,
                             validate_config)
@@ -181,43 +181,19 @@ def test_existing_weights_file_passes(resnet18_checkpoint: Path) -> None:
     assert validate_config(config)["models"]["net"]["weights"]["path"] == str(resnet18_checkpoint)
 
 
-# --- dotted keys -----------------------------------------------------------------------------
+# --- names and keys are taken as written -----------------------------------------------------
 
-def test_expand_dotted_keys_nests_a_flat_key() -> None:
-    assert expand_dotted_keys({"tensorrt.python": "/opt/trt/bin/python"}) == {
-        "tensorrt": {"python": "/opt/trt/bin/python"}}
-    assert expand_dotted_keys({"a.b.c": 1}) == {"a": {"b": {"c": 1}}}
-
-
-def test_dotted_override_lands_on_top_of_its_block_whatever_the_order() -> None:
-    flat_first = {"tensorrt.python": "b", "tensorrt": {"python": "a", "tf32": True}}
-    flat_last = {"tensorrt": {"python": "a", "tf32": True}, "tensorrt.python": "b"}
-    for config in (flat_first, flat_last):
-        assert expand_dotted_keys(config) == {"tensorrt": {"python": "b", "tf32": True}}
-
-
-def test_dotted_key_into_a_non_mapping_is_refused() -> None:
-    with pytest.raises(TrtflowError, match="config key 'backend.name': 'backend' is not a mapping"):
-        expand_dotted_keys({"backend": "auto", "backend.name": "x"})
-
-
-def test_expand_dotted_keys_expands_inside_nested_values() -> None:
-    assert expand_dotted_keys({"models": {"net": {"weights.seed": 3}}}) == {
-        "models": {"net": {"weights": {"seed": 3}}}}
-
-
-def test_deep_dotted_override_keeps_the_sibling_keys() -> None:
-    config = {"validation": {"tolerances": {"fp32": {"rel_l2": 1e-4}, "fp16": {"rel_l2": 1e-2}}},
-              "validation.tolerances.fp16.rel_l2": 0.5}
-    assert expand_dotted_keys(config) == {
-        "validation": {"tolerances": {"fp32": {"rel_l2": 1e-4}, "fp16": {"rel_l2": 0.5}}}}
-
-
-def test_validate_config_applies_a_dotted_override() -> None:
-    resolved = validate_config({**one_model_config(), "tensorrt.python": "/opt/py"})
-    assert resolved["tensorrt"]["python"] == "/opt/py"
-    assert resolved["tensorrt"]["workspace_mib"] == 4096
-    assert "tensorrt.python" not in resolved
+def test_dots_in_kwargs_keys_are_kept_and_names_must_be_plain() -> None:
+    """Snakemake refuses dotted `--config` keys, so no key is split at its dots: an
+    architecture_kwargs key `head.bias` stays one key, and a model name must be a plain name."""
+    config = one_model_config()
+    config["models"]["net"]["architecture_kwargs"] = {"head.bias": True}
+    assert validate_config(config)["models"]["net"]["architecture_kwargs"] == {"head.bias": True}
+    for bad in ("my net", "a/b", "x;touch", "-dash", "v1.2"):
+        renamed = one_model_config()
+        renamed["models"] = {bad: renamed["models"]["net"]}
+        with pytest.raises(TrtflowError, match="invalid config at 'models'"):
+            validate_config(renamed)
 
 
 # --- string scalars from `--config` ----------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from .errors import TrtflowError
 
@@ -23,6 +23,32 @@ class Backend:
     python: str            # interpreter for the backend-side scripts
     reason: str
     info: Dict[str, Any] = field(default_factory=dict)
+
+
+# what the PyTorch-side scripts import (config key `python`)
+TORCH_SIDE_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "numpy")
+
+
+def check_interpreter(key: str, python: str, modules: Sequence[str], timeout: float = 180.0) -> None:
+    """A configured interpreter must exist, run and import what its scripts need: say so at parse
+    time, naming the config key, rather than in the first job that runs it."""
+    import shutil
+
+    found = shutil.which(python)
+    if found is None:
+        raise TrtflowError(f"{key}: '{python}' is not an executable file",
+                           fix=f"set {key} to the path of a Python interpreter (or null)")
+    try:
+        done = subprocess.run([found, "-c", "import " + ", ".join(modules)], capture_output=True,
+                              text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TrtflowError(f"{key}: cannot run '{python}': {exc}",
+                           fix=f"set {key} to a working Python interpreter (or null)") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise TrtflowError(f"{key}: '{python}' cannot import {', '.join(modules)}: {last}",
+                           fix=f"install them there (pip install -e '.[workflow]'), or point {key} "
+                               "at the interpreter that has them")
 
 
 def probe_tensorrt(python: str, timeout: float = 180.0) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 from pathlib import Path
 
 from .errors import TrtflowError
+from .io import set_producers
 from .provenance import loaded_sources
 
 
@@ -21,6 +22,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     result.add_argument("--log", help="append the log here (stderr then shows warnings only)")
     result.add_argument("--provenance", default="",
                         help="digest of everything upstream (from the workflow), recorded in outputs")
+    result.add_argument("--producers", type=json_arg, default={},
+                        help="JSON: input path -> the workflow stage that writes it (for errors)")
     return result
 
 
@@ -52,6 +55,7 @@ def run(main: Callable[[argparse.Namespace], Any], arg_parser: argparse.Argument
     setup_logging(args.log)
     log = logging.getLogger(arg_parser.prog)
     log.info("command: %s", " ".join(sys.argv))
+    set_producers(args.producers)
     try:
         main(args)
         # what the stage really ran: tests compare it with the import closure the workflow hashes

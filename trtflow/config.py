@@ -1,4 +1,5 @@
-"""Configuration: schema validation with clear messages, defaults, and the model x precision x
+"""Configuration: schema validation with clear messages, defaults, the checks a schema cannot
+express (profile order, value ranges, the memory a profile needs), and the model x precision x
 batch-profile matrix.
 
 Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
@@ -6,6 +7,8 @@ Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
 from __future__ import annotations
 
 import copy
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -24,34 +27,6 @@ class Cell:
     model: str
     precision: str
     batch_profile: str
-
-
-def expand_dotted_keys(config: Dict[str, Any]) -> Dict[str, Any]:
-    """Turn {'tensorrt.python': x} (from `--config tensorrt.python=x`) into nested dicts."""
-    result: Dict[str, Any] = {}
-    # plain keys first, so a dotted override always lands on top of the block it edits
-    ordered = sorted(config.items(), key=lambda item: isinstance(item[0], str) and "." in item[0])
-    for key, value in ordered:
-        if isinstance(key, str) and "." in key:
-            head, _, rest = key.partition(".")
-            target = result.setdefault(head, {})
-            if not isinstance(target, dict):
-                raise TrtflowError(f"config key '{key}': '{head}' is not a mapping")
-            _merge(target, expand_dotted_keys({rest: value}))
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            _merge(result[key], expand_dotted_keys(value))
-        else:
-            result[key] = expand_dotted_keys(value) if isinstance(value, dict) else value
-    return result
-
-
-def _merge(target: Dict[str, Any], update: Dict[str, Any]) -> None:
-    """Recursive dict update: an override of one nested key keeps its siblings."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
 
 
 def _resolve_ref(schema: Dict[str, Any], root: Dict[str, Any]) -> Dict[str, Any]:
@@ -106,6 +81,11 @@ def load_schema(schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
     return yaml.safe_load(schema_path.read_text())
 
 
+def name_regex(schema_path: Path = SCHEMA_PATH) -> str:
+    """The schema's pattern of model and profile names, unanchored (a wildcard constraint)."""
+    return load_schema(schema_path)["definitions"]["name"]["pattern"].lstrip("^").rstrip("$")
+
+
 def _validator_with_defaults(schema: Dict[str, Any]):
     """A Draft-7 validator that also fills in `default` values as it walks the config."""
     import jsonschema
@@ -137,7 +117,8 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
     import jsonschema
 
     schema = load_schema(schema_path)
-    resolved = coerce_scalars(expand_dotted_keys(copy.deepcopy(config)), schema, schema)
+    # (keys are taken as they are: a dot in a model name or an architecture_kwargs key is no path)
+    resolved = coerce_scalars(copy.deepcopy(config), schema, schema)
     validator = _validator_with_defaults(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: len(list(e.absolute_path)))
     if errors:
@@ -175,7 +156,14 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
         if len(set(names)) != len(names):
             raise TrtflowError(f"input names repeat: {names}", model=model, path=config_file,
                                fix="give every input a unique name")
+        for index, spec_input in enumerate(spec["inputs"]):
+            low_high = spec_input.get("range")
+            if low_high is not None and not low_high[0] < low_high[1]:
+                raise TrtflowError(
+                    f"models.{model}.inputs[{index}].range {low_high} needs low < high",
+                    model=model, path=config_file, fix="write the range as [low, high]")
         check_model_profiles(config, model, config_file)
+        check_memory(config, model, config_file)
     known = {"model": set(config["models"]), "precision": set(config["precisions"]),
              "batch_profile": set(config["batch_profiles"])}
     for index, rule in enumerate(config.get("exclude", [])):
@@ -184,6 +172,48 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
                 raise TrtflowError(
                     f"exclude[{index}].{key} = '{value}' names no configured {key}",
                     path=config_file, fix=f"use one of {sorted(known[key])}")
+    if not matrix(config):
+        raise TrtflowError("the matrix has no cell: `exclude` removes every model x precision x "
+                           "batch profile", path=config_file,
+                           fix="remove an exclude entry, or add a model, precision or profile")
+
+
+# bytes per element of each configured input dtype
+DTYPE_BYTES = {"float32": 4, "float16": 2, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}
+# The reference and baseline jobs hold the largest batch's inputs several times over (the
+# validation set, the batch built from it, the framework's own copy): a profile whose inputs alone
+# take more than this share of the machine's memory cannot run.
+MEMORY_SHARE = 0.25
+
+
+def machine_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: Dict[str, Any], model: str, config_file: str = "config",
+                 memory: Optional[int] = None) -> None:
+    """Refuse, at parse time, a batch profile whose largest batch of inputs would not fit: the
+    baseline job would die allocating it (a `max: 100000` profile wants tens of GB)."""
+    memory = machine_memory() if memory is None else memory
+    if not memory:
+        return
+    spec = config["models"][model]
+    per_sample = sum(DTYPE_BYTES[i["dtype"]] * math.prod(i["shape"]) for i in spec["inputs"])
+    for name in model_profiles(config, model):
+        batch = config["batch_profiles"][name]["max"]
+        need = per_sample * batch
+        if need > MEMORY_SHARE * memory:
+            raise TrtflowError(
+                f"batch profile '{name}' (max {batch}) needs {need / 2**30:.1f} GiB for one batch of "
+                f"model '{model}''s inputs alone; this machine has {memory / 2**30:.1f} GiB, and the "
+                f"reference and baseline jobs hold such a batch several times",
+                model=model, path=config_file,
+                fix=f"lower batch_profiles.{name}.max (at most "
+                    f"{int(MEMORY_SHARE * memory // max(per_sample, 1))} here), or run this "
+                    "profile on a machine with more memory")
 
 
 def model_profiles(config: Dict[str, Any], model: str) -> List[str]:

@@ -8,9 +8,45 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, TypeVar, Union
+
+from .errors import TrtflowError
 
 PathLike = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
+# input artifact path -> the workflow rule that writes it (a stage script gets it as --producers)
+_PRODUCERS: Dict[str, str] = {}
+
+
+def set_producers(producers: Mapping[str, str]) -> None:
+    _PRODUCERS.update({os.path.normpath(k): v for k, v in producers.items()})
+
+
+def read_artifact(path: PathLike, reader: Callable[[Path], T], what: str) -> T:
+    """Read an artifact with `reader`; a file that does not decode (truncated, corrupt) becomes
+    one TrtflowError naming it and the stage that writes it. A workflow artifact is deleted, so
+    that the next run makes it again; a user's own file is left alone."""
+    try:
+        return reader(Path(path))
+    except TrtflowError:
+        raise
+    except Exception as exc:  # every decoder has its own errors: protobuf, zip, pickle, JSON...
+        stage = _PRODUCERS.get(os.path.normpath(str(path)))
+        if isinstance(exc, FileNotFoundError):
+            if not stage:
+                raise
+            raise TrtflowError(f"this {what} is missing (another job found it corrupt and "
+                               "deleted it?)", path=str(path),
+                               fix=f"rerun snakemake: the '{stage}' stage makes it again") from exc
+        detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        if stage:
+            Path(path).unlink(missing_ok=True)
+            raise TrtflowError(
+                f"cannot read this {what}, made by the workflow's '{stage}' stage: it is "
+                f"truncated or corrupt ({detail}); it was deleted",
+                path=str(path), fix=f"rerun snakemake: the '{stage}' stage makes it again") from exc
+        raise TrtflowError(f"cannot read this {what}: it is truncated or corrupt ({detail})",
+                           path=str(path), fix="replace it with an intact copy") from exc
 
 
 @contextlib.contextmanager
@@ -58,7 +94,7 @@ def stamp_provenance(path: PathLike, provenance: str) -> None:
 
 
 def read_json(path: PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    return read_artifact(path, lambda p: json.loads(p.read_text()), "JSON file")
 
 
 def _json_default(obj: Any) -> Any:
@@ -89,8 +125,18 @@ def save_npz(path: PathLike, arrays: dict) -> None:
 def load_npz(path: PathLike) -> dict:
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    def read(p: Path) -> dict:
+        with np.load(p, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+    return read_artifact(path, read, "reference .npz")
+
+
+def load_onnx(path: PathLike):
+    """An ONNX model from an earlier stage (decode errors become one clear TrtflowError)."""
+    import onnx
+
+    return read_artifact(path, lambda p: onnx.load(str(p)), "ONNX model")
 
 
 def reference_part(arrays: dict, kind: str) -> dict:

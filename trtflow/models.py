@@ -145,8 +145,11 @@ def load_trained_model(model: str, spec: Mapping[str, Any], weights_path: str):
     """Build the architecture and load the weights stage's state_dict: the reference model."""
     import torch
 
+    from .io import read_artifact
+
     module = build_model(model, spec)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    state = read_artifact(weights_path, lambda p: torch.load(p, map_location="cpu",
+                                                             weights_only=True), "weights file")
     load_weights(module, state, model, spec["architecture"], weights_path)
     return module.eval()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping
 
 from .errors import TrtflowError
-from .io import atomic_path, write_json
+from .io import atomic_path, load_onnx, write_json
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ def patch_onnx(model: str, source: Path, output: Path, report_path: Path, backen
                options: Mapping[str, Any], backend_version: str = "") -> Dict[str, Any]:
     import onnx
 
-    original = onnx.load(str(source))
+    original = load_onnx(source)
     ctx = PatchContext(model=model, backend=backend, options=options,
                        backend_version=backend_version)
     patched, reports = apply_passes(original, list(options["passes"]), ctx)

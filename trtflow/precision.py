@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import TrtflowError
-from .io import atomic_path, write_json
+from .io import atomic_path, load_onnx, write_json
 from .runners.base import TensorSpec, adapt_feed
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def to_fp16(source: Path, output: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(source))
+    model = load_onnx(source)
     # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
     converted = convert_float_to_float16(model, keep_io_types=True)
     drop_duplicate_nodes(converted.graph)
@@ -133,10 +133,8 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    import onnx
-
     settings = quantization_settings(backend, form)
-    graph = onnx.load(str(source)).graph
+    graph = load_onnx(source).graph
     # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
     calibration = adapt_feed(calibration, graph_inputs(graph), f"graph {source}")
     if backend == "tensorrt":

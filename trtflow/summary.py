@@ -5,6 +5,7 @@ import csv
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .errors import TrtflowError
 from .io import atomic_path, read_json
 from .provenance import digest
 from .validate import FAILING_VERDICTS
@@ -112,7 +113,10 @@ def cell_artifacts(cell: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
         path = Path(cell[kind])
         if not path.is_file():
             return None
-        data = read_json(path)
+        try:
+            data = read_json(path)
+        except TrtflowError:  # corrupt: deleted, the next run makes it again
+            return None
         expected = (cell.get("provenance") or {}).get(kind)
         if expected and data.get("provenance") != expected:
             return None

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from ..errors import TrtflowError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, read_artifact, read_json, write_json
 from .base import Runner, TensorSpec, check_feed
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ class OnnxRuntimeRunner(Runner):
                 f"{ort.__version__}", path=str(self.engine_path),
                 fix="rerun snakemake: engine paths carry the version, so it rebuilds")
         # Already optimised at build time; loading applies only the required transformers.
-        self.session = ort.InferenceSession(
-            str(self.engine_path), _session_options(self.threads, "basic"),
-            providers=["CPUExecutionProvider"])
+        self.session = read_artifact(self.engine_path, lambda p: ort.InferenceSession(
+            str(p), _session_options(self.threads, "basic"), providers=["CPUExecutionProvider"]),
+            "optimised ONNX Runtime model")
         self.inputs = _specs(self.session.get_inputs())
         self.outputs = _specs(self.session.get_outputs())
         return self

@@ -47,7 +47,10 @@ onerror:
     # in this run (only the verdicts failed), its files are complete and current already.
     if not os.path.exists(SUMMARY_CSV) or os.path.getmtime(SUMMARY_CSV) < RUN_STARTED:
         logger.info("trtflow: jobs failed; writing the summary of the cells that finished")
-        subprocess.run([TORCH_PY, str(SCRIPTS / "summary.py"), "--cells", json.dumps(summary_cells()),
+        cells = summary_cells()
+        producers = {c[kind]: _producer(c[kind]).name for c in cells for kind in CELL_ARTIFACTS}
+        subprocess.run([TORCH_PY, str(SCRIPTS / "summary.py"), "--cells", json.dumps(cells),
+                        "--producers", json.dumps(producers),
                         "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
                         "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],

@@ -17,7 +17,7 @@ from trtflow.backend import TORCH_SIDE_MODULES, check_interpreter, resolve_backe
 from trtflow.config import (matrix, model_opset, model_patch_options, model_tolerances,
                             name_regex, validate_config)
 from trtflow.errors import TrtflowError
-from trtflow.io import sha256_file
+from trtflow.io import remove_corrupt_artifacts, sha256_file
 from trtflow.models import BUILTIN_ARCHITECTURES
 from trtflow.provenance import code_digest, digest, module_source_digest
 from trtflow.summary import CELL_ARTIFACTS
@@ -283,7 +283,17 @@ def set_aside_partial_summary():
     logger.info(f"trtflow: the summary of the last, failed run is in {aside}/; this run makes it anew")
 
 
+def delete_corrupt_artifacts():
+    """Artifacts a job of the last run found corrupt (it marked them): deleted now, before the
+    DAG is built, so that the plan (a dry run's too) makes them again."""
+    if "--report" in sys.argv:
+        return
+    for path in remove_corrupt_artifacts(R):
+        logger.info(f"trtflow: deleted {path}, found corrupt by the last run; its stage makes it again")
+
+
 set_aside_partial_summary()
+delete_corrupt_artifacts()
 
 
 def write_report():

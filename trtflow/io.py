@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar, Union
 
 from .errors import TrtflowError
 
@@ -22,31 +22,46 @@ def set_producers(producers: Mapping[str, str]) -> None:
     _PRODUCERS.update({os.path.normpath(k): v for k, v in producers.items()})
 
 
+CORRUPT_SUFFIX = ".corrupt"
+
+
 def read_artifact(path: PathLike, reader: Callable[[Path], T], what: str) -> T:
     """Read an artifact with `reader`; a file that does not decode (truncated, corrupt) becomes
-    one TrtflowError naming it and the stage that writes it. A workflow artifact is deleted, so
-    that the next run makes it again; a user's own file is left alone."""
+    one TrtflowError naming it and the stage that writes it. A workflow artifact is marked
+    (`<file>.corrupt`): the workflow deletes it when it next starts, so that its stage makes it
+    again (deleting it now would pull it from under other running jobs). A user's own file is
+    left alone."""
     try:
         return reader(Path(path))
     except TrtflowError:
         raise
+    except FileNotFoundError:
+        raise
     except Exception as exc:  # every decoder has its own errors: protobuf, zip, pickle, JSON...
         stage = _PRODUCERS.get(os.path.normpath(str(path)))
-        if isinstance(exc, FileNotFoundError):
-            if not stage:
-                raise
-            raise TrtflowError(f"this {what} is missing (another job found it corrupt and "
-                               "deleted it?)", path=str(path),
-                               fix=f"rerun snakemake: the '{stage}' stage makes it again") from exc
-        detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {message}"
         if stage:
-            Path(path).unlink(missing_ok=True)
+            Path(str(path) + CORRUPT_SUFFIX).write_text(f"{stage}\n{detail}\n")
             raise TrtflowError(
                 f"cannot read this {what}, made by the workflow's '{stage}' stage: it is "
-                f"truncated or corrupt ({detail}); it was deleted",
-                path=str(path), fix=f"rerun snakemake: the '{stage}' stage makes it again") from exc
+                f"truncated or corrupt ({detail})", path=str(path),
+                fix=f"rerun snakemake: it deletes the file and the '{stage}' stage makes it "
+                    "again") from exc
         raise TrtflowError(f"cannot read this {what}: it is truncated or corrupt ({detail})",
                            path=str(path), fix="replace it with an intact copy") from exc
+
+
+def remove_corrupt_artifacts(root: PathLike) -> List[str]:
+    """Delete every artifact under `root` that a stage found corrupt (and its marker); return
+    their paths. Called when the workflow starts, before it decides what to run."""
+    removed = []
+    for marker in Path(root).rglob("*" + CORRUPT_SUFFIX):
+        artifact = Path(str(marker)[:-len(CORRUPT_SUFFIX)])
+        artifact.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        removed.append(str(artifact))
+    return removed
 
 
 @contextlib.contextmanager

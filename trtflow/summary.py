@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import TrtflowError
 from .io import atomic_path, read_json
@@ -105,23 +105,24 @@ def first_error(logs: Sequence[str]) -> str:
             "killer or a signal?): " + ", ".join(Path(log).name for log in logs[-3:]))
 
 
-def cell_artifacts(cell: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+def cell_artifacts(cell: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
     """The cell's JSON artifacts if all exist and were made from what the workflow asks for now
-    (their recorded provenance is the expected one), else None: a stale file is never current."""
+    (their recorded provenance is the expected one), else None and, for a file that exists but
+    cannot be read, why: a stale or broken file is never current."""
     found = {}
     for kind in CELL_ARTIFACTS:
         path = Path(cell[kind])
         if not path.is_file():
-            return None
+            return None, ""
         try:
             data = read_json(path)
-        except TrtflowError:  # corrupt: deleted, the next run makes it again
-            return None
+        except TrtflowError as error:  # corrupt (and deleted: the next run makes it again)
+            return None, str(error).replace("\n", " ")
         expected = (cell.get("provenance") or {}).get(kind)
         if expected and data.get("provenance") != expected:
-            return None
+            return None, ""
         found[kind] = data
-    return found
+    return found, ""
 
 
 def _round(value: Any) -> Any:
@@ -162,9 +163,9 @@ def summarize(cells: Sequence[Mapping[str, Any]], summary_path: Path, latency_pa
     whose artifacts are missing or stale (a job failed) gets an `error` row with its first error."""
     rows, latency, seen = [], [], set()
     for cell in cells:
-        artifacts = cell_artifacts(cell)
+        artifacts, broken = cell_artifacts(cell)
         if artifacts is None:
-            rows.append(error_row(cell, first_error(cell.get("logs", []))))
+            rows.append(error_row(cell, broken or first_error(cell.get("logs", []))))
             continue
         benchmark, baseline = artifacts["benchmark"], artifacts["baseline"]
         rows.append(summary_row(cell, benchmark, artifacts["validation"], baseline,

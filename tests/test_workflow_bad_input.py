@@ -1,0 +1,203 @@
+"""Bad input and faults, run for real: one clear error naming the file, the model or the key and
+what to do; no shell command the config did not ask for; and the next run after the fix (or, for a
+corrupt artifact, with no fix at all) succeeds without manual cleanup."""
+from __future__ import annotations
+
+import copy
+import csv
+import random
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, Workflow, tiny_config, token_entry
+
+pytestmark = pytest.mark.workflow
+
+
+def _fails(flow: Workflow, *needles: str, args=("all",)) -> str:
+    done = flow.run(*args, check=False)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in output:\n{text[-4000:]}"
+    return text
+
+
+# --- corrupt artifacts: one error naming the file and its stage; the next run rebuilds -------
+
+CORRUPTED = {  # model -> the artifact truncated (with a new mtime) after a good run
+    "tok_export": "results/onnx/tok_export/exported.onnx",
+    "tok_engine": "results/engines/tok_engine/{tag}/fp32-small.ort.onnx",
+    "tok_sidecar": "results/engines/tok_sidecar/{tag}/fp32-small.json",
+    "tok_reference": "results/reference/tok_reference/cpu.npz",
+    "tok_weights": "results/weights/tok_weights.pt",
+    "tok_meta": "results/weights/tok_meta.json",
+}
+
+
+@pytest.fixture(scope="module")
+def corrupted_run(tmp_path_factory):
+    from trtflow.backend import onnxruntime_backend
+
+    flow = Workflow(tmp_path_factory.mktemp("corrupt"))
+    models = {name: token_entry({"random": True, "seed": i}) for i, name in enumerate(CORRUPTED)}
+    flow.write_config(tiny_config(models=models, precisions=["fp32"]))
+    flow.run("all")
+    tag = onnxruntime_backend("python", "").tag
+    for relative in CORRUPTED.values():
+        path = flow.path(relative.format(tag=tag))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])  # truncated, and newer than what it made
+    done = flow.run("all", check=False)
+    return flow, tag, done
+
+
+def test_each_corrupt_artifact_gives_one_error_naming_it_and_its_stage(corrupted_run):
+    flow, tag, done = corrupted_run
+    text = done.stdout + done.stderr
+    assert done.returncode != 0
+    stages = {"tok_export": "export", "tok_engine": "engine", "tok_sidecar": "engine",
+              "tok_reference": "reference", "tok_weights": "weights", "tok_meta": "weights"}
+    with open(flow.path("results/summary.csv")) as handle:
+        rows = {r["model"]: r for r in csv.DictReader(handle)}
+    for model, relative in CORRUPTED.items():
+        path = relative.format(tag=tag)
+        # the weights JSON is read by the summary alone: its error is in the failed run's summary
+        where = rows[model]["failures"] if model == "tok_meta" else text
+        assert f"file '{path}': cannot read this" in where, (path, where[-5000:])
+        assert f"made by the workflow's '{stages[model]}' stage" in where
+        assert flow.path(path + ".corrupt").exists(), path  # the next run deletes and remakes it
+    # a cell whose engine, sidecar or reference broke did not finish; a cell whose export or
+    # weights broke keeps its engine and validation of the same provenance (made before)
+    assert {m for m, r in rows.items() if r["verdict"] == "error"} >= {
+        "tok_engine", "tok_sidecar", "tok_reference", "tok_meta"}
+    assert "google.protobuf" not in text.split("trtflow error")[0][-2000:]
+
+
+def test_the_next_run_rebuilds_without_manual_cleanup(corrupted_run):
+    flow, tag, _ = corrupted_run
+    flow.run("all")
+    assert flow.scheduled() == {}
+    # the corrupt files were deleted and remade where something still needs them (an export
+    # whose engine and validation are current may stay missing, as any intermediate file)
+    assert not list(flow.path("results").rglob("*.corrupt"))
+    for model in ("tok_engine", "tok_sidecar", "tok_reference", "tok_meta"):
+        assert flow.path(CORRUPTED[model].format(tag=tag)).exists(), model
+    with open(flow.path("results/summary.csv")) as handle:
+        assert {r["verdict"] for r in csv.DictReader(handle)} == {"passed"}
+
+
+# --- shell injection and interpreter paths ---------------------------------------------------
+
+@pytest.mark.parametrize("key", ["python", "tensorrt.python"])
+def test_an_interpreter_path_is_checked_and_never_run_by_a_shell(workflow: Workflow, tmp_path, key):
+    marker = tmp_path / "injected"
+    config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
+    value = f"/usr/bin/python3; touch {marker};"
+    if key == "python":
+        config["python"] = value
+    else:
+        config["backend"] = "tensorrt"
+        config["tensorrt"] = {"python": value}
+    workflow.write_config(config)
+    text = _fails(workflow, "trtflow:")
+    assert not marker.exists()
+    assert (f"python: '{value}' is not an executable file" in text if key == "python"
+            else "backend: tensorrt, but cannot run" in text), text[-3000:]
+
+
+def test_a_results_dir_with_a_space_or_a_semicolon_is_refused(workflow: Workflow):
+    for results_dir in ("my results", "", "/abs/path", "../up", "r;touch x"):
+        config = tiny_config(models={"tok": token_entry({"random": True})}, results_dir=results_dir)
+        workflow.write_config(config)
+        _fails(workflow, "invalid config at 'results_dir'", args=("-n", "all"))
+
+
+# --- configs that cannot work are refused at parse time ---------------------------------------
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda c: (c["batch_profiles"]["small"].update(max=100000),
+                c["models"]["tok"]["inputs"][0].update(shape=[3, 224, 224], dtype="float32")),
+     ["batch profile 'small' (max 100000) needs 56.1 GiB", "fix: lower batch_profiles.small.max"]),
+    (lambda c: c["models"].update({"my net": c["models"].pop("tok")}), ["invalid config at 'models'"]),
+    (lambda c: c["models"].update({"-tok": c["models"].pop("tok")}), ["invalid config at 'models'"]),
+    (lambda c: c.update(exclude=[{"model": "tok"}]), ["the matrix has no cell"]),
+    (lambda c: c["models"]["tok"]["inputs"][0].update(range=[5, -5]), ["needs low < high"]),
+    (lambda c: c["models"]["tok"].update(outputs=["logits", "logits"]),
+     ["invalid config at 'models.tok.outputs'", "non-unique"]),
+    (lambda c: c["models"]["tok"].update(outputs=[""]), ["invalid config at 'models.tok.outputs[0]'"]),
+])
+def test_configs_that_cannot_work_are_refused_before_any_job(workflow: Workflow, edit, needles):
+    config = tiny_config(models={"tok": token_entry({"random": True})})
+    edit(config)
+    workflow.write_config(config)
+    text = _fails(workflow, *needles, args=("-n", "all"))
+    assert "Traceback" not in text
+    assert workflow.files() == []
+
+
+def test_unlock_needs_no_cores(workflow: Workflow):
+    workflow.write_config(tiny_config(models={"tok": token_entry({"random": True})}))
+    done = subprocess.run(["python3", "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(workflow.directory), "--configfile",
+                           str(workflow.config_path), "--unlock"], capture_output=True, text=True)
+    assert done.returncode == 0 and "Unlocked" in done.stdout + done.stderr, done.stderr[-2000:]
+
+
+# --- a seeded config fuzz: a clean error or a valid plan, never a traceback ------------------
+
+def _mutations(base: dict, count: int, seed: int = 0):
+    """Seeded mutations of config/config.yaml: wrong types, missing and extra keys, negative and
+    huge numbers, nulls, odd names."""
+    rng = random.Random(seed)
+    odd_values = [None, -1, 0, 10**12, -10**9, 1.5, "", "x y", "a;b", [], {}, [1, 2], {"k": 1},
+                  True, "../x", "-dash", "ü", 3.0e38]
+
+    def paths(node, prefix=()):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield prefix + (key,)
+                yield from paths(value, prefix + (key,))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                yield prefix + (index,)
+                yield from paths(value, prefix + (index,))
+
+    all_paths = list(paths(base))
+    for _ in range(count):
+        config = copy.deepcopy(base)
+        path = rng.choice(all_paths)
+        parent = config
+        for part in path[:-1]:
+            parent = parent[part]
+        action = rng.choice(["value", "value", "delete", "extra", "rename"])
+        last = path[-1]
+        if action == "value":
+            parent[last] = rng.choice(odd_values)
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[last]
+        elif action == "extra" and isinstance(parent, dict):
+            parent[rng.choice(["extra", "Models", "precision", "tolerance"])] = rng.choice(odd_values)
+        elif action == "rename" and isinstance(parent, dict):
+            parent[rng.choice(["a b", "x;y", "-n", "v1.2", "ok_name", ""])] = parent.pop(last)
+        else:
+            parent[last] = rng.choice(odd_values)
+        yield path, action, config
+
+
+def test_config_fuzz_gives_a_clean_error_or_a_valid_plan(workflow: Workflow):
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    outcomes = {"plan": 0, "error": 0}
+    for path, action, config in _mutations(base, 60):
+        workflow.write_config(config)
+        done = workflow.run("-n", "all", check=False)
+        text = done.stdout + done.stderr
+        assert "Traceback" not in text, (path, action, text[-3000:])
+        if done.returncode == 0:
+            outcomes["plan"] += 1
+        else:
+            assert ("trtflow: " in text or "invalid config" in text), (path, action, text[-3000:])
+            outcomes["error"] += 1
+    assert outcomes["plan"] > 0 and outcomes["error"] > 0, outcomes

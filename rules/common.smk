@@ -214,8 +214,10 @@ def runner_options(wildcards=None):
 
 def engine_options(wildcards):
     """Backend build options from config; TensorRT builds share one timing cache per TRT+GPU."""
-    if not ON_GPU:
-        return json.dumps(CONFIG["onnxruntime"], sort_keys=True)
+    if not ON_GPU:  # the model's own session options over the top-level ones
+        options = {k: v for k, v in CONFIG["onnxruntime"].items() if k != "isa"}
+        options.update(model_spec(wildcards.model).get("onnxruntime") or {})
+        return json.dumps(options, sort_keys=True)
     options = {k: v for k, v in CONFIG["tensorrt"].items() if k not in ("python", "cuda_graph")}
     if options.pop("timing_cache"):
         options["timing_cache_path"] = f"{R}/engines/timing-cache-{TAG}.bin"

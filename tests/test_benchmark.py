@@ -50,7 +50,7 @@ def token_engine(tmp_path_factory) -> Path:
     engine = directory / "engine.onnx"
     build_engine(onnx_path, engine, directory / "engine.json", model="tokens", precision="fp32",
                  batch_profile={"min": 1, "opt": 2, "max": 5}, profile_name="p",
-                 options={"intra_op_threads": 1})
+                 options={"intra_op_threads": 1, "graph_optimization_level": "all"})
     return engine
 
 

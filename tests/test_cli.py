@@ -78,3 +78,39 @@ def test_run_calls_main_with_the_parsed_arguments(tmp_path: Path, clean_root_log
     cli.run(main, arg_parser, ["--options", '{"a": 1}', "--log", str(tmp_path / "l.log")])
     assert seen == {"a": 1}
     assert "working" in (tmp_path / "l.log").read_text()
+
+
+def test_a_stage_killed_by_a_signal_is_reported_with_its_likely_cause(
+        tmp_path: Path, clean_root_logger: None) -> None:
+    """A native crash (here a real segfault) in the isolated stage: one trtflow error, exit 1."""
+    import ctypes
+
+    log_path = tmp_path / "stage.log"
+    arg_parser = cli.parser("engine.py")
+    arg_parser.add_argument("--backend", default="onnxruntime")
+
+    def main(args: argparse.Namespace) -> None:
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, arg_parser, ["--log", str(log_path)], isolate=True)
+    assert info.value.code == 1
+    text = log_path.read_text()
+    assert "trtflow error: " in text and "was killed by SIGSEGV (11)" in text
+    assert "disabled_optimizers: [NchwcTransformer]" in text
+    assert "Fatal Python error: Segmentation fault" in text  # faulthandler's frames, in the log
+
+
+@pytest.mark.parametrize("number,needle", [(9, "out-of-memory killer"), (4, "this CPU lacks")])
+def test_signal_message_names_the_cause(number: int, needle: str) -> None:
+    assert needle in cli.signal_message("baseline.py", number, None)
+
+
+def test_an_isolated_stage_keeps_its_exit_status(tmp_path: Path, clean_root_logger: None) -> None:
+    def main(args: argparse.Namespace) -> None:
+        raise TrtflowError("bad input")
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, cli.parser("stage"), ["--log", str(tmp_path / "l.log")], isolate=True)
+    assert info.value.code == 1
+    assert "trtflow error: bad input" in (tmp_path / "l.log").read_text()

@@ -154,7 +154,8 @@ def token_int32_engine(tmp_path_factory) -> Tuple[Dict[str, Any], Path, Path, Pa
                {"passes": ["int64_inputs_to_int32"], "int64_inputs_to_int32": "auto"})
     engine, sidecar = directory / "tokens.engine.onnx", directory / "tokens.json"
     build_engine(patched, engine, sidecar, model="tokens", precision="fp32", batch_profile=PROFILE,
-                 profile_name="small", options={})
+                 profile_name="small",
+                 options={"intra_op_threads": 0, "graph_optimization_level": "all"})
     return spec, weights, engine, sidecar
 
 
@@ -175,7 +176,8 @@ def test_build_engine_reports_a_graph_ort_cannot_load(tmp_path: Path) -> None:
     broken.write_bytes(b"not an onnx model")
     with pytest.raises(TrtflowError, match="ONNX Runtime cannot load the fp16 graph"):
         build_engine(broken, tmp_path / "e.onnx", tmp_path / "e.json", model="m",
-                     precision="fp16", batch_profile=PROFILE, profile_name="small", options={})
+                     precision="fp16", batch_profile=PROFILE, profile_name="small",
+                 options={"intra_op_threads": 0, "graph_optimization_level": "all"})
     assert not (tmp_path / "e.onnx").exists() and not (tmp_path / "e.json").exists()
 
 
@@ -302,3 +304,20 @@ def test_infer_in_chunks_fits_any_profile_and_keeps_only_real_samples(low, high,
     out = infer_in_chunks(runner, {"x": x}, high, low)
     assert runner.batches == batches
     np.testing.assert_array_equal(out["y"], x * 2)
+
+
+def test_build_engine_skips_the_disabled_optimizers(resnet_model, tmp_path: Path) -> None:
+    """onnxruntime.disabled_optimizers (per model too): the way around an optimiser that crashes."""
+    _, _, onnx_path = resnet_model
+    sidecar = build_engine(onnx_path, tmp_path / "e.ort.onnx", tmp_path / "e.json", model="resnet",
+                           precision="fp32", batch_profile=PROFILE, profile_name="small",
+                           options={"intra_op_threads": 1, "graph_optimization_level": "all",
+                                    "disabled_optimizers": ["NchwcTransformer"]})
+    assert sidecar["disabled_optimizers"] == ["NchwcTransformer"]
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "e.ort.onnx")).graph.node}
+    assert "ReorderOutput" not in ops  # what the NCHWc transformer inserts
+    plain = build_engine(onnx_path, tmp_path / "p.ort.onnx", tmp_path / "p.json", model="resnet",
+                         precision="fp32", batch_profile=PROFILE, profile_name="small",
+                         options={"intra_op_threads": 1, "graph_optimization_level": "all"})
+    assert plain["disabled_optimizers"] == []
+    assert "ReorderOutput" in {n.op_type for n in onnx.load(str(tmp_path / "p.ort.onnx")).graph.node}

@@ -3,8 +3,12 @@ TrtflowError into one clear line on stderr and a non-zero exit (stdlib only)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from typing import Any, Callable, Optional, Sequence
@@ -49,13 +53,81 @@ def setup_logging(log_path: Optional[str]) -> None:
         root.addHandler(handler)
 
 
+# what a signal that ends a stage most likely means, and what to try
+SIGNAL_HINTS = {
+    "SIGKILL": "killed from outside, most often by the out-of-memory killer: lower the batch "
+               "profile's max (or the model's input size), or run fewer jobs at once (--cores)",
+    "SIGSEGV": "a native library (ONNX Runtime, TensorRT, PyTorch) crashed on this model; the "
+               "log has the Python frames where it happened",
+    "SIGABRT": "a native library (ONNX Runtime, TensorRT, PyTorch) aborted; the log has the "
+               "Python frames where it happened",
+    "SIGBUS": "a native library crashed (or the disk is full); the log has the Python frames",
+    "SIGILL": "an instruction this CPU lacks: a library or an artifact built for another CPU",
+}
+ONNXRUNTIME_HINT = ("for ONNX Runtime, try the model's `onnxruntime: {graph_optimization_level: "
+                    "extended}` or `disabled_optimizers: [NchwcTransformer]`")
+
+
+def signal_message(stage: str, number: int, backend: Optional[str]) -> str:
+    """One line for a stage killed by a signal: which, the likely cause, the options to try."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    hint = SIGNAL_HINTS.get(name, "it was stopped from outside or crashed")
+    if backend == "onnxruntime" and name != "SIGKILL":
+        hint += f"; {ONNXRUNTIME_HINT}"
+    return f"{stage} was killed by {name} ({number}): {hint}"
+
+
 def run(main: Callable[[argparse.Namespace], Any], arg_parser: argparse.ArgumentParser,
-        argv: Optional[Sequence[str]] = None) -> None:
+        argv: Optional[Sequence[str]] = None, isolate: Optional[bool] = None) -> None:
+    """Parse, log, run `main`; a TrtflowError is one clear line and exit 1.
+
+    `isolate` (default: when run as a command, argv None) runs `main` in a forked child, so that
+    a stage killed by a signal (a native crash, the OOM killer) is still reported, with the
+    likely cause, instead of a bare 'died with SIGSEGV'."""
     args = arg_parser.parse_args(argv)
     setup_logging(args.log)
     log = logging.getLogger(arg_parser.prog)
     log.info("command: %s", " ".join(sys.argv))
     set_producers(args.producers)
+    if (argv is None if isolate is None else isolate) and hasattr(os, "fork"):
+        sys.exit(_run_isolated(main, args, log, arg_parser.prog))
+    _run_main(main, args, log)
+
+
+def _run_isolated(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace,
+                  log: logging.Logger, stage: str) -> int:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    pid = os.fork()
+    if pid == 0:  # the child runs the stage; a native crash prints its Python frames to the log
+        code = 1
+        try:
+            with open(args.log, "a") if args.log else contextlib.nullcontext(sys.stderr) as crash:
+                faulthandler.enable(crash)
+                _run_main(main, args, log)
+                code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:  # logged by _run_main
+            code = 1
+        finally:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        log.error("trtflow error: %s", signal_message(stage, os.WTERMSIG(status),
+                                                      getattr(args, "backend", None)))
+        return 1
+    return os.WEXITSTATUS(status)
+
+
+def _run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace,
+              log: logging.Logger) -> None:
     try:
         main(args)
         # what the stage really ran: tests compare it with the import closure the workflow hashes

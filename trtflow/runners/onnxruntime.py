@@ -60,13 +60,15 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
     """Optimise the precision ONNX for this CPU and save it, with a sidecar JSON."""
     import onnxruntime as ort
 
-    threads = int(options.get("intra_op_threads", 0))
-    level = options.get("graph_optimization_level", "all")
+    threads = int(options["intra_op_threads"])
+    level = options["graph_optimization_level"]
+    disabled = list(options.get("disabled_optimizers") or [])
     start = time.perf_counter()
     with atomic_path(engine_path) as tmp:
         try:
             session = ort.InferenceSession(str(onnx_path), _session_options(threads, level, tmp),
-                                           providers=["CPUExecutionProvider"])
+                                           providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=disabled or None)
         except Exception as exc:
             raise TrtflowError(f"ONNX Runtime cannot load the {precision} graph: {exc}",
                                model=model, path=str(onnx_path),
@@ -76,6 +78,7 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         "backend": "onnxruntime", "version": version(), "device": "cpu", "device_name": cpu_name(),
         "model": model, "precision": precision, "batch_profile": profile_name,
         "profile": dict(batch_profile), "graph_optimization_level": level,
+        "disabled_optimizers": disabled,
         "build_seconds": round(seconds, 3), "source_onnx": str(onnx_path),
         "inputs": [s.to_dict() for s in _specs(session.get_inputs())],
         "outputs": [s.to_dict() for s in _specs(session.get_outputs())],

@@ -201,3 +201,40 @@ def test_config_fuzz_gives_a_clean_error_or_a_valid_plan(workflow: Workflow):
             assert ("trtflow: " in text or "invalid config" in text), (path, action, text[-3000:])
             outcomes["error"] += 1
     assert outcomes["plan"] > 0 and outcomes["error"] > 0, outcomes
+
+
+# --- crashes, downloads and outputs of another structure: said, not a traceback ---------------
+
+def _image_entry(architecture: str, **extra) -> dict:
+    entry = {"architecture": architecture, "task": "classification", "weights": {"random": True},
+             "inputs": [{"name": "images", "shape": [3, 64, 64], "dtype": "float32"}],
+             "outputs": ["logits"]}
+    entry.update(extra)
+    return entry
+
+
+def test_a_stage_killed_by_a_signal_says_which_and_what_to_try(workflow: Workflow):
+    workflow.write_config(tiny_config(models={"crash": _image_entry("user_models.faulty:segfault")},
+                                      precisions=["fp32"]))
+    text = _fails(workflow, "weights.py was killed by SIGSEGV (11)", "a native library")
+    with open(workflow.path("results/summary.csv")) as handle:
+        row = next(csv.DictReader(handle))
+    assert row["verdict"] == "error" and "killed by SIGSEGV" in row["failures"], row
+    assert "Segmentation fault" in workflow.path("results/logs/weights/crash.log").read_text()
+    assert "trtflow error" in text
+
+
+def test_a_factory_that_downloads_is_refused_with_the_argument_to_set(workflow: Workflow, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached
+    detector = "torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn"
+    entry = _image_entry(detector, outputs=["boxes", "labels", "scores"])
+    workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
+    _fails(workflow, "model 'det': architecture", "asked to download",
+           "weights_backbone asks for pretrained weights",
+           "fix: set models.det.architecture_kwargs: {weights_backbone: null}")
+    # with the argument set, the next stop is the output structure, said as such
+    entry["architecture_kwargs"] = {"weights_backbone": None}
+    workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
+    _fails(workflow, "model 'det': the model returns a list of 2 (dict;",
+           "boxes: tensor float32", "but every output must be a tensor")

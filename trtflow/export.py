@@ -24,6 +24,24 @@ def dummy_inputs(model: str, specs: Sequence[Mapping[str, Any]], batch: int = EX
     return tuple(torch.from_numpy(arrays[s["name"]]) for s in specs)
 
 
+def describe_structure(value: Any, depth: int = 0) -> str:
+    """A short description of a (nested) model output: 'a list of 2 dicts {boxes: tensor...}'."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"tensor {str(value.dtype).replace('torch.', '')} {list(value.shape)}"
+    if depth > 2:
+        return type(value).__name__
+    if isinstance(value, Mapping):
+        keys = ", ".join(f"{k}: {describe_structure(v, depth + 1)}" for k, v in list(value.items())[:6])
+        return f"a dict {{{keys}}}"
+    if isinstance(value, (list, tuple)):
+        kinds = {type(v).__name__ for v in value}
+        inner = describe_structure(value[0], depth + 1) if value else "nothing"
+        return f"a {type(value).__name__} of {len(value)} ({'/'.join(sorted(kinds))}; the first: {inner})"
+    return type(value).__name__
+
+
 def check_forward(module, inputs, model: str, specs: Sequence[Mapping[str, Any]],
                   outputs: Sequence[str]) -> None:
     """Run the model once on the configured input dtypes/shapes, so that an input the model cannot
@@ -41,6 +59,14 @@ def check_forward(module, inputs, model: str, specs: Sequence[Mapping[str, Any]]
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", model=model,
             fix="set models.<name>.inputs (dtype, shape without the batch axis) to what the "
                 "model's forward() expects") from exc
+    odd = [(index, value) for index, value in enumerate(result) if not isinstance(value, torch.Tensor)]
+    if odd:
+        index, value = odd[0]
+        raise TrtflowError(
+            f"the model returns {describe_structure(result)}: output {index} is "
+            f"{describe_structure(value)}, but every output must be a tensor", model=model,
+            fix="wrap the model so that forward() returns a tensor or a tuple of tensors, one per "
+                "name in 'outputs' (detections: one image per call, padded to a fixed count)")
     if len(result) != len(outputs):
         raise TrtflowError(
             f"the model returns {len(result)} output(s) but the config names {len(outputs)}: "

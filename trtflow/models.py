@@ -5,11 +5,14 @@ a model imports torch lazily.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import inspect
 import os
 import re
-from typing import Any, Callable, Dict, Iterable, Mapping
+import sys
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping
 
 from .errors import TrtflowError
 
@@ -67,14 +70,61 @@ def resolve_factory(model: str, architecture: str) -> Callable[..., Any]:
     return factory
 
 
+# factory parameters that ask for pretrained weights (torchvision and timm style)
+WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+
+
+def weight_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> List[str]:
+    """The factory's weight-asking parameters that are neither off by default nor set off."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []
+    return [name for name, parameter in parameters.items() if name in WEIGHT_ARGUMENTS
+            and kwargs.get(name, parameter.default) not in (None, False, inspect.Parameter.empty)]
+
+
+@contextlib.contextmanager
+def downloads_refused(model: str, architecture: str, factory: Callable[..., Any],
+                      kwargs: Mapping[str, Any]) -> Iterator[None]:
+    """Weights come from the weights stage, never from a hub at run time: a factory that asks for
+    a download (torch.hub, torchvision's weight enums) stops with the argument that asked."""
+    import torch.hub
+
+    asking = weight_arguments(factory, kwargs)
+
+    def refuse(url: str, *args: Any, **kw: Any) -> None:
+        names = ", ".join(f"{n}: null" for n in asking) or "its weights arguments off"
+        raise TrtflowError(
+            f"architecture '{architecture}' asked to download {url} while building the model "
+            f"({', '.join(asking) or 'an argument'} asks for pretrained weights); trtflow never "
+            "downloads weights at run time", model=model,
+            fix=f"set models.{model}.architecture_kwargs: {{{names}}}, and give trained weights "
+                "with weights: {path: ...}")
+
+    patches = [(torch.hub, "download_url_to_file"), (torch.hub, "load_state_dict_from_url")]
+    api = sys.modules.get("torchvision.models._api")
+    if api is not None and hasattr(api, "load_state_dict_from_url"):
+        patches.append((api, "load_state_dict_from_url"))
+    saved = [(owner, name, getattr(owner, name)) for owner, name in patches]
+    for owner, name in patches:
+        setattr(owner, name, refuse)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
 def build_model(model: str, spec: Mapping[str, Any]):
-    """Instantiate the architecture (no weights loaded) in eval mode."""
+    """Instantiate the architecture (no weights loaded, nothing downloaded) in eval mode."""
     factory = resolve_factory(model, spec["architecture"])
     kwargs = dict(spec.get("architecture_kwargs") or {})
     if spec["architecture"] in BUILTIN_ARCHITECTURES:
         for key, value in NO_DOWNLOAD_KWARGS.get(spec["architecture"], {"weights": None}).items():
             kwargs.setdefault(key, value)
-    module = factory(**kwargs)
+    with downloads_refused(model, spec["architecture"], factory, kwargs):
+        module = factory(**kwargs)
     return module.eval()
 
 

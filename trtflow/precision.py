@@ -149,7 +149,8 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
 
 def make_precision(model: str, precision: str, source: Path, output: Path, report_path: Path,
                    backend: str, calibration: Optional[Mapping[str, np.ndarray]] = None,
-                   calibration_method: str = "minmax", int8_form: str = "u8s8") -> Dict[str, Any]:
+                   calibration_method: Optional[str] = None,
+                   int8_form: str = "u8s8") -> Dict[str, Any]:
     import onnx
 
     log.info("precision %s: %s for %s", model, precision, backend)
@@ -161,7 +162,7 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     elif precision == "int8":
         if calibration is None:
             raise TrtflowError("int8 needs a calibration set", model=model)
-        to_int8(source, output, calibration, backend, calibration_method, form=int8_form)
+        to_int8(source, output, calibration, backend, calibration_method or "minmax", form=int8_form)
     else:
         raise TrtflowError(f"unknown precision '{precision}'", model=model,
                            fix="use fp32, fp16 or int8")

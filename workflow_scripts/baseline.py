@@ -52,10 +52,10 @@ if __name__ == "__main__":
     p.add_argument("--spec", required=True, type=cli.json_arg)
     p.add_argument("--weights", required=True)
     p.add_argument("--reference", required=True, help="reference .npz (its inputs are timed)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", required=True, help="cpu or cuda")
     p.add_argument("--profile", required=True, type=cli.json_arg)
-    p.add_argument("--settings", type=cli.json_arg, default={"warmup": 5, "iterations": 50,
-                                                             "max_seconds": 10})
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--settings", type=cli.json_arg, required=True,
+                   help="benchmark settings (warmup, iterations, max_seconds, torch_compile)")
+    p.add_argument("--threads", type=int, required=True, help="torch CPU threads (0: torch's default)")
     p.add_argument("--output", required=True)
     cli.run(main, p)

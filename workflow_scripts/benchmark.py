@@ -33,8 +33,8 @@ if __name__ == "__main__":
     p.add_argument("--engine", required=True)
     p.add_argument("--sidecar", required=True)
     p.add_argument("--reference", required=True, help="reference .npz (its inputs are timed)")
-    p.add_argument("--settings", type=cli.json_arg, default={"warmup": 5, "iterations": 50,
-                                                             "max_seconds": 10})
-    p.add_argument("--options", type=cli.json_arg, default={}, help="runner options")
+    p.add_argument("--settings", type=cli.json_arg, required=True,
+                   help="benchmark settings (warmup, iterations, max_seconds)")
+    p.add_argument("--options", type=cli.json_arg, required=True, help="runner options")
     p.add_argument("--output", required=True)
     cli.run(main, p)

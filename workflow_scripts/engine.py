@@ -28,7 +28,7 @@ if __name__ == "__main__":
     p.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8"])
     p.add_argument("--profile-name", required=True)
     p.add_argument("--profile", required=True, type=cli.json_arg, help='{"min": 1, "opt": 8, "max": 16}')
-    p.add_argument("--options", type=cli.json_arg, default={}, help="backend options from config")
+    p.add_argument("--options", type=cli.json_arg, required=True, help="backend options from config")
     p.add_argument("--input", required=True, help="precision ONNX")
     p.add_argument("--output", required=True, help="engine file")
     p.add_argument("--sidecar", required=True, help="engine metadata JSON")

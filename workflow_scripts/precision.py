@@ -11,14 +11,13 @@ def main(args) -> None:
     from trtflow.io import stamp_provenance
     from trtflow.precision import calibration_arrays, make_precision
 
-    calibration = None
-    if args.precision == "int8":
+    calibration, method = None, None
+    if args.precision == "int8":  # the rule passes the calibration options to int8 alone
         calibration = calibration_arrays(args.model, args.spec["inputs"],
-                                         args.calibration["num_samples"],
-                                         args.calibration.get("seed", 0))
+                                         args.calibration["num_samples"], args.calibration["seed"])
+        method = args.calibration["method"]
     make_precision(args.model, args.precision, Path(args.input), Path(args.output),
-                   Path(args.report), args.backend, calibration,
-                   args.calibration.get("method", "minmax"), args.int8_form)
+                   Path(args.report), args.backend, calibration, method, args.int8_form)
     stamp_provenance(args.report, args.provenance)
 
 
@@ -28,9 +27,9 @@ if __name__ == "__main__":
     p.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8"])
     p.add_argument("--backend", required=True, choices=["onnxruntime", "tensorrt"])
     p.add_argument("--spec", required=True, type=cli.json_arg, help="the model's config entry")
-    p.add_argument("--calibration", type=cli.json_arg, default={"num_samples": 32},
+    p.add_argument("--calibration", type=cli.json_arg, required=True,
                    help="calibration options (num_samples, method, seed)")
-    p.add_argument("--int8-form", default="u8s8",
+    p.add_argument("--int8-form", required=True,
                    help="ONNX Runtime's int8 form for the target CPU (trtflow/cpu.py)")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)

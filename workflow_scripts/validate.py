@@ -55,12 +55,12 @@ if __name__ == "__main__":
     p.add_argument("--engine", required=True)
     p.add_argument("--sidecar", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--task", default="classification")
-    p.add_argument("--tolerances", type=cli.json_arg, default={})
+    p.add_argument("--task", required=True)
+    p.add_argument("--tolerances", type=cli.json_arg, required=True)
     p.add_argument("--check-expected-labels", action="store_true")
-    p.add_argument("--detection-min-score", type=float, default=0.3,
+    p.add_argument("--detection-min-score", type=float, required=True,
                    help="task detection: confidence of the reference detections to reproduce")
     p.add_argument("--pretrained", action="store_true", help="the weights are real, not random")
-    p.add_argument("--options", type=cli.json_arg, default={}, help="runner options")
+    p.add_argument("--options", type=cli.json_arg, required=True, help="runner options")
     p.add_argument("--output", required=True)
     cli.run(main, p)

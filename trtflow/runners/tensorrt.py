@@ -64,10 +64,17 @@ def capturing_logger(trt, min_severity=None):
             trt.ILogger.__init__(self)
             self.errors: List[str] = []
             self.min_severity = min_severity or trt.ILogger.WARNING
+            # while a build runs, TensorRT's ERROR lines are held back (logged at info level):
+            # TensorRT 8.6 reports a timing cache it will not use as two ERRORs, and the build is
+            # fine; they are shown as errors only if the build fails (build_engine)
+            self.hold_errors = False
 
         def log(self, severity, msg) -> None:
             if severity <= trt.ILogger.ERROR:
                 self.errors.append(msg)
+                if self.hold_errors:
+                    log.info("TensorRT (error held back, shown if the build fails): %s", msg)
+                    return
             if severity <= self.min_severity:
                 level = logging.ERROR if severity <= trt.ILogger.ERROR else (
                     logging.WARNING if severity == trt.ILogger.WARNING else logging.INFO)
@@ -161,7 +168,8 @@ def load_timing_cache(config, path: Optional[Path], logger) -> Tuple[Any, str, i
     except Exception:  # a corrupt or foreign cache: start empty, the build still works
         cache = None
     if cache is None or len(logger.errors) > errors_before:
-        log.warning("timing cache %s could not be read by this TensorRT; building without it", path)
+        log.info("timing cache %s: this TensorRT does not take it (state unreadable); building "
+                 "without it, and writing a new one", path)
         cache, state = config.create_timing_cache(b""), "unreadable"
     else:
         state = "warm" if data else "cold"
@@ -169,11 +177,13 @@ def load_timing_cache(config, path: Optional[Path], logger) -> Tuple[Any, str, i
     return cache, state, len(data)
 
 
-def save_timing_cache(config, path: Path) -> int:
-    """Merge what others wrote meanwhile into this build's cache and write it back atomically."""
+def save_timing_cache(config, path: Path, merge: bool = True) -> int:
+    """Merge what others wrote meanwhile into this build's cache (unless the file was found
+    unreadable: reading it again would only repeat TensorRT's errors) and write it back
+    atomically."""
     cache = config.get_timing_cache()
     with locked(path):
-        if path.exists():
+        if merge and path.exists():
             try:
                 if not cache.combine(config.create_timing_cache(path.read_bytes()), True):
                     log.warning("timing cache %s not merged (another TensorRT version?)", path)
@@ -374,18 +384,24 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         config.add_optimization_profile(opt_profile)
     cache_path = Path(options["timing_cache_path"]) if options.get("timing_cache_path") else None
     cache_state, cache_bytes_before = "none", 0
+    logger.hold_errors = True
+    errors_before = len(logger.errors)
     if cache_path is not None:
         _, cache_state, cache_bytes_before = load_timing_cache(config, cache_path, logger)
-    log.info("building %s %s engine for batch %s (flags %s, strongly typed %s)", model, precision,
-             dict(batch_profile), flag_names, strongly_typed)
+    log.info("building %s %s engine for batch %s (flags %s, strongly typed %s, timing cache %s)",
+             model, precision, dict(batch_profile), flag_names, strongly_typed, cache_state)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     if serialized is None:
+        for message in logger.errors[errors_before:]:
+            log.error("TensorRT: %s", message)
         raise TrtflowError("TensorRT engine build failed: " + " | ".join(logger.errors[-5:]),
                            model=model, path=str(onnx_path),
                            fix="see the log; try a larger tensorrt.workspace_mib or another opset")
-    cache_bytes_after = save_timing_cache(config, cache_path) if cache_path is not None else 0
+    cache_bytes_after = (save_timing_cache(config, cache_path, merge=cache_state != "unreadable")
+                         if cache_path is not None else 0)
+    logger.hold_errors = False
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
     layers = layer_table(inspect_engine(trt, engine, shapes))
     counts = layer_precisions(layers)

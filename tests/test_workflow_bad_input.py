@@ -238,3 +238,18 @@ def test_a_factory_that_downloads_is_refused_with_the_argument_to_set(workflow: 
     workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
     _fails(workflow, "model 'det': the model returns a list of 2 (dict;",
            "boxes: tensor float32", "but every output must be a tensor")
+
+
+def test_an_interpreter_in_a_folder_with_a_space_runs(workflow: Workflow, tmp_path):
+    """Quoted where it reaches the shell: a real path with a space works."""
+    import sys
+
+    folder = tmp_path / "my pythons"
+    folder.mkdir()
+    (folder / "python3").symlink_to(sys.executable)
+    config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
+    config["python"] = str(folder / "python3")
+    workflow.write_config(config)
+    workflow.run("all")
+    with open(workflow.path("results/summary.csv")) as handle:
+        assert [r["verdict"] for r in csv.DictReader(handle)] == ["passed"]

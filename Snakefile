@@ -48,7 +48,7 @@ onerror:
     if not os.path.exists(SUMMARY_CSV) or os.path.getmtime(SUMMARY_CSV) < RUN_STARTED:
         logger.info("trtflow: jobs failed; writing the summary of the cells that finished")
         cells = summary_cells()
-        producers = {c[kind]: _producer(c[kind]).name for c in cells for kind in CELL_ARTIFACTS}
+        producers = {c[kind]: JOBS.producer(c[kind]).name for c in cells for kind in CELL_ARTIFACTS}
         subprocess.run([TORCH_PY, str(SCRIPTS / "summary.py"), "--cells", json.dumps(cells),
                         "--producers", json.dumps(producers),
                         "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,

@@ -1,5 +1,4 @@
 # Path and matrix helpers shared by every stage. Parse time only: nothing heavy is imported here.
-import functools
 import json
 import os
 import subprocess
@@ -8,8 +7,6 @@ import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.io import apply_wildcards
-from snakemake.iocontainers import Wildcards
 
 sys.path.insert(0, workflow.basedir)  # the trtflow package lives beside the Snakefile
 
@@ -17,9 +14,10 @@ from trtflow.backend import TORCH_SIDE_MODULES, check_interpreter, resolve_backe
 from trtflow.config import (matrix, model_opset, model_patch_options, model_tolerances,
                             name_regex, validate_config)
 from trtflow.errors import TrtflowError
-from trtflow.io import remove_corrupt_artifacts, sha256_file
+from trtflow.io import remove_corrupt_artifacts
+from trtflow.jobgraph import JobGraph
 from trtflow.models import BUILTIN_ARCHITECTURES
-from trtflow.provenance import code_digest, digest, module_source_digest
+from trtflow.provenance import module_source_digest
 from trtflow.summary import CELL_ARTIFACTS
 
 BASEDIR = Path(workflow.basedir)
@@ -51,81 +49,15 @@ wildcard_constraints:
     precision="|".join(CONFIG["precisions"]),
     profile=name_regex(),
 
-# Provenance: one digest per job of everything upstream that made its outputs: the rule's params
-# (the config values it reads), the code of its stage script (params.script: its import closure,
-# so no file it runs can be missed), and the digests of the jobs that made its inputs (or a source
-# file's contents). The chain is derived from the rules' own inputs, outputs and params. Every
-# rule takes it as `params.provenance`, so a change anywhere upstream reruns everything downstream
-# even when an intermediate file is missing, and every artifact records it. The interpreter
-# (params.python) and the script's path are where the code runs, not what it computes: left out.
-_NOT_SETTINGS = ("provenance", "python", "script", "producers")
-
-
-def stage_code(stage_rule):
-    """Digest of the import closure of the stage script a rule runs (params.script)."""
-    script = getattr(stage_rule.params, "script", None)
-    return code_digest(str(script), (str(BASEDIR),), ("trtflow",)) if script else ""
-
-
-def _rule_inputs(stage_rule, wildcards):
-    paths = []
-    for item in stage_rule.input:
-        value = item(wildcards) if callable(item) else apply_wildcards(str(item), dict(wildcards.items()))
-        paths += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return paths
-
-
-def _rule_settings(stage_rule, wildcards):
-    return {name: (value(wildcards) if callable(value) else value)
-            for name, value in stage_rule.params.items() if name not in _NOT_SETTINGS}
-
-
-@functools.lru_cache(maxsize=None)
-def _producer(path):
-    for candidate in workflow.rules:
-        if candidate.name != "all" and candidate.output and candidate.is_producer(path):
-            return candidate
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _source_digest(path, size, mtime):
-    return sha256_file(path)[:16]
-
-
-@functools.lru_cache(maxsize=None)
-def job_record(rule_name, wildcard_items):
-    """(provenance digest, log files of the job and every job upstream, upstream first)."""
-    stage_rule = workflow.get_rule(rule_name)
-    wildcards = Wildcards(fromdict=dict(wildcard_items))
-    upstream, logs = [], []
-    for path in _rule_inputs(stage_rule, wildcards):
-        producer = _producer(path)
-        if producer is None:
-            stat = os.stat(path) if os.path.exists(path) else None
-            upstream.append(["file", path, _source_digest(path, stat.st_size, stat.st_mtime_ns)
-                             if stat else "missing"])
-            continue
-        items = tuple(sorted(producer.get_wildcards(path).items()))
-        digest_up, logs_up = job_record(producer.name, items)
-        upstream.append([producer.name, digest_up])
-        logs += [log for log in logs_up if log not in logs]
-    logs += [apply_wildcards(str(log), dict(wildcard_items)) for log in stage_rule.log]
-    record = {"rule": rule_name, "code": stage_code(stage_rule),
-              "settings": _rule_settings(stage_rule, wildcards), "upstream": upstream}
-    return digest(record), tuple(logs)
-
-
-def provenance_of(rule_name):
-    """params.provenance of the rule named `rule_name` (a rule's params cannot reach the rule
-    object, so each names itself)."""
-    return lambda wildcards: job_record(rule_name, tuple(sorted(wildcards.items())))[0]
+# Provenance (trtflow/jobgraph.py): every rule takes params.provenance, one digest of everything
+# upstream of its outputs, derived from the rules themselves; a change anywhere upstream reruns
+# everything downstream, even when an intermediate file is missing.
+JOBS = JobGraph(workflow, BASEDIR)
+provenance_of = JOBS.provenance_param
 
 
 def input_producers(wildcards, input):
-    """params.producers: which rule writes each of a job's inputs, so that a stage script can
-    name the stage of an input that does not decode (trtflow.io.read_artifact)."""
-    return json.dumps({path: _producer(path).name for path in input if _producer(path)})
+    return json.dumps(JOBS.producers_param(wildcards, input))
 
 
 def model_code(wildcards):
@@ -263,8 +195,7 @@ def summary_cells():
         paths = cell_paths(cell)
         provenance, logs = {}, []
         for kind in CELL_ARTIFACTS:
-            stage_rule = _producer(paths[kind])
-            digest_, job_logs = job_record(stage_rule.name, tuple(sorted(stage_rule.get_wildcards(paths[kind]).items())))
+            digest_, job_logs = JOBS.record_of(paths[kind])
             provenance[kind] = digest_
             logs += [log for log in job_logs if log not in logs]
         cells.append({**paths, "backend": BACKEND.name, "provenance": provenance, "logs": logs})

@@ -162,7 +162,8 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     elif precision == "int8":
         if calibration is None:
             raise TrtflowError("int8 needs a calibration set", model=model)
-        to_int8(source, output, calibration, backend, calibration_method or "minmax", form=int8_form)
+        calibration_method = calibration_method or "minmax"
+        to_int8(source, output, calibration, backend, calibration_method, form=int8_form)
     else:
         raise TrtflowError(f"unknown precision '{precision}'", model=model,
                            fix="use fp32, fp16 or int8")

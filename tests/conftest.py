@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pytest
 import yaml
@@ -74,6 +74,15 @@ class Workflow:
             raise AssertionError(f"snakemake failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
                                  f"{done.stderr[-6000:]}")
         return done
+
+    def fails(self, *needles: str, args: Tuple[str, ...] = ("all",)) -> str:
+        """Run, expect a non-zero exit and every needle in the output; return the output."""
+        done = self.run(*args, check=False)
+        text = done.stdout + done.stderr
+        assert done.returncode != 0, text[-3000:]
+        for needle in needles:
+            assert needle in text, f"{needle!r} not in output:\n{text[-4000:]}"
+        return text
 
     def scheduled(self, *targets: str) -> Dict[str, int]:
         """Job counts per rule of a dry run ({} when nothing is to be done)."""

@@ -16,15 +16,6 @@ from conftest import REPO, Workflow, tiny_config, token_entry
 pytestmark = pytest.mark.workflow
 
 
-def _fails(flow: Workflow, *needles: str, args=("all",)) -> str:
-    done = flow.run(*args, check=False)
-    text = done.stdout + done.stderr
-    assert done.returncode != 0, text[-3000:]
-    for needle in needles:
-        assert needle in text, f"{needle!r} not in output:\n{text[-4000:]}"
-    return text
-
-
 # --- corrupt artifacts: one error naming the file and its stage; the next run rebuilds -------
 
 CORRUPTED = {  # model -> the artifact truncated (with a new mtime) after a good run
@@ -102,7 +93,7 @@ def test_an_interpreter_path_is_checked_and_never_run_by_a_shell(workflow: Workf
         config["backend"] = "tensorrt"
         config["tensorrt"] = {"python": value}
     workflow.write_config(config)
-    text = _fails(workflow, "trtflow:")
+    text = workflow.fails("trtflow:")
     assert not marker.exists()
     assert (f"python: '{value}' is not an executable file" in text if key == "python"
             else "backend: tensorrt, but cannot run" in text), text[-3000:]
@@ -112,7 +103,7 @@ def test_a_results_dir_with_a_space_or_a_semicolon_is_refused(workflow: Workflow
     for results_dir in ("my results", "", "/abs/path", "../up", "r;touch x"):
         config = tiny_config(models={"tok": token_entry({"random": True})}, results_dir=results_dir)
         workflow.write_config(config)
-        _fails(workflow, "invalid config at 'results_dir'", args=("-n", "all"))
+        workflow.fails("invalid config at 'results_dir'", args=("-n", "all"))
 
 
 # --- configs that cannot work are refused at parse time ---------------------------------------
@@ -133,7 +124,7 @@ def test_configs_that_cannot_work_are_refused_before_any_job(workflow: Workflow,
     config = tiny_config(models={"tok": token_entry({"random": True})})
     edit(config)
     workflow.write_config(config)
-    text = _fails(workflow, *needles, args=("-n", "all"))
+    text = workflow.fails(*needles, args=("-n", "all"))
     assert "Traceback" not in text
     assert workflow.files() == []
 
@@ -216,7 +207,7 @@ def _image_entry(architecture: str, **extra) -> dict:
 def test_a_stage_killed_by_a_signal_says_which_and_what_to_try(workflow: Workflow):
     workflow.write_config(tiny_config(models={"crash": _image_entry("user_models.faulty:segfault")},
                                       precisions=["fp32"]))
-    text = _fails(workflow, "weights.py was killed by SIGSEGV (11)", "a native library")
+    text = workflow.fails("weights.py was killed by SIGSEGV (11)", "a native library")
     with open(workflow.path("results/summary.csv")) as handle:
         row = next(csv.DictReader(handle))
     assert row["verdict"] == "error" and "killed by SIGSEGV" in row["failures"], row
@@ -230,13 +221,13 @@ def test_a_factory_that_downloads_is_refused_with_the_argument_to_set(workflow: 
     detector = "torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn"
     entry = _image_entry(detector, outputs=["boxes", "labels", "scores"])
     workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
-    _fails(workflow, "model 'det': architecture", "asked to download",
+    workflow.fails("model 'det': architecture", "asked to download",
            "weights_backbone asks for pretrained weights",
            "fix: set models.det.architecture_kwargs: {weights_backbone: null}")
     # with the argument set, the next stop is the output structure, said as such
     entry["architecture_kwargs"] = {"weights_backbone": None}
     workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
-    _fails(workflow, "model 'det': the model returns a list of 2 (dict;",
+    workflow.fails("model 'det': the model returns a list of 2 (dict;",
            "boxes: tensor float32", "but every output must be a tensor")
 
 

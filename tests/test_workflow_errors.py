@@ -6,24 +6,15 @@ import csv
 
 import pytest
 
-from conftest import Workflow, resnet_entry, tiny_config
+from conftest import resnet_entry, tiny_config
 
 pytestmark = pytest.mark.workflow
-
-
-def _fails(flow: Workflow, *needles: str) -> str:
-    done = flow.run("all", check=False)
-    text = done.stdout + done.stderr
-    assert done.returncode != 0, text[-3000:]
-    for needle in needles:
-        assert needle in text, f"{needle!r} not in output:\n{text[-4000:]}"
-    return text
 
 
 def test_missing_weights_file(workflow, tmp_path):
     missing = tmp_path / "nowhere" / "resnet18.pt"
     workflow.write_config(tiny_config(models={"net": resnet_entry({"path": str(missing)})}))
-    _fails(workflow, "model 'net'", "weights file not found", str(missing), "fix:")
+    workflow.fails("model 'net'", "weights file not found", str(missing), "fix:")
     assert workflow.files() == []
 
 
@@ -34,7 +25,7 @@ def test_weights_that_do_not_match_the_architecture(workflow, tmp_path):
     checkpoint = tmp_path / "mobilenet.pt"
     torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), checkpoint)
     workflow.write_config(tiny_config(models={"net": resnet_entry({"path": str(checkpoint)})}))
-    text = _fails(workflow, "model 'net'", "do not match architecture 'resnet18'", "missing",
+    text = workflow.fails("model 'net'", "do not match architecture 'resnet18'", "missing",
                   "fix:")
     assert "Traceback" not in text.split("trtflow error")[-1][:500]
     assert workflow.files() == []
@@ -49,7 +40,7 @@ def test_unknown_architecture(workflow):
     entry = resnet_entry({"random": True})
     entry["architecture"] = "resnet_18"
     workflow.write_config(tiny_config(models={"net": entry}))
-    _fails(workflow, "model 'net'", "unknown architecture 'resnet_18'", "did you mean 'resnet18'")
+    workflow.fails("model 'net'", "unknown architecture 'resnet_18'", "did you mean 'resnet18'")
     assert workflow.files() == []
 
 
@@ -57,7 +48,7 @@ def test_config_that_breaks_the_schema(workflow):
     config = tiny_config(models={"net": resnet_entry({"random": True})})
     config["batch_profiles"]["small"]["max"] = "four"
     workflow.write_config(config)
-    _fails(workflow, "invalid config at 'batch_profiles.small.max'", "'four' is not of type 'integer'")
+    workflow.fails("invalid config at 'batch_profiles.small.max'", "'four' is not of type 'integer'")
     assert workflow.files() == []
 
 
@@ -65,14 +56,14 @@ def test_config_with_an_unknown_key(workflow):
     config = tiny_config(models={"net": resnet_entry({"random": True})})
     config["precision"] = ["fp32"]
     workflow.write_config(config)
-    _fails(workflow, "invalid config", "'precision' was unexpected", "allowed keys here")
+    workflow.fails("invalid config", "'precision' was unexpected", "allowed keys here")
 
 
 def test_input_dtype_the_model_cannot_take(workflow):
     entry = resnet_entry({"random": True})
     entry["inputs"][0]["dtype"] = "int64"
     workflow.write_config(tiny_config(models={"net": entry}))
-    _fails(workflow, "model 'net'", "cannot take its configured inputs", "input: int64",
+    workflow.fails("model 'net'", "cannot take its configured inputs", "input: int64",
            "fix:")
     # the weights stage succeeded and stays; the failed export leaves nothing behind
     assert not any("onnx/" in f for f in workflow.files()), workflow.files()

@@ -7,6 +7,7 @@ Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -75,7 +76,10 @@ def coerce_scalars(value: Any, schema: Dict[str, Any], root: Dict[str, Any]) -> 
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def load_schema(schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
+    """The schema, read once per process (every validate job's gates come from it; callers only
+    read it)."""
     import yaml
 
     return yaml.safe_load(schema_path.read_text())

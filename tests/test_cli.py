@@ -114,3 +114,29 @@ def test_an_isolated_stage_keeps_its_exit_status(tmp_path: Path, clean_root_logg
         cli.run(main, cli.parser("stage"), ["--log", str(tmp_path / "l.log")], isolate=True)
     assert info.value.code == 1
     assert "trtflow error: bad input" in (tmp_path / "l.log").read_text()
+
+
+def test_an_isolated_stage_dies_with_its_process(tmp_path: Path) -> None:
+    """Killing the stage's process (as Snakemake or the OOM killer would) leaves no worker behind
+    that could write an output after the job was declared failed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "stage.py"
+    marker = tmp_path / "written"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(cli.__file__).resolve().parents[1])!r})\n"
+        "from trtflow import cli\n"
+        "def main(args):\n"
+        "    time.sleep(3)\n"
+        f"    open({str(marker)!r}, 'w').write('late')\n"
+        "cli.run(main, cli.parser('stage'))\n")
+    process = subprocess.Popen([sys.executable, str(script), "--log", str(tmp_path / "s.log")])
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)  # the stage's own process, not its worker
+    process.wait()
+    time.sleep(3.5)
+    assert not marker.exists()

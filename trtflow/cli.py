@@ -101,9 +101,11 @@ def _run_isolated(main: Callable[[argparse.Namespace], Any], args: argparse.Name
                   log: logging.Logger, stage: str) -> int:
     for handler in logging.getLogger().handlers:
         handler.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child runs the stage; a native crash prints its Python frames to the log
         code = 1
+        _die_with(parent)
         try:
             with open(args.log, "a") if args.log else contextlib.nullcontext(sys.stderr) as crash:
                 faulthandler.enable(crash)
@@ -124,6 +126,20 @@ def _run_isolated(main: Callable[[argparse.Namespace], Any], args: argparse.Name
                                                       getattr(args, "backend", None)))
         return 1
     return os.WEXITSTATUS(status)
+
+
+def _die_with(parent: int) -> None:
+    """Make this (forked) process die when `parent` does (Linux): a stage whose process is
+    killed, by Snakemake or the OOM killer, must not leave its worker running on, writing an
+    output after Snakemake has removed the failed job's outputs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def _run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace,

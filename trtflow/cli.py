@@ -136,7 +136,7 @@ def _die_with(parent: int) -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # not Linux, or no ctypes: best effort
         pass
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)

@@ -1,4 +1,5 @@
 # Path and matrix helpers shared by every stage. Parse time only: nothing heavy is imported here.
+import functools
 import json
 import os
 import subprocess
@@ -66,7 +67,13 @@ def model_code(wildcards):
     architecture = model_spec(wildcards.model)["architecture"]
     if architecture in BUILTIN_ARCHITECTURES:
         return ""
-    return module_source_digest(architecture.partition(":")[0])
+    return factory_source_digest(architecture.partition(":")[0])
+
+
+@functools.lru_cache(maxsize=None)
+def factory_source_digest(module):
+    """Read and parse a user module once per run, not once per job that builds the model."""
+    return module_source_digest(module)
 
 
 def model_spec(model):

@@ -116,7 +116,7 @@ def cell_artifacts(cell: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], s
             return None, ""
         try:
             data = read_json(path)
-        except TrtflowError as error:  # corrupt (and deleted: the next run makes it again)
+        except TrtflowError as error:  # corrupt (marked: the next run deletes and remakes it)
             return None, str(error).replace("\n", " ")
         expected = (cell.get("provenance") or {}).get(kind)
         if expected and data.get("provenance") != expected:

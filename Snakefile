@@ -28,6 +28,14 @@ include: "rules/validate.smk"
 include: "rules/summary.smk"
 
 
+# the summary and the verdicts read a few small files: on a cluster they run on the submit host
+# instead of waiting in a queue
+localrules:
+    all,
+    summary,
+    verdicts,
+
+
 rule all:
     input:
         summary=SUMMARY_CSV,

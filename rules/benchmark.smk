@@ -18,6 +18,7 @@ rule baseline:
         device=BACKEND.device,
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         torch_threads=CONFIG["onnxruntime"]["intra_op_threads"],
+        requires=REQUIRES_TORCH,
         provenance=provenance_of("baseline"),
         producers=input_producers,
     threads: all_cores
@@ -33,7 +34,7 @@ rule baseline:
         "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
         " --weights {input.weights:q} --reference {input.reference:q} --device {params.device:q}"
         " --profile {params.profile:q} --settings {params.settings:q}"
-        " --threads {params.torch_threads:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --threads {params.torch_threads:q} --job-threads {threads} --output {output:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
 
 
 rule benchmark:
@@ -50,6 +51,7 @@ rule benchmark:
         backend=BACKEND.name,
         settings=json.dumps(CONFIG["benchmark"], sort_keys=True),
         options=runner_options(),
+        requires=REQUIRES_BACKEND,
         provenance=provenance_of("benchmark"),
         producers=input_producers,
     threads: all_cores
@@ -64,4 +66,4 @@ rule benchmark:
     shell:
         "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
         " --sidecar {input.sidecar:q} --reference {input.reference:q} --settings {params.settings:q}"
-        " --options {params.options:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --options {params.options:q} --job-threads {threads} --output {output:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # the trtflow package lives beside the Snakefile
 
-from trtflow.backend import TORCH_SIDE_MODULES, check_interpreter, resolve_backend
+from trtflow.backend import RESOLVED_ENV, TORCH_SIDE_MODULES, backend_of_run, check_interpreter
 from trtflow.config import (matrix, model_opset, model_patch_options, model_tolerances,
                             name_regex, validate_config)
 from trtflow.errors import TrtflowError
@@ -30,18 +30,37 @@ try:
     # PyTorch-side scripts: the configured interpreter, else this one; under --sdm conda the
     # rule's environment provides `python`.
     _conda = "conda" in str(getattr(workflow.deployment_settings, "deployment_method", ""))
-    TORCH_PY = CONFIG["python"] or ("python" if _conda else sys.executable)
-    if CONFIG["python"]:
+    if CONFIG["python"] and workflow.is_main_process:
         check_interpreter("python", CONFIG["python"], TORCH_SIDE_MODULES)
-    BACKEND = resolve_backend(CONFIG, TORCH_PY)
+    # resolved once, by the main process (on a cluster: the submit host); its jobs take it over
+    BACKEND = backend_of_run(CONFIG, CONFIG["python"] or ("python" if _conda else sys.executable),
+                             workflow.is_main_process)
 except TrtflowError as error:
     raise WorkflowError(f"trtflow: {error}")
 
-logger.info(f"trtflow backend: {BACKEND.name} [{BACKEND.tag}] ({BACKEND.reason})")
+# the main process's environment reaches the jobs it starts: executors that do not pass it
+# whole (sbatch --export=ALL does) pass what is named here
+envvars:
+    RESOLVED_ENV
+
+
+if workflow.is_main_process:
+    logger.info(f"trtflow backend: {BACKEND.name} [{BACKEND.tag}] ({BACKEND.reason})")
+    if workflow.non_local_exec and BACKEND.name == "onnxruntime" and CONFIG["backend"] == "auto":
+        logger.warning(
+            f"trtflow: backend auto resolved to ONNX Runtime on this host ({BACKEND.resolved_on}), "
+            "which decides for every job of the run: GPU nodes will not be used. To run "
+            "TensorRT from a host without a GPU, set backend: tensorrt and tensorrt.target "
+            "(README, Scale-out).")
 R = CONFIG["results_dir"]
 TAG = BACKEND.tag
+TORCH_PY = BACKEND.torch_python
 BACKEND_PY = BACKEND.python
 ON_GPU = BACKEND.name == "tensorrt"
+# what a job's node must have (trtflow/node.py): engine, timing and validation jobs the backend,
+# the reference and PyTorch baselines the device they run on
+REQUIRES_BACKEND = json.dumps(BACKEND.requirement("backend"), sort_keys=True)
+REQUIRES_TORCH = json.dumps(BACKEND.requirement("torch"), sort_keys=True)
 CELLS = matrix(CONFIG)
 MODELS = sorted({c.model for c in CELLS})
 
@@ -157,7 +176,8 @@ def engine_options(wildcards):
         options = {k: v for k, v in CONFIG["onnxruntime"].items() if k != "isa"}
         options.update(model_spec(wildcards.model).get("onnxruntime") or {})
         return json.dumps(options, sort_keys=True)
-    options = {k: v for k, v in CONFIG["tensorrt"].items() if k not in ("python", "cuda_graph")}
+    options = {k: v for k, v in CONFIG["tensorrt"].items()
+               if k not in ("python", "target", "cuda_graph")}
     if options.pop("timing_cache"):
         options["timing_cache_path"] = f"{R}/engines/timing-cache-{TAG}.bin"
     return json.dumps(options, sort_keys=True)
@@ -165,7 +185,9 @@ def engine_options(wildcards):
 
 def all_cores(wildcards):
     """Threads of a timing job: every core of the run, so no other job runs beside it. Asked when
-    the job is planned, not at parse time: `snakemake --unlock` needs no --cores."""
+    the job is planned, not at parse time: `snakemake --unlock` needs no --cores. A cluster run
+    has no --cores: 1, unless the profile sets them (profiles/slurm: set-threads, and the job
+    has its node to itself)."""
     return workflow.global_resources["_cores"].value or 1
 
 

@@ -11,6 +11,7 @@ rule engine:
         backend=BACKEND.name,
         profile=profile_json,
         options=engine_options,
+        requires=REQUIRES_BACKEND,
         provenance=provenance_of("engine"),
         producers=input_producers,
     resources:
@@ -25,4 +26,4 @@ rule engine:
         "{params.python:q} {params.script:q} --backend {params.backend:q} --model {wildcards.model:q}"
         " --precision {wildcards.precision:q} --profile-name {wildcards.profile:q}"
         " --profile {params.profile:q} --options {params.options:q} --input {input.onnx:q}"
-        " --output {output.engine:q} --sidecar {output.sidecar:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --output {output.engine:q} --sidecar {output.sidecar:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -11,6 +11,7 @@ rule reference:
         model_code=model_code,
         device=BACKEND.device,
         num_samples=CONFIG["validation"]["num_samples"],
+        requires=REQUIRES_TORCH,
         provenance=provenance_of("reference"),
         producers=input_producers,
     resources:
@@ -24,7 +25,7 @@ rule reference:
     shell:
         "{params.python:q} {params.script:q} --model {wildcards.model:q} --spec {params.spec:q}"
         " --weights {input.weights:q} --device {params.device:q}"
-        " --num-samples {params.num_samples:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --num-samples {params.num_samples:q} --output {output:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
 
 
 rule validate:
@@ -44,6 +45,7 @@ rule validate:
                                          sort_keys=True),
         flags=validate_flags,
         options=runner_options(),
+        requires=REQUIRES_BACKEND,
         provenance=provenance_of("validate"),
         producers=input_producers,
     resources:
@@ -58,4 +60,4 @@ rule validate:
         "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
         " --sidecar {input.sidecar:q} --reference {input.reference:q} --task {params.task:q}"
         " --tolerances {params.tolerances:q} {params.flags:q}"
-        " --options {params.options:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --options {params.options:q} --job-threads {threads} --output {output:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

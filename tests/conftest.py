@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -62,13 +62,15 @@ class Workflow:
     def write_config(self, config: dict) -> None:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def run(self, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, timeout: int = 1500, cores: Optional[str] = "2",
+            env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        """`cores` None: no --cores (a cluster executor's run); `env`: added to the environment."""
         command = [sys.executable, "-m", "snakemake", "--snakefile", str(self.repo / "Snakefile"),
                    "--directory", str(self.directory), "--configfile", str(self.config_path),
-                   "--cores", "2", *args]
+                   *(["--cores", cores] if cores else []), *args]
         # tests/ on the path: the user-model tests import `user_models.<module>:<factory>`
         path = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path, **(env or {}))
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         if check and done.returncode != 0:
             raise AssertionError(f"snakemake failed ({done.returncode}):\n{done.stdout[-4000:]}\n"

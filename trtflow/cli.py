@@ -11,10 +11,11 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from pathlib import Path
 
+from . import node
 from .errors import TrtflowError
 from .io import set_producers
 from .provenance import loaded_sources
@@ -28,7 +29,26 @@ def parser(description: str) -> argparse.ArgumentParser:
                         help="digest of everything upstream (from the workflow), recorded in outputs")
     result.add_argument("--producers", type=json_arg, default={},
                         help="JSON: input path -> the workflow stage that writes it (for errors)")
+    result.add_argument("--requires", type=json_arg, default={},
+                        help="JSON: what this node must have to run the run's backend "
+                             "(trtflow/node.py); {}: runs anywhere")
     return result
+
+
+def add_job_threads(arg_parser: argparse.ArgumentParser) -> None:
+    """--job-threads: the cores Snakemake gave the job ({threads}), which a runtime set to 0
+    threads uses: every core of a local run for a timing job, what the cluster allocated on a
+    cluster (where the runtime's own default, one per core of the node, would oversubscribe)."""
+    arg_parser.add_argument("--job-threads", type=int, required=True,
+                            help="the cores Snakemake gave this job ({threads})")
+
+
+def runner_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """--options with a `threads` of 0 (config onnxruntime.intra_op_threads) made the job's."""
+    options = dict(args.options)
+    if "threads" in options and not options["threads"]:
+        options["threads"] = args.job_threads
+    return options
 
 
 def json_arg(text: str) -> Any:
@@ -145,6 +165,7 @@ def _die_with(parent: int) -> None:
 def _run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace,
               log: logging.Logger) -> None:
     try:
+        node.check(args.requires)
         main(args)
         # what the stage really ran: tests compare it with the import closure the workflow hashes
         log.info("code: %s", " ".join(loaded_sources(Path(__file__).resolve().parents[1])))

@@ -27,8 +27,7 @@ def main(args) -> None:
     from trtflow.models import eval_wrapper, load_trained_model
     from trtflow.runners.torch import TorchRunner
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or args.job_threads)
     reference = load_npz(args.reference)
     inputs = reference_part(reference, "input")
     results = []
@@ -56,6 +55,7 @@ if __name__ == "__main__":
     p.add_argument("--profile", required=True, type=cli.json_arg)
     p.add_argument("--settings", type=cli.json_arg, required=True,
                    help="benchmark settings (warmup, iterations, max_seconds, torch_compile)")
-    p.add_argument("--threads", type=int, required=True, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, required=True, help="torch CPU threads (0: the job's)")
+    cli.add_job_threads(p)
     p.add_argument("--output", required=True)
     cli.run(main, p)

@@ -19,7 +19,7 @@ def main(args) -> None:
     reference = load_npz(args.reference)
     inputs = reference_part(reference, "input")
     backend = get_backend(args.backend)
-    with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **args.options) as runner:
+    with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **cli.runner_options(args)) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
         batches = measure(runner, inputs, profile_batches(sidecar["profile"]), args.settings)
     write_json(args.output, {"engine": args.engine, "settings": args.settings,
@@ -36,5 +36,6 @@ if __name__ == "__main__":
     p.add_argument("--settings", type=cli.json_arg, required=True,
                    help="benchmark settings (warmup, iterations, max_seconds)")
     p.add_argument("--options", type=cli.json_arg, required=True, help="runner options")
+    cli.add_job_threads(p)
     p.add_argument("--output", required=True)
     cli.run(main, p)

@@ -27,7 +27,7 @@ def main(args) -> None:
     labels = list(reference["__labels__"]) if "__labels__" in reference else None
     profile = sidecar["profile"]
     with get_backend(args.backend).EngineRunner(Path(args.engine), Path(args.sidecar),
-                                                **args.options) as runner:
+                                                **cli.runner_options(args)) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
         outputs = infer_in_chunks(runner, inputs, int(profile["max"]), int(profile["min"]))
     result = compare(outputs, expected, args.task, args.tolerances,
@@ -62,5 +62,6 @@ if __name__ == "__main__":
                    help="task detection: confidence of the reference detections to reproduce")
     p.add_argument("--pretrained", action="store_true", help="the weights are real, not random")
     p.add_argument("--options", type=cli.json_arg, required=True, help="runner options")
+    cli.add_job_threads(p)
     p.add_argument("--output", required=True)
     cli.run(main, p)

@@ -45,6 +45,10 @@ rule all:
     default_target: True
 
 
+onstart:
+    warn_of_a_cluster_fallback()
+
+
 onsuccess:
     write_report()
 

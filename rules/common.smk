@@ -46,6 +46,11 @@ envvars:
 
 if workflow.is_main_process:
     logger.info(f"trtflow backend: {BACKEND.name} [{BACKEND.tag}] ({BACKEND.reason})")
+
+
+def warn_of_a_cluster_fallback():
+    """On a cluster, `auto` resolved on a submit host without a GPU means no GPU node is used:
+    say so when the run starts (the executor is known only then, not at parse time)."""
     if workflow.non_local_exec and BACKEND.name == "onnxruntime" and CONFIG["backend"] == "auto":
         logger.warning(
             f"trtflow: backend auto resolved to ONNX Runtime on this host ({BACKEND.resolved_on}), "
@@ -101,12 +106,14 @@ def model_spec(model):
 
 # The keys of a model's config entry each stage reads: a stage gets only those, so an edit to
 # one key (say the model's patch options) reruns only the stages that read it.
-MODEL_KEYS = ("architecture", "architecture_kwargs")
+# what builds the model: a torchvision detector's deploy module also takes its input size,
+# output names and detection count (trtflow/detection.py)
+MODEL_KEYS = ("architecture", "architecture_kwargs", "inputs", "outputs", "max_detections")
 SPEC_KEYS = {
     "weights": MODEL_KEYS + ("weights",),
-    "export": MODEL_KEYS + ("inputs", "outputs", "static_batch"),
-    "reference": MODEL_KEYS + ("inputs", "outputs", "labels", "static_batch"),
-    "baseline": MODEL_KEYS + ("inputs", "outputs", "static_batch"),
+    "export": MODEL_KEYS + ("static_batch",),
+    "reference": MODEL_KEYS + ("labels", "static_batch"),
+    "baseline": MODEL_KEYS + ("static_batch",),
     "precision": ("inputs",),
 }
 

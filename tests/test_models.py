@@ -178,3 +178,20 @@ def test_eval_wrapper_returns_a_tuple_and_stays_in_eval_mode() -> None:
 def test_eval_wrapper_wraps_a_single_tensor_output() -> None:
     out = eval_wrapper(TokenClassifier())(torch.zeros(1, 16, dtype=torch.long))
     assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (1, 10)
+
+
+def test_torchvision_factories_are_built_with_their_weights_off() -> None:
+    """Built-in names and `torchvision...:factory` entries alike; trtflow's own and user
+    factories keep their signature's defaults."""
+    from torchvision.models import detection, mobilenet_v2
+
+    from trtflow.models import no_download_kwargs
+    from trtflow.zoo import maskrcnn_r50_fpn
+
+    assert no_download_kwargs(detection.fcos_resnet50_fpn) == {"weights": None,
+                                                               "weights_backbone": None}
+    assert no_download_kwargs(mobilenet_v2) == {"weights": None}
+    assert no_download_kwargs(maskrcnn_r50_fpn) == {}
+    built = build_model("det", {"architecture": "torchvision.models.detection:fcos_resnet50_fpn",
+                                "architecture_kwargs": {"num_classes": 3}})
+    assert built.head.classification_head.num_classes == 3

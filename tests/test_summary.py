@@ -165,3 +165,22 @@ def test_plots_of_a_run_where_no_cell_finished(tmp_path: Path) -> None:
     plot_latency_vs_batch(tmp_path / "l.csv", tmp_path / "a.png")
     plot_accuracy_vs_speed(tmp_path / "s.csv", tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_detector_row_has_detection_metrics_not_the_labels_tensors(tmp_path: Path) -> None:
+    """The first output of a detector is its labels: their rel. L2 looked like a failure on a
+    passing cell. Its row carries recall, precision, matched box IoU and score difference."""
+    cell = make_cell(tmp_path, "fp16", 2.0)
+    validation = json.loads(Path(cell["validation"]).read_text())
+    validation["outputs"] = {"labels": {"nonfinite": 0, "max_abs": 7.0, "rel_l2": 0.93,
+                                        "cosine": 0.58}}
+    validation["detections"] = {"reference_detections": 12, "engine_detections": 13,
+                                "detection_recall": 1.0, "detection_precision": 0.923077,
+                                "matched_box_iou": 0.9987654, "max_score_diff": 0.0123,
+                                "matched_masks": 12, "mask_iou": 0.97}
+    Path(cell["validation"]).write_text(json.dumps(validation))
+    summarize([cell], tmp_path / "summary.csv", tmp_path / "latency.csv")
+    row = read_csv(tmp_path / "summary.csv")[0]
+    assert (row["detection_recall"], row["detection_precision"], row["box_iou"],
+            row["score_diff"], row["mask_iou"]) == ("1.0", "0.923077", "0.998765", "0.0123", "0.97")
+    assert row["rel_l2"] == row["max_abs"] == row["cosine"] == row["keypoint_distance"] == ""

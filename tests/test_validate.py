@@ -351,3 +351,21 @@ def test_no_applicable_gate_is_unchecked_and_a_broken_engine_still_fails() -> No
     assert failed["verdict"] == "failed" and "NaN/Inf" in failed["failures"][0]
     passed = compare({"logits": reference}, {"logits": reference}, "generic", {"rel_l2": 1e-6}, names)
     assert passed["verdict"] == "passed" and passed["gates"] == ["rel_l2"]
+
+
+def test_boxes_clipped_flat_at_the_border_match_when_they_are_the_same() -> None:
+    """Zero-width boxes (x1 == x2 == image width) from engine and reference are one detection."""
+    from trtflow.validate import box_iou
+
+    flat = np.array([640.0, 10.0, 640.0, 50.0])
+    others = np.array([[640.0, 10.0, 640.0, 50.0],     # the same
+                       [640.0, 30.0, 640.0, 70.0],     # same line, half overlapping: 20 / 60
+                       [600.0, 10.0, 600.0, 50.0],     # another line
+                       [630.0, 10.0, 640.0, 50.0]])    # a real box: no overlap in area
+    assert np.allclose(box_iou(flat, others), [1.0, 1 / 3, 0.0, 0.0])
+    point = np.array([5.0, 5.0, 5.0, 5.0])
+    assert np.allclose(box_iou(point, np.array([[5.0, 5.0, 5.0, 5.0], [5.0, 6.0, 5.0, 6.0]])),
+                       [1.0, 0.0])
+    # boxes with area are unchanged
+    assert np.allclose(box_iou(np.array([0.0, 0.0, 2.0, 2.0]), np.array([[1.0, 0.0, 3.0, 2.0]])),
+                       [1 / 3])

@@ -218,17 +218,25 @@ def test_a_stage_killed_by_a_signal_says_which_and_what_to_try(workflow: Workflo
 def test_a_factory_that_downloads_is_refused_with_the_argument_to_set(workflow: Workflow, tmp_path,
                                                                       monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached
+    entry = _image_entry("user_models.faulty:pretrained_classifier")
+    workflow.write_config(tiny_config(models={"net": entry}, precisions=["fp32"]))
+    workflow.fails("model 'net': architecture", "asked to download https://example.invalid/",
+                   "pretrained asks for pretrained weights",
+                   "fix: set models.net.architecture_kwargs: {pretrained: false}")
+
+
+def test_a_torchvision_factory_is_built_without_its_default_weights(workflow: Workflow, tmp_path,
+                                                                    monkeypatch):
+    """torchvision's detectors default to an ImageNet backbone: built with it off, so nothing is
+    downloaded and random weights are random (the next stop is the output structure)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached
     detector = "torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn"
     entry = _image_entry(detector, outputs=["boxes", "labels", "scores"])
     workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
-    workflow.fails("model 'det': architecture", "asked to download",
-           "weights_backbone asks for pretrained weights",
-           "fix: set models.det.architecture_kwargs: {weights_backbone: null}")
-    # with the argument set, the next stop is the output structure, said as such
-    entry["architecture_kwargs"] = {"weights_backbone": None}
-    workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
-    workflow.fails("model 'det': the model returns a list of 2 (dict;",
-           "boxes: tensor float32", "but every output must be a tensor")
+    text = workflow.fails("model 'det': the model returns a list of 2 (dict;",
+                          "boxes: tensor float32", "but every output must be a tensor")
+    assert "download" not in text
+    assert not (tmp_path / "torch-home").exists()
 
 
 def test_an_interpreter_in_a_folder_with_a_space_runs(workflow: Workflow, tmp_path):

@@ -38,6 +38,9 @@ def test_rtdetr_r18_detections_validate(workflow: Workflow):
         rows = {r["precision"]: r for r in csv.DictReader(handle)}
     assert rows["fp32"]["validation_passed"] == "True", rows["fp32"]["failures"]
     assert rows["fp16"]["validation_passed"] == "True", rows["fp16"]["failures"]
+    # a detector's row: detection metrics, not the labels tensor's rel. L2
+    assert float(rows["fp32"]["detection_recall"]) >= 0.7 and float(rows["fp32"]["box_iou"]) > 0.99
+    assert rows["fp32"]["rel_l2"] == "" and rows["fp32"]["cosine"] == ""
     exported = json.loads(workflow.path("results/onnx/rtdetr/export.json").read_text())
     assert exported["opset"] == 16
     assert [i["dtype"] for i in exported["inputs"]] == ["float32", "int32"]

@@ -225,6 +225,10 @@ def model_profiles(config: Dict[str, Any], model: str) -> List[str]:
     return list(config["models"][model].get("batch_profiles") or config["batch_profiles"])
 
 
+# factories whose models trtflow.detection adapts: one image per call, so a static batch of 1
+ONE_IMAGE_FACTORIES = ("torchvision.models.detection:", "torchvision.models.detection.")
+
+
 def check_model_profiles(config: Dict[str, Any], model: str, config_file: str = "config") -> None:
     """A model's profile list names existing profiles; a static-batch model runs only in
     profiles of exactly that batch (its graph cannot take any other)."""
@@ -236,6 +240,8 @@ def check_model_profiles(config: Dict[str, Any], model: str, config_file: str = 
                 model=model, path=config_file,
                 fix=f"use one of {sorted(config['batch_profiles'])} or add '{name}' to batch_profiles")
     static = spec.get("static_batch")
+    if static is None and spec["architecture"].startswith(ONE_IMAGE_FACTORIES):
+        static = spec["static_batch"] = 1  # the detection adapter runs one image per call
     if static is None:
         return
     for name in model_profiles(config, model):

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence
 
+from . import detection
 from .errors import TrtflowError
 from .io import atomic_path, write_json
 
@@ -15,13 +16,25 @@ BATCH_AXIS_NAME = "batch"
 EXPORT_BATCH = 2  # a batch of 1 lets the tracer specialise the batch axis away
 
 
-def dummy_inputs(model: str, specs: Sequence[Mapping[str, Any]], batch: int = EXPORT_BATCH):
+def dummy_inputs(model: str, specs: Sequence[Mapping[str, Any]], batch: int = EXPORT_BATCH,
+                 own_data: bool = False):
+    """Inputs to trace with: seeded random ones, or (own_data) the inputs' own sample data."""
     import torch
 
     from .data import input_set
 
-    arrays, _ = input_set(model, [dict(s, data="synthetic") for s in specs], batch, "validation")
+    specs_used = specs if own_data else [dict(s, data="synthetic") for s in specs]
+    arrays, _ = input_set(model, specs_used, batch, "validation")
     return tuple(torch.from_numpy(arrays[s["name"]]) for s in specs)
+
+
+def check_adapted_batch(model: str, static_batch: Any) -> None:
+    if static_batch != 1:
+        raise TrtflowError(
+            f"a torchvision detector runs one image per call (trtflow.detection), but "
+            f"static_batch is {static_batch}", model=model,
+            fix=f"set models.{model}.static_batch: 1 and run it in batch profiles of "
+                "{min: 1, opt: 1, max: 1}")
 
 
 def describe_structure(value: Any, depth: int = 0) -> str:
@@ -80,11 +93,19 @@ def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: 
 
     from .models import eval_wrapper, load_trained_model
 
-    module = eval_wrapper(load_trained_model(model, spec, weights_path))
+    trained = load_trained_model(model, spec, weights_path)
+    module = eval_wrapper(trained)
     specs = spec["inputs"]
     static_batch = spec.get("static_batch")
-    inputs = dummy_inputs(model, specs, static_batch or EXPORT_BATCH)
+    adapted = detection.is_adapted(trained)
+    if adapted:
+        check_adapted_batch(model, static_batch)
+    # a detector is traced on its sample images: on noise it may find nothing, and the trace
+    # would keep only the no-detection path (no NMS at all)
+    inputs = dummy_inputs(model, specs, static_batch or EXPORT_BATCH, own_data=adapted)
     check_forward(module, inputs, model, specs, spec["outputs"])
+    if adapted:
+        detection.check_trace_finds_detections(module, inputs, model)
     input_names = [s["name"] for s in specs]
     output_names = list(spec["outputs"])
     log.info("export: %s with the %s exporter at opset %d, %s batch", model, exporter, opset,

@@ -14,6 +14,7 @@ import re
 import sys
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping
 
+from . import detection
 from .errors import TrtflowError
 
 # name -> "module:factory"; torchvision factories are called with weights=None (weights come from
@@ -28,16 +29,12 @@ BUILTIN_ARCHITECTURES: Dict[str, str] = {
     "maskrcnn_r50_fpn": "trtflow.zoo:maskrcnn_r50_fpn",
     "keypointrcnn_r50_fpn": "trtflow.zoo:keypointrcnn_r50_fpn",
 }
-# Keyword arguments that keep a torchvision factory from downloading anything: the segmentation
-# models would otherwise fetch ImageNet backbone weights.
-NO_DOWNLOAD_KWARGS: Dict[str, Dict[str, Any]] = {
-    "deeplabv3_resnet50": {"weights": None, "weights_backbone": None},
-    "fcn_resnet50": {"weights": None, "weights_backbone": None},
-    # built by trtflow.zoo with nothing to download (no weights argument)
-    "rtdetr_r18": {},
-    "maskrcnn_r50_fpn": {},
-    "keypointrcnn_r50_fpn": {},
-}
+# factory parameters that ask for pretrained weights (torchvision and timm style)
+WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+# the package whose factories are always built without weights: trtflow's weights stage gives
+# them theirs (torchvision's default backbone weights would otherwise be downloaded, and a "random"
+# model would silently hold an ImageNet backbone)
+NO_DOWNLOAD_PACKAGES = ("torchvision.",)
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -70,8 +67,17 @@ def resolve_factory(model: str, architecture: str) -> Callable[..., Any]:
     return factory
 
 
-# factory parameters that ask for pretrained weights (torchvision and timm style)
-WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+def no_download_kwargs(factory: Callable[..., Any]) -> Dict[str, Any]:
+    """Every weight-asking parameter of a torchvision factory, set off (built-in name or
+    `torchvision.models...:factory` alike); other factories' are the user's to set."""
+    if not getattr(factory, "__module__", "").startswith(NO_DOWNLOAD_PACKAGES):
+        return {}
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: (False if name.startswith("pretrained") else None)
+            for name in WEIGHT_ARGUMENTS if name in parameters}
 
 
 def weight_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> List[str]:
@@ -94,7 +100,8 @@ def downloads_refused(model: str, architecture: str, factory: Callable[..., Any]
     asking = weight_arguments(factory, kwargs)
 
     def refuse(url: str, *args: Any, **kw: Any) -> None:
-        names = ", ".join(f"{n}: null" for n in asking) or "its weights arguments off"
+        names = ", ".join(f"{n}: {'false' if n.startswith('pretrained') else 'null'}"
+                          for n in asking) or "its weights arguments off"
         raise TrtflowError(
             f"architecture '{architecture}' asked to download {url} while building the model "
             f"({', '.join(asking) or 'an argument'} asks for pretrained weights); trtflow never "
@@ -119,12 +126,12 @@ def downloads_refused(model: str, architecture: str, factory: Callable[..., Any]
 def build_model(model: str, spec: Mapping[str, Any]):
     """Instantiate the architecture (no weights loaded, nothing downloaded) in eval mode."""
     factory = resolve_factory(model, spec["architecture"])
-    kwargs = dict(spec.get("architecture_kwargs") or {})
-    if spec["architecture"] in BUILTIN_ARCHITECTURES:
-        for key, value in NO_DOWNLOAD_KWARGS.get(spec["architecture"], {"weights": None}).items():
-            kwargs.setdefault(key, value)
+    kwargs = {**no_download_kwargs(factory), **(spec.get("architecture_kwargs") or {})}
     with downloads_refused(model, spec["architecture"], factory, kwargs):
         module = factory(**kwargs)
+    if detection.is_torchvision_detector(module):  # list of dicts out: made deployable here
+        module = detection.deploy(module, model, spec["inputs"][0]["shape"], spec["outputs"],
+                                  spec.get("max_detections", detection.DEFAULT_MAX_DETECTIONS))
     return module.eval()
 
 

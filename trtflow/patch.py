@@ -333,6 +333,56 @@ def roialign_to_gridsample(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"rewritten": rewritten, "kept": kept}
 
 
+def _inferred_dims(graph) -> Dict[str, List[Any]]:
+    """Every tensor's dims as ONNX shape inference knows them (None where symbolic)."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    with _ir_version(graph.ir_version or DEFAULT_IR_VERSION):
+        proto = onnx.shape_inference.infer_shapes(gs.export_onnx(graph))
+    infos = list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)
+    return {info.name: [d.dim_value if d.HasField("dim_value") else None
+                        for d in info.type.tensor_type.shape.dim] for info in infos}
+
+
+def fold_known_dims(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """Replace Shape(x)[i] by a constant where shape inference knows x's dim i.
+
+    A one-stage detector reshapes each pyramid level's kept boxes to the shape of another tensor
+    of them (torchvision's clip_boxes_to_image: N x 2 x 2 -> N x 4, the 4 read from a Shape).
+    ONNX Runtime's ReshapeFusion rewrites such a shape as {0, -1} (copy N, infer the rest), which
+    has no answer when a level keeps no box (N = 0): the run fails on that image. With the
+    known 4 a constant, the shape is {0, 4}, defined for N = 0; TensorRT gets fewer shape ops."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    dims = _inferred_dims(graph)
+    folded = []
+    for node in [n for n in graph.nodes if n.op == "Gather"]:
+        source, index = node.inputs
+        shape = source.inputs[0] if len(source.inputs) == 1 else None
+        if (shape is None or shape.op != "Shape" or shape.attrs.get("start") or "end" in shape.attrs
+                or not isinstance(index, gs.Constant) or index.values.size != 1):
+            continue
+        known = dims.get(shape.inputs[0].name) or []
+        position = int(index.values.reshape(-1)[0])
+        if not -len(known) <= position < len(known) or known[position] is None:
+            continue
+        value = gs.Constant(f"{node.outputs[0].name}/known",
+                            np.full(index.values.shape, known[position], dtype=np.int64))
+        for consumer in list(node.outputs[0].outputs):
+            for position_in, tensor in enumerate(list(consumer.inputs)):
+                if tensor is node.outputs[0]:
+                    consumer.inputs[position_in] = value
+        folded.append(f"{node.name}: {shape.inputs[0].name}[{position}] = {known[position]}")
+    graph.cleanup().toposort()
+    if folded:  # what only depended on those dims is constant now
+        with _ir_version(graph.ir_version or DEFAULT_IR_VERSION):
+            graph.fold_constants(error_ok=False).cleanup()
+    return {"folded": len(folded), "examples": folded[:10],
+            "shape_ops_left": sum(node.op == "Shape" for node in graph.nodes)}
+
+
 def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Marker pass: shapes are inferred on the ModelProto in `apply_passes` (needs onnx)."""
     return {}
@@ -340,6 +390,7 @@ def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
 
 PASSES: Dict[str, Callable[[Any, PatchContext], Dict[str, Any]]] = {
     "fold_constants": fold_constants,
+    "fold_known_dims": fold_known_dims,
     "cleanup": cleanup,
     "toposort": toposort,
     "int64_inputs_to_int32": int64_inputs_to_int32,

@@ -15,7 +15,9 @@ SUMMARY_COLUMNS = [
     "batch", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
     "throughput", "torch_latency_p50_ms", "speedup_vs_torch", "torch_fp16_latency_p50_ms",
     "speedup_vs_torch_fp16", "validation_passed", "max_abs", "rel_l2", "cosine",
-    "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "failures", "weights",
+    "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
+    "detection_precision", "box_iou", "score_diff", "mask_iou", "keypoint_distance", "failures",
+    "weights",
     "build_seconds", "layer_precisions", "provenance",
 ]
 # the per-cell artifacts a summary row is made of (paths and expected provenance in each cell)
@@ -36,9 +38,23 @@ def _baseline(baseline: Mapping[str, Any], variant: str, batch: int) -> Optional
     return None
 
 
-def _first_output_metrics(validation: Mapping[str, Any]) -> Mapping[str, Any]:
-    outputs = validation.get("outputs") or {}
-    return next(iter(outputs.values()), {})
+# the accuracy columns of a cell's task: tensor metrics of its first output, or, for detectors,
+# the detection metrics (their first output is the labels tensor, whose rel. L2 means nothing)
+TENSOR_COLUMNS = {name: name for name in ("max_abs", "rel_l2", "cosine", "top1_agreement",
+                                          "top5_agreement", "pixel_agreement", "miou")}
+DETECTION_COLUMNS = {"detection_recall": "detection_recall",
+                     "detection_precision": "detection_precision", "box_iou": "matched_box_iou",
+                     "score_diff": "max_score_diff", "mask_iou": "mask_iou",
+                     "keypoint_distance": "keypoint_distance"}
+
+
+def accuracy_columns(validation: Mapping[str, Any]) -> Dict[str, Any]:
+    if "detections" in validation:
+        metrics, columns = validation["detections"], DETECTION_COLUMNS
+    else:
+        metrics = next(iter((validation.get("outputs") or {}).values()), {})
+        columns = TENSOR_COLUMNS
+    return {column: _round(metrics.get(key)) for column, key in columns.items()}
 
 
 def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
@@ -49,7 +65,6 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
     point = _at_batch(benchmark["batches"], opt) or benchmark["batches"][-1]
     torch32 = _baseline(baseline, "torch-eager-fp32", point["batch"])
     torch16 = _baseline(baseline, "torch-eager-fp16", point["batch"])
-    metrics = _first_output_metrics(validation)
     p50 = float(point["latency_p50_ms"])
     return {
         "model": cell["model"], "precision": cell["precision"],
@@ -66,8 +81,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 else "",
         "verdict": validation["verdict"],
         "validation_passed": validation["verdict"] == "passed",
-        **{k: _round(metrics.get(k)) for k in ("max_abs", "rel_l2", "cosine", "top1_agreement",
-                                                 "top5_agreement", "pixel_agreement", "miou")},
+        **accuracy_columns(validation),
         "failures": " | ".join(validation.get("reference_problems", [])
                                + validation.get("failures", [])),
         "weights": weights.get("weights", ""),

@@ -127,7 +127,26 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(high - low, 0, None), axis=1)
     area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa: E731
     union = area(box) + area(boxes) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    flat = union <= 0
+    return np.where(flat, _flat_box_iou(box, boxes), iou) if flat.any() else iou
+
+
+def _flat_box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU where both boxes have zero area (a detection clipped flat at the image border, which
+    engine and reference both return): per axis, the overlap of the two extents where they have
+    any, and whether they lie on the same line where neither has (fp16 coordinates: 1e-3)."""
+    result = np.ones(len(boxes))
+    for axis in (0, 1):
+        low, high = boxes[:, axis], boxes[:, axis + 2]
+        if box[axis + 2] - box[axis] <= 0:
+            same_line = (high - low <= 0) & np.isclose(low, box[axis], rtol=1e-3, atol=1e-3)
+            result *= same_line
+            continue
+        overlap = np.clip(np.minimum(box[axis + 2], high) - np.maximum(box[axis], low), 0, None)
+        span = np.maximum(box[axis + 2], high) - np.minimum(box[axis], low)
+        result *= overlap / span
+    return result
 
 
 Pair = Tuple[int, int, int]  # (image, reference detection, engine detection)

@@ -100,11 +100,26 @@ def reset_zero_layers(module) -> List[str]:
     return reset
 
 
+# calibration crops a random detector is initialised on (the validation samples are others)
+INIT_SAMPLES = 4
+
+
+def sample_images(model: str, spec: Mapping[str, Any]) -> List[Any]:
+    """The model's first input as calibration samples, one 3 x H x W tensor each."""
+    import torch
+
+    from .data import input_set
+
+    arrays, _ = input_set(model, spec["inputs"][:1], INIT_SAMPLES, "calibration")
+    return list(torch.from_numpy(next(iter(arrays.values()))))
+
+
 def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output: Path,
                     metadata_output: Path) -> Dict[str, Any]:
     """Resolve the model's weights, check them against the architecture, save a state_dict."""
     import torch
 
+    from . import detection
     from .models import build_model, extract_state_dict, load_weights
 
     weights = spec["weights"]
@@ -118,6 +133,9 @@ def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output
                      "(random weights must make outputs that depend on the input)", ", ".join(reset))
         meta = {"weights": "random", "seed": seed, "source": "random", "source_sha256": None,
                 "reinitialised_zero_layers": reset}
+        if detection.is_adapted(module):
+            meta["detection_init"] = detection.initialise_for_validation(
+                module.detector, sample_images(model, spec), seed)
     else:
         if "builtin" in weights:
             path = fetch_builtin(weights["builtin"], cache_dir, model)

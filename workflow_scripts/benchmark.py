@@ -19,10 +19,11 @@ def main(args) -> None:
     reference = load_npz(args.reference)
     inputs = reference_part(reference, "input")
     backend = get_backend(args.backend)
-    with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **cli.runner_options(args)) as runner:
+    options = cli.runner_options(args)
+    with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **options) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
         batches = measure(runner, inputs, profile_batches(sidecar["profile"]), args.settings)
-    write_json(args.output, {"engine": args.engine, "settings": args.settings,
+    write_json(args.output, {"engine": args.engine, "settings": args.settings, "runner": options,
                              "sidecar": sidecar, "batches": batches,
                              "provenance": args.provenance})
 

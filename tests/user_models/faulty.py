@@ -1,4 +1,4 @@
-"""Factories that fail the way real ones do: a native crash while building the model."""
+"""Factories that fail the way real ones do: a native crash, a download while building the model."""
 
 
 def segfault():
@@ -6,3 +6,14 @@ def segfault():
     import ctypes
 
     ctypes.string_at(0)
+
+
+def pretrained_classifier(pretrained: bool = True):
+    """Asks for pretrained weights by default, as timm-style factories do: a hub download."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 10))
+    if pretrained:
+        model.load_state_dict(torch.hub.load_state_dict_from_url(
+            "https://example.invalid/classifier.pth"))
+    return model

@@ -1,0 +1,235 @@
+"""torchvision-style detectors as deployable modules, without user glue code.
+
+A torchvision detector (R-CNN, RetinaNet, FCOS, SSD: anything with a GeneralizedRCNNTransform)
+takes a list of images and returns a list of dicts (boxes, labels, scores, and masks or keypoints
+where the model has them), resized and with as many rows as it found. An engine needs tensors of
+fixed shapes. `deploy` wraps such a detector as trtflow.zoo wraps its built-ins: one image per
+call at the configured input size (no resize), the model's own normalisation inside, the dict
+entries the config's `outputs` name returned in that order (labels as int32), each padded to
+`max_detections` rows by a scatter into zeros, so the graph's output shapes are static.
+
+`initialise_for_validation` gives a randomly initialised detector (weights: {random: true})
+detections that can be validated: torchvision's initialisation leaves the backbone's activations
+fading with depth and the classification heads at one score for everything, so the reference has
+no confident detection, or only ties that any engine breaks differently.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from .errors import TrtflowError
+
+log = logging.getLogger(__name__)
+
+# what every detection output starts with, in the order validation reads them
+DETECTION_OUTPUTS = ("labels", "boxes", "scores")
+# the detector's attribute capping its detections per image, by family
+DETECTION_CAPS = ("detections_per_img", "box_detections_per_img")
+# per image, how many detections a randomly initialised detector is calibrated to make with a
+# score of at least CONFIDENT: well under the usual max_detections (100), so that the cut-off
+# never falls among confident ones, and enough to compare
+CALIBRATED_DETECTIONS = 12
+CONFIDENT = 0.5
+DEFAULT_MAX_DETECTIONS = 100  # config: models.<name>.max_detections (schema default)
+ADAPTER = "torchvision-detection"
+
+
+def is_adapted(module: Any) -> bool:
+    """A torchvision detector wrapped by `deploy`."""
+    return getattr(module, "adapter", None) == ADAPTER
+
+
+def is_torchvision_detector(module: Any) -> bool:
+    """A torchvision detection model: it has the detection transform (list in, dicts out)."""
+    return type(getattr(module, "transform", None)).__name__ == "GeneralizedRCNNTransform"
+
+
+def output_keys(detector: Any) -> List[str]:
+    """The keys of the dicts this detector returns."""
+    keys = list(DETECTION_OUTPUTS)
+    heads = getattr(detector, "roi_heads", None)
+    if heads is not None and heads.has_mask():
+        keys.append("masks")
+    if heads is not None and heads.has_keypoint():
+        keys += ["keypoints", "keypoints_scores"]
+    return keys
+
+
+def deploy(detector: Any, model: str, image_shape: Sequence[int], outputs: Sequence[str],
+           max_detections: int):
+    """The deploy module around a torchvision detector: images (1 x 3 x H x W, RGB in [0, 1])
+    -> the named dict entries, each 1 x max_detections x ... (class built here: no torch at
+    import)."""
+    import torch
+
+    available = output_keys(detector)
+    unknown = [name for name in outputs if name not in available]
+    if unknown or list(outputs[:3]) != list(DETECTION_OUTPUTS):
+        raise TrtflowError(
+            f"outputs {list(outputs)}: this torchvision detector returns {available}", model=model,
+            fix=f"set models.{model}.outputs to {available} (labels, boxes and scores first, the "
+                "others as needed)")
+    for cap in DETECTION_CAPS:  # the detector never returns more rows than the outputs have
+        for owner in (detector, getattr(detector, "roi_heads", None)):
+            if owner is not None and hasattr(owner, cap):
+                setattr(owner, cap, max_detections)
+    # the input has the configured size already: torchvision's resize would export as a
+    # data-dependent interpolation (and change the boxes' scale)
+    detector.transform.resize = lambda image, target=None: (image, target)
+    height, width = int(image_shape[-2]), int(image_shape[-1])
+
+    class Deploy(torch.nn.Module):
+        static_batch = 1  # one image per call: the graph is traced for one
+        adapter = ADAPTER  # weights: {random: true} initialises it for validation
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = detector
+            self.outputs = tuple(outputs)
+            self.max_detections = max_detections
+
+        def forward(self, images):
+            if images.shape[0] != 1 or tuple(images.shape[-2:]) != (height, width):
+                raise ValueError(f"this deploy module takes 1 x 3 x {height} x {width} images, "
+                                 f"got {list(images.shape)}")
+            found = self.detector([images[0]])[0]
+            found["labels"] = found["labels"].to(torch.int32)
+            return tuple(self._pad(found[name]) for name in self.outputs)
+
+        def _pad(self, rows):
+            """n x ... -> 1 x max_detections x ...: the n rows scattered into zeros of the full
+            size, so the output shape is the constant's whatever n is (a pad or slice would
+            leave it data-dependent)."""
+            tail = tuple(int(d) for d in rows.shape[1:])
+            index = torch.arange(rows.shape[0], device=rows.device)
+            index = index.view(-1, *([1] * len(tail))).expand_as(rows)
+            padded = torch.zeros((self.max_detections, *tail), dtype=rows.dtype,
+                                 device=rows.device)
+            return padded.scatter(0, index, rows).unsqueeze(0)
+
+    return Deploy().eval()
+
+
+# --- random initialisation that validation can use ------------------------------------------
+
+def _normalise_batch_norms(module: Any, run: Callable[[], Any]) -> int:
+    """Set each batch norm's statistics to what it sees on the sample images (in order, in one
+    pass: a pre-hook updates a layer just before it normalises), so activations keep unit scale
+    through a random backbone instead of fading towards zero."""
+    import torch
+    from torchvision.ops import FrozenBatchNorm2d
+
+    def measure(layer, inputs):
+        x = inputs[0]
+        dims = [0] + list(range(2, x.dim()))
+        layer.running_mean.copy_(x.mean(dims))
+        layer.running_var.copy_(x.var(dims))
+
+    norms = [m for m in module.modules()
+             if isinstance(m, (FrozenBatchNorm2d, torch.nn.modules.batchnorm._BatchNorm))]
+    hooks = [layer.register_forward_pre_hook(measure) for layer in norms]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return len(norms)
+
+
+def _layer_outputs(layer: Any, run: Callable[[], Any]):
+    import torch
+
+    seen: List[Any] = []
+    hook = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().flatten()))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        hook.remove()
+    return torch.cat(seen)
+
+
+def classification_layers(detector: Any) -> List[Tuple[str, Any]]:
+    """The layers whose outputs are class (or objectness) logits: RPN objectness, R-CNN box
+    classifier, one-stage classification heads."""
+    return [(name, layer) for name, layer in detector.named_modules()
+            if name.rsplit(".", 1)[-1] in ("cls_logits", "cls_score") and hasattr(layer, "bias")]
+
+
+def _confident(detections: Sequence[Dict[str, Any]]) -> float:
+    return sum(int((d["scores"] >= CONFIDENT).sum()) for d in detections) / len(detections)
+
+
+def initialise_for_validation(detector: Any, images: Sequence[Any], seed: int) -> Dict[str, Any]:
+    """Random weights with confident, distinct detections on images like `images`.
+
+    1. Batch norms normalise what they see (activations of unit scale at every depth).
+    2. Each classification layer gets random weights scaled so its logits spread (std 3):
+       distinct scores, no ties for an engine to break differently.
+    3. The last classifier's bias (the background class of softmax heads) is set, by bisection,
+       so that about CALIBRATED_DETECTIONS detections per image score CONFIDENT or more."""
+    import torch
+
+    torch.manual_seed(seed)
+    run = lambda: detector(list(images))  # noqa: E731
+    norms = _normalise_batch_norms(detector, run)
+    layers = classification_layers(detector)
+    if not layers:
+        raise TrtflowError("found no classification layer (cls_logits / cls_score) to initialise",
+                           fix="give trained weights (weights: {path: ...})")
+    with torch.no_grad():
+        for _, layer in layers:
+            torch.nn.init.normal_(layer.weight, std=0.01)
+            torch.nn.init.zeros_(layer.bias)
+            layer.weight.mul_(3.0 / float(_layer_outputs(layer, run).std().clamp(min=1e-12)))
+        name, last = layers[-1]
+        softmax = name.endswith("cls_score")  # R-CNN: class 0 is the background
+        bias = _calibrate(lambda b: _set_bias(last, b, softmax), lambda: _confident(run()),
+                          more_with_higher=not softmax)
+    log.info("random detector initialised for validation: %d batch norms on %d sample images, "
+             "classifiers %s, %s bias %.3g", norms, len(images),
+             ", ".join(n for n, _ in layers), name, bias)
+    return {"batch_norms": norms, "classifiers": [n for n, _ in layers], "bias": bias,
+            "confident_per_image": _confident(run())}
+
+
+def _set_bias(layer: Any, value: float, softmax: bool) -> None:
+    layer.bias.zero_()
+    if softmax:
+        layer.bias[0] = value  # more background: fewer detections
+    else:
+        layer.bias.fill_(value)
+
+
+def _calibrate(apply: Callable[[float], None], count: Callable[[], float],
+               more_with_higher: bool, low: float = -20.0, high: float = 20.0,
+               steps: int = 12) -> float:
+    """Bisect the bias for CALIBRATED_DETECTIONS confident detections per image."""
+    for _ in range(steps):
+        middle = (low + high) / 2
+        apply(middle)
+        too_many = count() > CALIBRATED_DETECTIONS
+        if too_many == more_with_higher:
+            high = middle
+        else:
+            low = middle
+    middle = (low + high) / 2
+    apply(middle)
+    return middle
+
+
+def check_trace_finds_detections(module: Any, inputs: Sequence[Any], model: str) -> None:
+    """The export traces one run: on an image where the detector finds nothing, torchvision's
+    post-processing takes its empty path and the graph has no NMS. Refuse to export that."""
+    import torch
+
+    with torch.no_grad():
+        scores = module(*inputs)[2]
+    if not bool((scores > 0).any()):
+        raise TrtflowError(
+            "the detector finds nothing on the sample image it is traced with, so the exported "
+            "graph would only ever return no detections", model=model,
+            fix=f"give models.{model}.inputs[0] data: photos (or shapes) that the weights detect "
+                "objects in, or lower the detector's score threshold in architecture_kwargs")

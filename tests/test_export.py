@@ -130,3 +130,15 @@ def test_dynamo_exporter_exports_a_dynamic_batch(tmp_path: Path, token_export: E
     (out,) = ort_run(tmp_path / "d.onnx", feed)
     (ref,) = torch_outputs(reference_module("tokens", spec, weights), feed)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_an_output_that_is_not_tensors_is_described() -> None:
+    """A model returning, say, a list of dicts (a detector that is not torchvision's) is told
+    what it returns, not a traceback."""
+    import torch
+
+    from trtflow.export import describe_structure
+
+    value = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    assert describe_structure(value).startswith(
+        "a list of 2 (dict; the first: a dict {boxes: tensor float32 [0, 4], labels: tensor int64 [0]}")

@@ -193,5 +193,12 @@ def test_torchvision_factories_are_built_with_their_weights_off() -> None:
     assert no_download_kwargs(mobilenet_v2) == {"weights": None}
     assert no_download_kwargs(maskrcnn_r50_fpn) == {}
     built = build_model("det", {"architecture": "torchvision.models.detection:fcos_resnet50_fpn",
-                                "architecture_kwargs": {"num_classes": 3}})
-    assert built.head.classification_head.num_classes == 3
+                                "architecture_kwargs": {"num_classes": 3},
+                                "inputs": [{"name": "images", "shape": [3, 64, 64]}],
+                                "outputs": ["labels", "boxes", "scores"], "max_detections": 7})
+    # a torchvision detector comes adapted: one image per call, outputs padded to 7 rows
+    assert built.detector.head.classification_head.num_classes == 3
+    assert built.static_batch == 1 and built.detector.detections_per_img == 7
+    labels, boxes, scores = built(torch.rand(1, 3, 64, 64))
+    assert labels.dtype == torch.int32 and tuple(boxes.shape) == (1, 7, 4)
+    assert tuple(scores.shape) == (1, 7)

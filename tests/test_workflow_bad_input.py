@@ -228,13 +228,14 @@ def test_a_factory_that_downloads_is_refused_with_the_argument_to_set(workflow: 
 def test_a_torchvision_factory_is_built_without_its_default_weights(workflow: Workflow, tmp_path,
                                                                     monkeypatch):
     """torchvision's detectors default to an ImageNet backbone: built with it off, so nothing is
-    downloaded and random weights are random (the next stop is the output structure)."""
+    downloaded and random weights are random (the next stop is the outputs it was given)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # nothing cached
     detector = "torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn"
     entry = _image_entry(detector, outputs=["boxes", "labels", "scores"])
-    workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"]))
-    text = workflow.fails("model 'det': the model returns a list of 2 (dict;",
-                          "boxes: tensor float32", "but every output must be a tensor")
+    workflow.write_config(tiny_config(models={"det": entry}, precisions=["fp32"],
+                                      batch_profiles={"one": {"min": 1, "opt": 1, "max": 1}}))
+    text = workflow.fails("model 'det': outputs ['boxes', 'labels', 'scores']: this torchvision "
+                          "detector returns ['labels', 'boxes', 'scores']")
     assert "download" not in text
     assert not (tmp_path / "torch-home").exists()
 

@@ -136,7 +136,12 @@ def test_the_slurm_profile_runs_every_job_through_sbatch_with_local_results(
             assert "gres/gpu" not in record["tres"], (job, record)
     local.run("all")
     assert_same_results(remote, local)
-    for job in jobs:  # shown with pytest -s
+    show(jobs, records)
+
+
+def show(jobs: List[Submission], records: Dict[str, Dict[str, str]]) -> None:
+    """Each job's sacct record and sbatch call (pytest -s shows them)."""
+    for job in jobs:
         print(f"{job.rule} | {job.slurm_id} | " + " | ".join(records[job.slurm_id].values()))
         print(f"    {job.sbatch}")
 
@@ -184,6 +189,7 @@ def test_a_gpu_submit_host_resolves_for_every_job_and_gpu_jobs_check_their_node(
     assert "trtflow backend: tensorrt [tensorrt-8.6.1-sm90]" in output
     jobs = submissions(output)
     records = accounting(cluster, [job.slurm_id for job in jobs])
+    show(jobs, records)
     cpu_rules = {"weights", "export", "patch", "precision"}
     assert {job.rule for job in jobs} >= cpu_rules | {"reference", "engine"}, output[-3000:]
     for job in jobs:

@@ -269,3 +269,83 @@ def test_empty_guard_if_is_replaced_by_its_else_branch() -> None:
         expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
         got = ort.InferenceSession(patched.SerializeToString()).run(None, {"x": x})[0]
         np.testing.assert_array_equal(got, expected)
+
+
+# --- one-stage detector post-processing on images where a pyramid level keeps no box ---------
+
+def _clip_boxes_graph() -> onnx.ModelProto:
+    """torchvision's clip_boxes_to_image as exported: N x 2 x 2 reshaped to the shape of an
+    N x 4 tensor, read with Shape/Gather."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Reshape", ["pairs", "flat_shape"], ["flat"]),  # N x 4, from the pairs
+        helper.make_node("Shape", ["flat"], ["shape"]),
+        helper.make_node("Gather", ["shape", "i0"], ["n"], axis=0),
+        helper.make_node("Gather", ["shape", "i1"], ["four"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        helper.make_node("Unsqueeze", ["four", "ax"], ["four1"]),
+        helper.make_node("Concat", ["n1", "four1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["pairs", "target"], ["boxes"]),
+    ]
+    inits = [helper.make_tensor("flat_shape", TensorProto.INT64, [2], [-1, 4]),
+             helper.make_tensor("i0", TensorProto.INT64, [], [0]),
+             helper.make_tensor("i1", TensorProto.INT64, [], [1]),
+             helper.make_tensor("ax", TensorProto.INT64, [1], [0])]
+    graph = helper.make_graph(
+        nodes, "clip", [helper.make_tensor_value_info("pairs", TensorProto.FLOAT, ["N", 2, 2])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_fold_known_dims_keeps_a_reshape_defined_for_zero_boxes() -> None:
+    """In FCOS's graph ONNX Runtime rewrote such a shape as {0, -1}, which fails for N = 0
+    (`Input shape:{0,2,2}, requested shape:{0,-1}`; the workflow test runs those images). Here:
+    the known 4 becomes a constant, and the reshape gives N x 4 for N = 0 too."""
+    import onnxruntime as ort
+
+    patched, reports = apply_passes(_clip_boxes_graph(), ["fold_known_dims"],
+                                    PatchContext("clip", "onnxruntime", {}))
+    assert reports[0]["folded"] == 1 and "[1] = 4" in reports[0]["examples"][0]
+    session = ort.InferenceSession(patched.SerializeToString(), providers=["CPUExecutionProvider"])
+    for count in (0, 1, 3):
+        pairs = np.arange(count * 4, dtype=np.float32).reshape(count, 2, 2)
+        (boxes,) = session.run(None, {"pairs": pairs})
+        assert np.array_equal(boxes, pairs.reshape(count, 4))
+
+
+def _level_topk_graph() -> onnx.ModelProto:
+    """A level's top min(3, n) scores, n the scores above the threshold (K from the data)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Shape", ["scores"], ["n"]),
+        helper.make_node("Min", ["n", "limit"], ["k"]),
+        helper.make_node("TopK", ["scores", "k"], ["top", "index"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "topk", [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("top", TensorProto.FLOAT, ["k"]),
+         helper.make_tensor_value_info("index", TensorProto.INT64, ["k"])],
+        [helper.make_tensor("limit", TensorProto.INT64, [1], [3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_guarded_topk_gives_the_same_top_k_for_every_count_zero_included() -> None:
+    """TensorRT 8.6 refuses TopK with K = 0 at run time; the guarded form never runs one, and
+    returns what the original does for n = 0, 1, 2, 5."""
+    import onnxruntime as ort
+
+    original = _level_topk_graph()
+    patched, reports = apply_passes(original, ["guard_empty_topk"],
+                                    PatchContext("topk", "tensorrt", {}))
+    assert len(reports[0]["guarded"]) == 1
+    ks = [n for n in patched.graph.node if n.op_type == "TopK"]
+    assert len(ks) == 1 and ks[0].input[1].endswith("k_at_least_1")
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (original, patched)]
+    for count in (0, 1, 2, 5):
+        scores = np.random.default_rng(count).random(count).astype(np.float32)
+        (top, index), (top_g, index_g) = (s.run(None, {"scores": scores}) for s in sessions)
+        assert np.array_equal(top, top_g) and np.array_equal(index, index_g)
+        assert len(top_g) == min(3, count)

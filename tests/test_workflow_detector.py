@@ -28,31 +28,37 @@ def detector_config(**models) -> dict:
     return tiny_config(models=models, batch_profiles={"single": {"min": 1, "opt": 1, "max": 1}})
 
 
-def test_a_one_stage_torchvision_detector_validates_on_every_image(workflow: Workflow) -> None:
-    """FCOS with random weights: confident detections to compare (initialised for validation),
-    no download of its default ImageNet backbone, one image per call with outputs padded to
-    max_detections, and no crash on an image where a pyramid level keeps no box (ONNX Runtime's
-    `Reshape ... Input shape:{0,2,2}, requested shape:{0,-1}` before fold_known_dims)."""
+def test_torchvision_detectors_validate_on_every_image(workflow: Workflow) -> None:
+    """FCOS (one-stage) and Faster R-CNN (two-stage) with random weights: confident detections to
+    compare (initialised for validation), no download of their default ImageNet backbones, one
+    image per call with outputs padded to max_detections, and no crash on an image where a
+    pyramid level keeps no box (FCOS on ONNX Runtime: `Reshape ... Input shape:{0,2,2},
+    requested shape:{0,-1}` before fold_known_dims)."""
     workflow.write_config(detector_config(
-        fcos=detector_entry("torchvision.models.detection:fcos_resnet50_fpn")))
+        fcos=detector_entry("torchvision.models.detection:fcos_resnet50_fpn"),
+        frcnn=detector_entry("torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn")))
     workflow.run("all")
     with open(workflow.path("results/summary.csv")) as handle:
-        rows = {r["precision"]: r for r in csv.DictReader(handle)}
-    for precision in ("fp32", "fp16"):
-        assert rows[precision]["verdict"] == "passed", rows[precision]["failures"]
-        assert rows[precision]["rel_l2"] == ""  # the labels tensor's metrics are not the row's
-    assert float(rows["fp32"]["detection_recall"]) == 1.0
-    assert float(rows["fp32"]["box_iou"]) > 0.999
-    weights = json.loads(workflow.path("results/weights/fcos.json").read_text())
-    init = weights["detection_init"]
-    assert init["classifiers"] == ["head.classification_head.cls_logits"]
-    assert 4 <= init["confident_per_image"] <= 30
-    exported = json.loads(workflow.path("results/onnx/fcos/export.json").read_text())
-    assert exported["static_batch"] == 1
-    assert [o["shape"] for o in exported["outputs"]] == [[1, 100], [1, 100, 4], [1, 100]]
-    validation = json.loads(next(workflow.path("results/validation/fcos").rglob("fp32-single.json"))
-                            .read_text())
-    assert validation["detections"]["reference_detections"] >= 8
+        rows = {(r["model"], r["precision"]): r for r in csv.DictReader(handle)}
+    for model in ("fcos", "frcnn"):
+        for precision in ("fp32", "fp16"):
+            row = rows[(model, precision)]
+            assert row["verdict"] == "passed", (model, precision, row["failures"])
+            assert row["rel_l2"] == ""  # the labels tensor's metrics are not the row's
+        assert float(rows[(model, "fp32")]["detection_recall"]) == 1.0
+        assert float(rows[(model, "fp32")]["box_iou"]) > 0.999
+        init = json.loads(workflow.path(f"results/weights/{model}.json").read_text())["detection_init"]
+        assert 4 <= init["confident_per_image"] <= 30, init
+        exported = json.loads(workflow.path(f"results/onnx/{model}/export.json").read_text())
+        assert exported["static_batch"] == 1
+        assert [o["shape"] for o in exported["outputs"]] == [[1, 100], [1, 100, 4], [1, 100]]
+        validation = json.loads(next(workflow.path(f"results/validation/{model}").rglob(
+            "fp32-single.json")).read_text())
+        assert validation["detections"]["reference_detections"] >= 8
+    fcos_init = json.loads(workflow.path("results/weights/fcos.json").read_text())["detection_init"]
+    assert fcos_init["classifiers"] == ["head.classification_head.cls_logits"]
+    frcnn_init = json.loads(workflow.path("results/weights/frcnn.json").read_text())["detection_init"]
+    assert frcnn_init["classifiers"] == ["rpn.head.cls_logits", "roi_heads.box_predictor.cls_score"]
     patch = json.loads(next(workflow.path("results/onnx/fcos").rglob("patch.json")).read_text())
     assert next(p for p in patch["passes"] if p["pass"] == "fold_known_dims")["folded"] > 0
 
@@ -69,3 +75,14 @@ def test_a_detector_config_that_cannot_work_says_why(workflow: Workflow) -> None
         architecture_kwargs={"score_thresh": 0.99})))
     workflow.fails("model 'fcos': the detector finds nothing on the sample image it is traced "
                    "with", "lower the detector's score threshold")
+
+
+def test_a_torchvision_detector_in_a_batch_profile_it_cannot_run_is_refused_at_parse(
+        workflow: Workflow) -> None:
+    """One image per call: a profile of batch 1 to 4 would have been exported for one batch size
+    and failed later in timing (`Split size 1 exceeds the remaining size`); it is refused before
+    any job runs, with the profile to add."""
+    workflow.write_config(tiny_config(models={"frcnn": detector_entry(
+        "torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn")}))
+    workflow.fails("models.frcnn has static_batch 1 but runs in batch profile 'small'",
+                   "fix: add a profile {min: 1, opt: 1, max: 1}", args=("-n", "all"))

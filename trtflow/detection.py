@@ -95,20 +95,23 @@ def deploy(detector: Any, model: str, image_shape: Sequence[int], outputs: Seque
                                  f"got {list(images.shape)}")
             found = self.detector([images[0]])[0]
             found["labels"] = found["labels"].to(torch.int32)
-            return tuple(self._pad(found[name]) for name in self.outputs)
-
-        def _pad(self, rows):
-            """n x ... -> 1 x max_detections x ...: the n rows scattered into zeros of the full
-            size, so the output shape is the constant's whatever n is (a pad or slice would
-            leave it data-dependent)."""
-            tail = tuple(int(d) for d in rows.shape[1:])
-            index = torch.arange(rows.shape[0], device=rows.device)
-            index = index.view(-1, *([1] * len(tail))).expand_as(rows)
-            padded = torch.zeros((self.max_detections, *tail), dtype=rows.dtype,
-                                 device=rows.device)
-            return padded.scatter(0, index, rows).unsqueeze(0)
+            return tuple(pad_detections(found[name], self.max_detections)
+                         for name in self.outputs)
 
     return Deploy().eval()
+
+
+def pad_detections(rows, count: int):
+    """n x ... -> 1 x count x ...: the n rows scattered into zeros of the full size, so the
+    output's shape is the constant's whatever n is (a pad or slice would leave it
+    data-dependent). The trailing dims are fixed by the heads: constants in the graph."""
+    import torch
+
+    tail = tuple(int(d) for d in rows.shape[1:])
+    index = torch.arange(rows.shape[0], device=rows.device)
+    index = index.view(-1, *([1] * len(tail))).expand_as(rows)
+    padded = torch.zeros((count, *tail), dtype=rows.dtype, device=rows.device)
+    return padded.scatter(0, index, rows).unsqueeze(0)
 
 
 # --- random initialisation that validation can use ------------------------------------------
@@ -168,8 +171,9 @@ def initialise_for_validation(detector: Any, images: Sequence[Any], seed: int) -
     1. Batch norms normalise what they see (activations of unit scale at every depth).
     2. Each classification layer gets random weights scaled so its logits spread (std 3):
        distinct scores, no ties for an engine to break differently.
-    3. The last classifier's bias (the background class of softmax heads) is set, by bisection,
-       so that about CALIBRATED_DETECTIONS detections per image score CONFIDENT or more."""
+    3. The last classifier is calibrated, by bisection, to about CALIBRATED_DETECTIONS
+       detections per image scoring CONFIDENT or more: through its bias (sigmoid heads), or
+       through its background class (softmax heads: `_calibrate_softmax`)."""
     import torch
 
     torch.manual_seed(seed)
@@ -179,34 +183,77 @@ def initialise_for_validation(detector: Any, images: Sequence[Any], seed: int) -
     if not layers:
         raise TrtflowError("found no classification layer (cls_logits / cls_score) to initialise",
                            fix="give trained weights (weights: {path: ...})")
+    name, last = layers[-1]
     with torch.no_grad():
-        for _, layer in layers:
-            torch.nn.init.normal_(layer.weight, std=0.01)
-            torch.nn.init.zeros_(layer.bias)
-            layer.weight.mul_(3.0 / float(_layer_outputs(layer, run).std().clamp(min=1e-12)))
-        name, last = layers[-1]
-        softmax = name.endswith("cls_score")  # R-CNN: class 0 is the background
-        bias = _calibrate(lambda b: _set_bias(last, b, softmax), lambda: _confident(run()),
-                          more_with_higher=not softmax)
+        for _, layer in layers[:-1]:
+            _spread(layer, run)
+        if name.endswith("cls_score"):  # R-CNN: softmax over classes, class 0 the background
+            value = _calibrate_softmax(detector, last, images)
+        else:
+            _spread(last, run)
+            value = _calibrate(lambda b: last.bias.fill_(b), lambda: _confident(run()),
+                               more_with_higher=True)
     log.info("random detector initialised for validation: %d batch norms on %d sample images, "
-             "classifiers %s, %s bias %.3g", norms, len(images),
-             ", ".join(n for n, _ in layers), name, bias)
-    return {"batch_norms": norms, "classifiers": [n for n, _ in layers], "bias": bias,
+             "classifiers %s, %s calibrated to %.3g", norms, len(images),
+             ", ".join(n for n, _ in layers), name, value)
+    return {"batch_norms": norms, "classifiers": [n for n, _ in layers], "calibration": value,
             "confident_per_image": _confident(run())}
 
 
-def _set_bias(layer: Any, value: float, softmax: bool) -> None:
-    layer.bias.zero_()
-    if softmax:
-        layer.bias[0] = value  # more background: fewer detections
-    else:
-        layer.bias.fill_(value)
+def _spread(layer: Any, run: Callable[[], Any]) -> None:
+    """Random weights whose outputs (logits) have std 3 on the sample images."""
+    import torch
+
+    torch.nn.init.normal_(layer.weight, std=0.01)
+    torch.nn.init.zeros_(layer.bias)
+    layer.weight.mul_(3.0 / float(_layer_outputs(layer, run).std().clamp(min=1e-12)))
 
 
-def _calibrate(apply: Callable[[float], None], count: Callable[[], float],
+def _calibrate_softmax(detector: Any, layer: Any, images: Sequence[Any]) -> float:
+    """An R-CNN box classifier that detects distinct regions on every image.
+
+    With random weights the region features all point one way (their mean) and their scale
+    differs several-fold between images, so a plain random classifier makes every region of a
+    bright image confident and none of a dark one. The classes read what differs between regions
+    (their weights orthogonal to the mean feature), the background reads the mean feature, and
+    both scale alike with the image: how many regions beat the background is set by the
+    background's weight (bisected), about equally on every image."""
+    import torch
+
+    features = _layer_inputs(layer, lambda: detector(list(images)))
+    mean = features.mean(0)
+    mean = mean / mean.norm().clamp(min=1e-12)
+    torch.nn.init.normal_(layer.weight, std=0.01)
+    torch.nn.init.zeros_(layer.bias)
+    classes = layer.weight[1:]
+    classes -= (classes @ mean)[:, None] * mean[None, :]
+    smallest = min(float(_layer_outputs(layer, lambda: detector([image])).std())
+                   for image in images)
+    classes *= 3.0 / max(smallest, 1e-12)  # logits spread even on the faintest image
+    scale = float(classes.norm(dim=1).mean())
+    return _calibrate(lambda weight: layer.weight[0].copy_(weight * scale * mean),
+                      lambda: _confident(detector(list(images))), more_with_higher=False,
+                      low=0.0, high=1.0)
+
+
+def _layer_inputs(layer: Any, run: Callable[[], Any]):
+    """What a Linear layer is given on the sample images: rows x features."""
+    import torch
+
+    seen: List[Any] = []
+    hook = layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        hook.remove()
+    return torch.cat([x.flatten(1) for x in seen])
+
+
+def _calibrate(apply: Callable[[float], Any], count: Callable[[], float],
                more_with_higher: bool, low: float = -20.0, high: float = 20.0,
                steps: int = 12) -> float:
-    """Bisect the bias for CALIBRATED_DETECTIONS confident detections per image."""
+    """Bisect a setting for CALIBRATED_DETECTIONS confident detections per image."""
     for _ in range(steps):
         middle = (low + high) / 2
         apply(middle)

@@ -383,6 +383,52 @@ def fold_known_dims(graph, ctx: PatchContext) -> Dict[str, Any]:
             "shape_ops_left": sum(node.op == "Shape" for node in graph.nodes)}
 
 
+def guard_empty_topk(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """A TopK whose K is computed (how many candidates a pyramid level kept) survives K = 0.
+
+    A one-stage detector takes the top min(1000, n) scores of each level, n those above the
+    score threshold: on an image where a level keeps none, K is 0, which TensorRT 8.6 refuses
+    at run time (`TopK: K should be larger than zero`). Rewritten as the top max(K, 1) of the
+    scores with one -inf appended, then the first K: the same result for every K, 0 included
+    (the -inf is never among the top K of n >= K scores)."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    dims = _inferred_dims(graph)
+    guarded = []
+    for node in [n for n in graph.nodes if n.op == "TopK"]:
+        scores, k = node.inputs[0], node.inputs[1]
+        if (isinstance(k, gs.Constant) or len(dims.get(scores.name) or []) != 1
+                or not node.attrs.get("largest", 1)):
+            continue  # a fixed K, or not a 1-D top-largest: nothing to guard
+        name = node.name
+        dtype = np.dtype(scores.dtype) if scores.dtype is not None else np.dtype(np.float32)
+        padded = gs.Variable(f"{name}/padded", dtype=scores.dtype)
+        at_least_one = gs.Variable(f"{name}/k_at_least_1", dtype=np.int64)
+        values, indices = gs.Variable(f"{name}/values", dtype=scores.dtype), gs.Variable(
+            f"{name}/indices", dtype=np.int64)
+        zero = gs.Constant(f"{name}/zero", np.array([0], dtype=np.int64))
+        graph.nodes += [
+            gs.Node("Concat", f"{name}/pad", attrs={"axis": 0},
+                    inputs=[scores, gs.Constant(f"{name}/minus_inf",
+                                                np.array([-np.inf], dtype=dtype))],
+                    outputs=[padded]),
+            gs.Node("Max", f"{name}/k_max", inputs=[k, gs.Constant(
+                f"{name}/one", np.array([1], dtype=np.int64))], outputs=[at_least_one]),
+            gs.Node("TopK", f"{name}/guarded", attrs=dict(node.attrs),
+                    inputs=[padded, at_least_one], outputs=[values, indices]),
+            gs.Node("Slice", f"{name}/first_k_values", inputs=[values, zero, k, zero],
+                    outputs=[node.outputs[0]]),
+            gs.Node("Slice", f"{name}/first_k_indices", inputs=[indices, zero, k, zero],
+                    outputs=[node.outputs[1]]),
+        ]
+        node.outputs.clear()
+        node.inputs.clear()
+        guarded.append(name)
+    graph.cleanup().toposort()
+    return {"guarded": guarded}
+
+
 def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Marker pass: shapes are inferred on the ModelProto in `apply_passes` (needs onnx)."""
     return {}
@@ -391,6 +437,7 @@ def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
 PASSES: Dict[str, Callable[[Any, PatchContext], Dict[str, Any]]] = {
     "fold_constants": fold_constants,
     "fold_known_dims": fold_known_dims,
+    "guard_empty_topk": guard_empty_topk,
     "cleanup": cleanup,
     "toposort": toposort,
     "int64_inputs_to_int32": int64_inputs_to_int32,

@@ -156,6 +156,8 @@ def rcnn_deploy(detector, image_size: tuple, detections: int, extra_outputs: tup
     import torch
     from torchvision.models.detection.image_list import ImageList
 
+    from .detection import pad_detections
+
     class Deploy(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -182,17 +184,6 @@ def rcnn_deploy(detector, image_size: tuple, detections: int, extra_outputs: tup
             outputs = [result["labels"].to(torch.int32), result["boxes"], result["scores"]]
             outputs += [result[name].flatten(0, 1) if name == "masks" else result[name]
                         for name in self.extra_outputs]
-            return tuple(self._pad(out) for out in outputs)
-
-        def _pad(self, rows):
-            """n x ... -> 1 x detections x ...: the n rows scattered into zeros of the full size.
-            The scatter's output has the shape of its (constant) data input, so the engine's
-            outputs are static whatever n is; a pad or slice would leave them data-dependent."""
-            tail = tuple(int(d) for d in rows.shape[1:])  # fixed by the heads: constants in the graph
-            index = torch.arange(rows.shape[0], device=rows.device)
-            index = index.view(-1, *([1] * len(tail))).expand_as(rows)
-            padded = torch.zeros((self.detections, *tail), dtype=rows.dtype, device=rows.device)
-            padded = padded.scatter(0, index, rows)
-            return padded.unsqueeze(0)
+            return tuple(pad_detections(out, self.detections) for out in outputs)
 
     return Deploy().eval()

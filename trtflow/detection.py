@@ -126,8 +126,11 @@ def _normalise_batch_norms(module: Any, run: Callable[[], Any]) -> int:
     def measure(layer, inputs):
         x = inputs[0]
         dims = [0] + list(range(2, x.dim()))
+        variance = x.var(dims)
         layer.running_mean.copy_(x.mean(dims))
-        layer.running_var.copy_(x.var(dims))
+        # a channel that barely varies (a dead one) stays near zero instead of having its
+        # rounding noise scaled up to unit size, which fp16 engines would then disagree on
+        layer.running_var.copy_(variance.clamp(min=float(variance.mean()) * 1e-2))
 
     norms = [m for m in module.modules()
              if isinstance(m, (FrozenBatchNorm2d, torch.nn.modules.batchnorm._BatchNorm))]
@@ -161,8 +164,11 @@ def classification_layers(detector: Any) -> List[Tuple[str, Any]]:
             if name.rsplit(".", 1)[-1] in ("cls_logits", "cls_score") and hasattr(layer, "bias")]
 
 
-def _confident(detections: Sequence[Dict[str, Any]]) -> float:
-    return sum(int((d["scores"] >= CONFIDENT).sum()) for d in detections) / len(detections)
+def _confident(detections: Sequence[Dict[str, Any]],
+               per_image: Callable[[List[int]], float] = lambda counts: sum(counts) / len(counts)
+               ) -> float:
+    """Detections scoring CONFIDENT or more: the mean over images, or another statistic."""
+    return float(per_image([int((d["scores"] >= CONFIDENT).sum()) for d in detections]))
 
 
 def initialise_for_validation(detector: Any, images: Sequence[Any], seed: int) -> Dict[str, Any]:
@@ -185,27 +191,52 @@ def initialise_for_validation(detector: Any, images: Sequence[Any], seed: int) -
                            fix="give trained weights (weights: {path: ...})")
     name, last = layers[-1]
     with torch.no_grad():
+        sized = _size_boxes(detector, run)
         for _, layer in layers[:-1]:
             _spread(layer, run)
         if name.endswith("cls_score"):  # R-CNN: softmax over classes, class 0 the background
             value = _calibrate_softmax(detector, last, images)
-        else:
-            _spread(last, run)
-            value = _calibrate(lambda b: last.bias.fill_(b), lambda: _confident(run()),
-                               more_with_higher=True)
+        else:  # sigmoid heads: one logit per location and class
+            _spread(last, run, same_norm_per_output=True)
+            value = _calibrate(lambda b: last.bias.fill_(b),
+                               lambda: _confident(run(), per_image=max), more_with_higher=True)
     log.info("random detector initialised for validation: %d batch norms on %d sample images, "
              "classifiers %s, %s calibrated to %.3g", norms, len(images),
              ", ".join(n for n, _ in layers), name, value)
     return {"batch_norms": norms, "classifiers": [n for n, _ in layers], "calibration": value,
-            "confident_per_image": _confident(run())}
+            "box_regression": sized, "confident_per_image": _confident(run())}
 
 
-def _spread(layer: Any, run: Callable[[], Any]) -> None:
-    """Random weights whose outputs (logits) have std 3 on the sample images."""
+def _size_boxes(detector: Any, run: Callable[[], Any]) -> List[str]:
+    """Box regressions that give a box's sides as multiples of its anchor's size (FCOS's
+    `bbox_reg`, through a ReLU) start near zero: every box would be a point, whose IoU with
+    itself moves a lot with the smallest coordinate error (fp16). They are set to give sides of
+    about one anchor size, varying by +-0.25, as trained ones do."""
+    import torch
+
+    sized = []
+    for name, layer in detector.named_modules():
+        if name.rsplit(".", 1)[-1] == "bbox_reg" and getattr(layer, "bias", None) is not None:
+            torch.nn.init.normal_(layer.weight, std=0.01)
+            layer.bias.zero_()
+            layer.weight.mul_(0.25 / float(_layer_outputs(layer, run).std().clamp(min=1e-12)))
+            layer.bias.fill_(1.0)
+            sized.append(name)
+    return sized
+
+
+def _spread(layer: Any, run: Callable[[], Any], same_norm_per_output: bool = False) -> None:
+    """Random weights whose outputs (logits) have std 3 on the sample images; with
+    same_norm_per_output every class's weights have one norm, so that no class outscores the
+    others everywhere (the confident detections would crowd into one class and past the
+    detector's per-image cap, where the cut among near-equal scores is an engine's to differ)."""
     import torch
 
     torch.nn.init.normal_(layer.weight, std=0.01)
     torch.nn.init.zeros_(layer.bias)
+    if same_norm_per_output:
+        rows = layer.weight.flatten(1)
+        rows.mul_(rows.norm(dim=1).mean() / rows.norm(dim=1, keepdim=True))
     layer.weight.mul_(3.0 / float(_layer_outputs(layer, run).std().clamp(min=1e-12)))
 
 

@@ -155,6 +155,8 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
                 f"batch profile '{name}' needs min <= opt <= max, got {profile}", path=config_file,
                 fix=f"edit batch_profiles.{name}")
     for model, spec in config["models"].items():
+        if spec.get("static_batch") is None and spec["architecture"].startswith(ONE_IMAGE_FACTORIES):
+            spec["static_batch"] = 1  # the detection adapter runs one image per call
         check_architecture(model, spec["architecture"])
         names = [inp["name"] for inp in spec["inputs"]]
         if len(set(names)) != len(names):
@@ -240,8 +242,6 @@ def check_model_profiles(config: Dict[str, Any], model: str, config_file: str = 
                 model=model, path=config_file,
                 fix=f"use one of {sorted(config['batch_profiles'])} or add '{name}' to batch_profiles")
     static = spec.get("static_batch")
-    if static is None and spec["architecture"].startswith(ONE_IMAGE_FACTORIES):
-        static = spec["static_batch"] = 1  # the detection adapter runs one image per call
     if static is None:
         return
     for name in model_profiles(config, model):

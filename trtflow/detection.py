@@ -145,10 +145,21 @@ def _normalise_batch_norms(module: Any, run: Callable[[], Any]) -> int:
 
 
 def _layer_outputs(layer: Any, run: Callable[[], Any]):
+    """What a layer gives on the sample images, flattened."""
+    return _captured(layer, run, lambda _inputs, output: output.flatten())
+
+
+def _layer_inputs(layer: Any, run: Callable[[], Any]):
+    """What a Linear layer is given on the sample images: rows x features."""
+    return _captured(layer, run, lambda inputs, _output: inputs[0].flatten(1))
+
+
+def _captured(layer: Any, run: Callable[[], Any], pick: Callable[[Any, Any], Any]):
     import torch
 
     seen: List[Any] = []
-    hook = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().flatten()))
+    hook = layer.register_forward_hook(lambda _m, inputs, output: seen.append(
+        pick(inputs, output).detach()))
     try:
         with torch.no_grad():
             run()
@@ -265,20 +276,6 @@ def _calibrate_softmax(detector: Any, layer: Any, images: Sequence[Any]) -> floa
     return _calibrate(lambda weight: layer.weight[0].copy_(weight * scale * mean),
                       lambda: _confident(detector(list(images))), more_with_higher=False,
                       low=0.0, high=1.0)
-
-
-def _layer_inputs(layer: Any, run: Callable[[], Any]):
-    """What a Linear layer is given on the sample images: rows x features."""
-    import torch
-
-    seen: List[Any] = []
-    hook = layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        hook.remove()
-    return torch.cat([x.flatten(1) for x in seen])
 
 
 def _calibrate(apply: Callable[[float], Any], count: Callable[[], float],

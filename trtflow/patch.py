@@ -377,8 +377,7 @@ def fold_known_dims(graph, ctx: PatchContext) -> Dict[str, Any]:
         folded.append(f"{node.name}: {shape.inputs[0].name}[{position}] = {known[position]}")
     graph.cleanup().toposort()
     if folded:  # what only depended on those dims is constant now
-        with _ir_version(graph.ir_version or DEFAULT_IR_VERSION):
-            graph.fold_constants(error_ok=False).cleanup()
+        fold_constants(graph, ctx)
     return {"folded": len(folded), "examples": folded[:10],
             "shape_ops_left": sum(node.op == "Shape" for node in graph.nodes)}
 

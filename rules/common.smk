@@ -202,7 +202,8 @@ def validate_flags(wildcards):
     """validate.py's optional arguments, one list item each (the shell quotes each)."""
     spec = model_spec(wildcards.model)
     flags = ["--detection-min-score",
-             str(spec.get("detection_min_score", CONFIG["validation"]["detection_min_score"]))]
+             str(spec.get("detection_min_score", CONFIG["validation"]["detection_min_score"])),
+             "--detection-match-fraction", str(CONFIG["validation"]["detection_match_fraction"])]
     if CONFIG["validation"]["check_expected_labels"]:
         flags.append("--check-expected-labels")
     if is_pretrained(wildcards.model):

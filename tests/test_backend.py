@@ -82,7 +82,7 @@ def test_backend_tensorrt_without_tensorrt_is_an_error() -> None:
 def test_probe_reports_the_import_error_as_json() -> None:
     info = probe_tensorrt(sys.executable)
     assert info["python"] == sys.executable
-    assert info["error"].startswith("cannot import tensorrt: ModuleNotFoundError")
+    assert info["error"].startswith("cannot import tensorrt (ModuleNotFoundError")
     assert "gpus" not in info and PROBE_SCRIPT.exists()
 
 

@@ -186,12 +186,12 @@ def test_torchvision_factories_are_built_with_their_weights_off() -> None:
     from torchvision.models import detection, mobilenet_v2
 
     from trtflow.models import no_download_kwargs
-    from trtflow.zoo import maskrcnn_r50_fpn
+    from trtflow.zoo import rtdetr_r18
 
     assert no_download_kwargs(detection.fcos_resnet50_fpn) == {"weights": None,
                                                                "weights_backbone": None}
     assert no_download_kwargs(mobilenet_v2) == {"weights": None}
-    assert no_download_kwargs(maskrcnn_r50_fpn) == {}
+    assert no_download_kwargs(rtdetr_r18) == {}
     built = build_model("det", {"architecture": "torchvision.models.detection:fcos_resnet50_fpn",
                                 "architecture_kwargs": {"num_classes": 3},
                                 "inputs": [{"name": "images", "shape": [3, 64, 64]}],
@@ -202,3 +202,26 @@ def test_torchvision_factories_are_built_with_their_weights_off() -> None:
     labels, boxes, scores = built(torch.rand(1, 3, 64, 64))
     assert labels.dtype == torch.int32 and tuple(boxes.shape) == (1, 7, 4)
     assert tuple(scores.shape) == (1, 7)
+
+
+def test_ssd_postprocessing_over_all_classes_at_once_keeps_torchvision_s_detections() -> None:
+    """The adapter's one-TopK SSD post-processing against torchvision's per-class loop, on head
+    outputs of distinct scores: the same boxes, scores and labels in the same order."""
+    import torch
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from trtflow.detection import _batched_ssd_postprocess, batch_ssd_postprocess
+
+    torch.manual_seed(0)
+    ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21).eval()
+    count = 3000
+    corners = torch.rand(2, count, 2) * 300
+    anchors = [torch.cat([c, c + 20 + torch.rand(count, 2) * 40], dim=1) for c in corners]
+    head = {"cls_logits": torch.randn(2, count, 21) * 3, "bbox_regression": torch.randn(2, count, 4) * 0.1}
+    looped = ssd.postprocess_detections(head, anchors, [(320, 320)] * 2)
+    batched = _batched_ssd_postprocess(ssd, head, anchors, [(320, 320)] * 2)
+    for theirs, ours in zip(looped, batched):
+        assert len(theirs["scores"]) == ssd.detections_per_img
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(theirs[key], ours[key]), key
+    assert batch_ssd_postprocess(ssd) and not batch_ssd_postprocess(torch.nn.Linear(1, 1))

@@ -11,7 +11,7 @@ import torch
 from trtflow.data import input_set
 from trtflow.errors import TrtflowError
 from trtflow.models import build_model, load_weights, with_wrapper_prefix
-from trtflow.shapes import SHAPE_CLASSES, boundary_keypoints, render_scene, train
+from trtflow.shapes import SHAPE_CLASSES, boundary_keypoints, deploy_spec, render_scene, train
 from trtflow.weights import prepare_weights
 
 
@@ -52,8 +52,7 @@ def test_scenes_repeat_by_seed_and_differ_by_purpose() -> None:
 
 
 def test_a_bare_detector_checkpoint_loads_into_the_deploy_module() -> None:
-    spec = {"architecture": "maskrcnn_r50_fpn", "architecture_kwargs": {"image_size": 256}}
-    deploy = build_model("m", spec)
+    deploy = build_model("m", deploy_spec("maskrcnn_r50_fpn", 256))
     bare = {k.removeprefix("detector."): v + 1 for k, v in deploy.state_dict().items()}
     load_weights(deploy, bare, "m", "maskrcnn_r50_fpn", "bare.pt")
     key = "detector.roi_heads.box_predictor.cls_score.bias"
@@ -71,8 +70,7 @@ def test_training_writes_a_checkpoint_the_weights_stage_loads(tmp_path: Path, ar
     result = train(architecture, checkpoint, size=192, steps=2, batch=1, device="cpu", workers=0)
     assert result["steps"] == 2 and np.isfinite(result["final_loss"]) and checkpoint.exists()
     assert not any(k.startswith("detector.") for k in torch.load(checkpoint, weights_only=True))
-    entry = {"architecture": architecture, "weights": {"path": str(checkpoint)},
-             "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": 256}}
+    entry = {**deploy_spec(architecture, 256), "weights": {"path": str(checkpoint)}}
     meta = prepare_weights("det", entry, tmp_path / "cache", tmp_path / "w.pt", tmp_path / "w.json")
     assert meta["weights"] == "checkpoint" and meta["source"] == str(checkpoint)
 

@@ -223,6 +223,26 @@ def test_detections_match_despite_reordering() -> None:
     assert abs(metrics["max_score_diff"] - 0.01) < 1e-6
 
 
+def test_a_score_crossing_the_threshold_a_little_is_drift_not_a_lost_detection() -> None:
+    """fp16 moves a score of 0.31 to 0.29: same class, same box. Within the band below the
+    threshold it is counted as a crossing and in max_score_diff; far below (or with a hard
+    threshold) it is lost, both ways round."""
+    from trtflow.validate import detection_metrics
+
+    reference = _detections([(1, 0, 0, 10, 10, 0.31), (2, 20, 20, 40, 40, 0.8), (3, 50, 50, 60, 60, 0.28)])
+    engine = _detections([(1, 0, 0, 10, 10, 0.29), (2, 20, 20, 40, 40, 0.1), (3, 50, 50, 60, 60, 0.33)])
+    metrics = detection_metrics(engine, reference, min_score=0.3)
+    # reference 1 (0.31 -> 0.29) is reproduced; reference 2 (0.8 -> 0.1, below 0.15) is lost
+    assert metrics["detection_recall"] == 0.5
+    # the engine's confident 3 (0.33) is confirmed by the reference's 0.28
+    assert metrics["detection_precision"] == 1.0
+    assert metrics["threshold_crossings"] == 2
+    assert metrics["max_score_diff"] == pytest.approx(0.02)
+    hard = detection_metrics(engine, reference, min_score=0.3, match_fraction=1.0)
+    assert hard["detection_recall"] == 0.0 and hard["detection_precision"] == 0.0
+    assert hard["threshold_crossings"] == 0
+
+
 def test_detection_of_another_class_or_place_does_not_match() -> None:
     from trtflow.validate import compare
 
@@ -278,6 +298,23 @@ def test_masks_and_keypoints_are_compared_on_matched_detections() -> None:
     assert detections["keypoint_distance"] == pytest.approx(2.0 / 20 / 6)
     assert detections["max_keypoint_distance_px"] == pytest.approx(2.0)
     assert result["failures"] == ["detections: mask_iou = 0.75 is below the required 0.8"]
+
+
+def test_masks_are_compared_where_they_lie_in_the_image() -> None:
+    """An engine box twice as wide, its mask the left half of it: the same pixels of the image
+    as the reference's full mask of the narrow box (box-relative, the masks would differ)."""
+    from trtflow.validate import mask_metrics
+
+    ref_boxes = np.array([[[0, 0, 8, 8]]], np.float32)
+    boxes = np.array([[[0, 0, 16, 8]]], np.float32)
+    ref_masks = np.ones((1, 1, 4, 4), np.float32)
+    masks = np.zeros((1, 1, 4, 4), np.float32)
+    masks[..., :2] = 1.0
+    same = mask_metrics(masks, ref_masks, boxes, ref_boxes, [(0, 0, 0)])
+    assert same["mask_iou"] == pytest.approx(1.0)
+    masks[..., :1] = 0.0  # now only x in [4, 8): half the reference's pixels
+    half = mask_metrics(masks, ref_masks, boxes, ref_boxes, [(0, 0, 0)])
+    assert half["mask_iou"] == pytest.approx(0.5)
 
 
 def test_detection_validation_with_no_confident_reference_detection_is_vacuous() -> None:

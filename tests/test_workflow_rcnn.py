@@ -15,8 +15,7 @@ SIZE = 320  # a multiple of 32 (the FPN's coarsest stride); 1344 in config/hard_
 
 
 def rcnn_entry(architecture: str, outputs, **extra) -> dict:
-    entry = {"architecture": architecture, "architecture_kwargs": {"image_size": SIZE},
-             "task": "detection", "static_batch": 1, "batch_profiles": ["single"],
+    entry = {"architecture": architecture, "task": "detection", "batch_profiles": ["single"],
              "weights": {"random": True, "seed": 0},
              "inputs": [{"name": "images", "shape": [3, SIZE, SIZE], "dtype": "float32",
                          "data": "photos"}],
@@ -27,22 +26,22 @@ def rcnn_entry(architecture: str, outputs, **extra) -> dict:
 
 def test_mask_and_keypoint_rcnn_validate(workflow: Workflow):
     models = {
+        # fp32: the built-in detection gates, plus the masks' and keypoints'. fp16: a random
+        # ResNet-50 R-CNN's region classes change with the small proposal shifts fp16 makes (a
+        # region of class 69 at 0.59 comes out as class 11), and its random mask head's masks
+        # are noise that a shifted box does not reproduce; trained weights do neither
+        # (benchmarks/gpu/hard_models_shapes.yaml holds trained ones to the full fp16 gates)
         "mask": rcnn_entry("maskrcnn_r50_fpn", ["labels", "boxes", "scores", "masks"], tolerances={
-            "fp32": {"detection_recall_min": 0.95, "box_iou_min": 0.99, "mask_iou_min": 0.98},
-            # random weights: hundreds of near-tied boxes, which fp16 reorders through NMS
-            "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7, "mask_iou_min": 0.9}}),
+            "fp32": {"mask_iou_min": 0.98}, "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7}}),
         "keypoint": rcnn_entry("keypointrcnn_r50_fpn",
-                               ["labels", "boxes", "scores", "keypoints", "keypoint_scores"],
-                               detection_min_score=0.2, tolerances={
-            "fp32": {"detection_recall_min": 0.95, "box_iou_min": 0.99, "keypoint_distance_max": 0.01},
-            # random heatmaps have many near-equal peaks: fp16 moves the argmax, so keypoint
-            # distance is measured (asserted below) but gated only in fp32
-            "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7}}),
+                               ["labels", "boxes", "scores", "keypoints", "keypoints_scores"],
+                               tolerances={"fp32": {"keypoint_distance_max": 0.01},
+                                           "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7}}),
     }
     config = tiny_config(models=models, precisions=["fp32", "fp16", "int8"],
                          batch_profiles={"single": {"min": 1, "opt": 1, "max": 1}},
                          exclude=[{"model": "keypoint", "precision": "int8"}])
-    config["validation"] = {"num_samples": 3, "on_failure": "record", "detection_min_score": 0.5}
+    config["validation"] = {"num_samples": 3, "on_failure": "record"}
     workflow.write_config(config)
     workflow.run("all")
     with open(workflow.path("results/summary.csv")) as handle:

@@ -147,7 +147,7 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
 
 def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None:
     """Checks the schema cannot express: profile ordering, names referenced by exclusions."""
-    from .models import check_architecture
+    from .models import BUILTIN_ARCHITECTURES, check_architecture
 
     for name, profile in config["batch_profiles"].items():
         if not profile["min"] <= profile["opt"] <= profile["max"]:
@@ -155,7 +155,8 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
                 f"batch profile '{name}' needs min <= opt <= max, got {profile}", path=config_file,
                 fix=f"edit batch_profiles.{name}")
     for model, spec in config["models"].items():
-        if spec.get("static_batch") is None and spec["architecture"].startswith(ONE_IMAGE_FACTORIES):
+        factory = BUILTIN_ARCHITECTURES.get(spec["architecture"], spec["architecture"])
+        if spec.get("static_batch") is None and factory.startswith(ONE_IMAGE_FACTORIES):
             spec["static_batch"] = 1  # the detection adapter runs one image per call
         check_architecture(model, spec["architecture"])
         names = [inp["name"] for inp in spec["inputs"]]

@@ -6,7 +6,9 @@ where the model has them), resized and with as many rows as it found. An engine 
 fixed shapes. `deploy` wraps such a detector as trtflow.zoo wraps its built-ins: one image per
 call at the configured input size (no resize), the model's own normalisation inside, the dict
 entries the config's `outputs` name returned in that order (labels as int32), each padded to
-`max_detections` rows by a scatter into zeros, so the graph's output shapes are static.
+`max_detections` rows by a scatter into zeros, so the graph's output shapes are static. Masks are
+each detection's 28 x 28 probabilities in its box, not pasted into the image (as the Detectron2
+TensorRT sample deploys them); keypoints are decoded from the heatmap argmax.
 
 `initialise_for_validation` gives a randomly initialised detector (weights: {random: true})
 detections that can be validated: torchvision's initialisation leaves the backbone's activations
@@ -15,8 +17,9 @@ no confident detection, or only ties that any engine breaks differently.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from .errors import TrtflowError
 
@@ -77,11 +80,22 @@ def deploy(detector: Any, model: str, image_shape: Sequence[int], outputs: Seque
     # the input has the configured size already: torchvision's resize would export as a
     # data-dependent interpolation (and change the boxes' scale)
     detector.transform.resize = lambda image, target=None: (image, target)
+    # nothing was resized, so nothing needs scaling back; and each mask stays its head's 28 x 28
+    # probabilities in its box: pasting them into image-sized planes would make the output
+    # max_detections x H x W and export as a per-detection loop TensorRT cannot build
+    detector.transform.postprocess = lambda result, image_sizes, original_sizes: result
+    has_keypoints = "keypoints" in available
+    rewrites = ["resize and mask pasting off"]
+    if has_keypoints:
+        rewrites.append("keypoints from the heatmap argmax")
+    if batch_ssd_postprocess(detector):
+        rewrites.append("SSD post-processing over all classes at once")
     height, width = int(image_shape[-2]), int(image_shape[-1])
 
     class Deploy(torch.nn.Module):
         static_batch = 1  # one image per call: the graph is traced for one
         adapter = ADAPTER  # weights: {random: true} initialises it for validation
+        adapter_rewrites = rewrites  # what the adapter changed, for export.json
 
         def __init__(self) -> None:
             super().__init__()
@@ -93,12 +107,89 @@ def deploy(detector: Any, model: str, image_shape: Sequence[int], outputs: Seque
             if images.shape[0] != 1 or tuple(images.shape[-2:]) != (height, width):
                 raise ValueError(f"this deploy module takes 1 x 3 x {height} x {width} images, "
                                  f"got {list(images.shape)}")
-            found = self.detector([images[0]])[0]
+            with heatmap_argmax_keypoints() if has_keypoints else contextlib.nullcontext():
+                found = self.detector([images[0]])[0]
             found["labels"] = found["labels"].to(torch.int32)
+            if "masks" in found:  # n x 1 x 28 x 28 -> n x 28 x 28
+                found["masks"] = found["masks"].flatten(0, 1)
             return tuple(pad_detections(found[name], self.max_detections)
                          for name in self.outputs)
 
     return Deploy().eval()
+
+
+def batch_ssd_postprocess(detector: Any) -> bool:
+    """An SSD's post-processing with one TopK, one threshold and one NMS over all classes.
+
+    torchvision's loops over the classes (threshold, top-k, per class), which exports unrolled:
+    90 NonZero and 90 TopK nodes for COCO, slower on ONNX Runtime than PyTorch's loop. Taking the
+    top `topk_candidates` anchors of every class in one TopK along the anchors, then the
+    threshold, keeps the same candidates (a class's thresholded top-k is the thresholded prefix of
+    its top-k). False where the detector is no SSD."""
+    from torchvision.models.detection.ssd import SSD
+
+    if not isinstance(detector, SSD):
+        return False
+    detector.postprocess_detections = _batched_ssd_postprocess.__get__(detector)
+    return True
+
+
+def _batched_ssd_postprocess(self, head_outputs, image_anchors, image_shapes):
+    import torch
+    import torch.nn.functional as F
+    from torchvision.ops import boxes as box_ops
+
+    all_scores = F.softmax(head_outputs["cls_logits"], dim=-1)
+    detections = []
+    for boxes, scores, anchors, image_shape in zip(head_outputs["bbox_regression"], all_scores,
+                                                   image_anchors, image_shapes):
+        boxes = box_ops.clip_boxes_to_image(self.box_coder.decode_single(boxes, anchors), image_shape)
+        foreground = scores[:, 1:]  # anchors x classes, the background dropped
+        top, anchor = foreground.topk(min(self.topk_candidates, foreground.shape[0]), dim=0)
+        rank, label = torch.nonzero(top > self.score_thresh, as_tuple=True)
+        picked = anchor[rank, label]
+        kept_boxes, kept_scores, kept_labels = boxes[picked], top[rank, label], label + 1
+        keep = box_ops.batched_nms(kept_boxes, kept_scores, kept_labels, self.nms_thresh)
+        keep = keep[: self.detections_per_img]
+        detections.append({"boxes": kept_boxes[keep], "scores": kept_scores[keep],
+                           "labels": kept_labels[keep]})
+    return detections
+
+
+@contextlib.contextmanager
+def heatmap_argmax_keypoints() -> Iterator[None]:
+    """Within it, torchvision's Keypoint R-CNN decodes keypoints from the argmax of each 56x56
+    heatmap cell, mapped into the box, instead of upsampling every RoI's heatmaps to the box size.
+
+    The upsampling needs a per-RoI size, which exports as an ONNX Loop; TensorRT 8.6's parser
+    dies on that Loop (no error, the process ends). The decoded positions differ from
+    torchvision's by under one heatmap cell (box size / 56)."""
+    from torchvision.models.detection import roi_heads
+
+    def decode(maps, boxes_per_image):
+        import torch
+
+        rois = boxes_per_image[0]  # one image: the deploy module's batch is 1
+        height, width = int(maps.shape[-2]), int(maps.shape[-1])
+        scores, index = maps.flatten(2).max(dim=2)
+        # float arithmetic (exact below 2^24): integer floor division and % export with sign
+        # corrections (Mod, Xor, Where) that the float path does not need
+        flat_index = index.to(torch.float32)
+        row_index = torch.floor(flat_index / width)
+        row = (row_index + 0.5).to(maps.dtype)
+        col = (flat_index - row_index * width + 0.5).to(maps.dtype)
+        box_w = (rois[:, 2] - rois[:, 0]).clamp(min=1).unsqueeze(1)
+        box_h = (rois[:, 3] - rois[:, 1]).clamp(min=1).unsqueeze(1)
+        x = rois[:, 0:1] + col * box_w / width
+        y = rois[:, 1:2] + row * box_h / height
+        return [torch.stack([x, y, torch.ones_like(x)], dim=2)], [scores]
+
+    original = roi_heads.keypointrcnn_inference
+    roi_heads.keypointrcnn_inference = decode
+    try:
+        yield
+    finally:
+        roi_heads.keypointrcnn_inference = original
 
 
 def pad_detections(rows, count: int):
@@ -206,11 +297,13 @@ def initialise_for_validation(detector: Any, images: Sequence[Any], seed: int) -
         for _, layer in layers[:-1]:
             _spread(layer, run)
         if name.endswith("cls_score"):  # R-CNN: softmax over classes, class 0 the background
-            value = _calibrate_softmax(detector, last, images)
+            value = _calibrate_softmax(detector, last, run)
         else:  # sigmoid heads: one logit per location and class
-            _spread(last, run, same_norm_per_output=True)
+            _spread(last, run, same_norm_per_output=True)  # bias 0: the logits of the replay
+            replay = _replayable(detector, "postprocess_detections", run)
             value = _calibrate(lambda b: last.bias.fill_(b),
-                               lambda: _confident(run(), per_image=max), more_with_higher=True)
+                               lambda: _confident(replay(lambda args: _shift_logits(args, float(last.bias[0]))),
+                                                  per_image=max), more_with_higher=True)
     log.info("random detector initialised for validation: %d batch norms on %d sample images, "
              "classifiers %s, %s calibrated to %.3g", norms, len(images),
              ", ".join(n for n, _ in layers), name, value)
@@ -251,7 +344,7 @@ def _spread(layer: Any, run: Callable[[], Any], same_norm_per_output: bool = Fal
     layer.weight.mul_(3.0 / float(_layer_outputs(layer, run).std().clamp(min=1e-12)))
 
 
-def _calibrate_softmax(detector: Any, layer: Any, images: Sequence[Any]) -> float:
+def _calibrate_softmax(detector: Any, layer: Any, run: Callable[[], Any]) -> float:
     """An R-CNN box classifier that detects distinct regions on every image.
 
     With random weights the region features all point one way (their mean) and their scale
@@ -262,20 +355,79 @@ def _calibrate_softmax(detector: Any, layer: Any, images: Sequence[Any]) -> floa
     background's weight (bisected), about equally on every image."""
     import torch
 
-    features = _layer_inputs(layer, lambda: detector(list(images)))
+    heads = detector.roi_heads
+    replay = _replayable(heads, "postprocess_detections", run)
+    features = _layer_inputs(layer, run)
+    per_image = [len(p) for p in replay.calls[0][0][2]]  # proposals per image
     mean = features.mean(0)
     mean = mean / mean.norm().clamp(min=1e-12)
     torch.nn.init.normal_(layer.weight, std=0.01)
     torch.nn.init.zeros_(layer.bias)
     classes = layer.weight[1:]
     classes -= (classes @ mean)[:, None] * mean[None, :]
-    smallest = min(float(_layer_outputs(layer, lambda: detector([image])).std())
-                   for image in images)
+    smallest = min(float(layer(rows).std()) for rows in features.split(per_image))
     classes *= 3.0 / max(smallest, 1e-12)  # logits spread even on the faintest image
     scale = float(classes.norm(dim=1).mean())
+    # only the class logits change: the regions' features and post-processing are replayed
+    with_logits = lambda args: (layer(features), *args[1:])  # noqa: E731
     return _calibrate(lambda weight: layer.weight[0].copy_(weight * scale * mean),
-                      lambda: _confident(detector(list(images))), more_with_higher=False,
+                      lambda: _confident(replay(with_logits)), more_with_higher=False,
                       low=0.0, high=1.0)
+
+
+class _Replay:
+    """The calls one run made to a detector's post-processing, to be made again with changed
+    arguments: calibrating a classifier then costs post-processing, not whole forward passes
+    (minutes for a ResNet-50 R-CNN at 1344 x 1344 on a CPU)."""
+
+    def __init__(self, method: Callable[..., Any], calls: List[Tuple[tuple, dict]]) -> None:
+        self.method, self.calls = method, calls
+
+    def __call__(self, change: Callable[[tuple], tuple]) -> List[Dict[str, Any]]:
+        import torch
+
+        found: List[Dict[str, Any]] = []
+        with torch.no_grad():
+            for args, kwargs in self.calls:
+                out = self.method(*change(args), **kwargs)
+                if isinstance(out, tuple):  # R-CNN's box head: (boxes, scores, labels) lists
+                    out = [{"boxes": b, "scores": s, "labels": n} for b, s, n in zip(*out)]
+                found += out
+        return found
+
+
+def _replayable(owner: Any, name: str, run: Callable[[], Any]) -> _Replay:
+    import torch
+
+    method = getattr(owner, name)
+    calls: List[Tuple[tuple, dict]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return method(*args, **kwargs)
+
+    own = name in vars(owner)  # an instance attribute (batch_ssd_postprocess's) stays one
+    setattr(owner, name, spy)
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        if own:
+            setattr(owner, name, method)
+        else:
+            delattr(owner, name)
+    return _Replay(method, calls)
+
+
+def _shift_logits(args: tuple, shift: float) -> tuple:
+    """A one-stage head's post-processing arguments with every class logit moved by `shift` (what
+    a bias of `shift` on a classifier whose bias was 0 does)."""
+    head_outputs, *rest = args
+    shifted = dict(head_outputs)
+    logits = head_outputs["cls_logits"]
+    shifted["cls_logits"] = ([t + shift for t in logits] if isinstance(logits, (list, tuple))
+                             else logits + shift)
+    return (shifted, *rest)
 
 
 def _calibrate(apply: Callable[[float], Any], count: Callable[[], float],

@@ -134,6 +134,8 @@ def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: 
         "inputs": [_describe(v) for v in proto.graph.input],
         "outputs": [_describe(v) for v in proto.graph.output],
     }
+    if adapted:
+        report["detection_adapter"] = list(trained.adapter_rewrites)
     write_json(report_path, report)
     return report
 

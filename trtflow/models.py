@@ -26,8 +26,9 @@ BUILTIN_ARCHITECTURES: Dict[str, str] = {
     "deeplabv3_resnet50": "torchvision.models.segmentation:deeplabv3_resnet50",
     "fcn_resnet50": "torchvision.models.segmentation:fcn_resnet50",
     "rtdetr_r18": "trtflow.zoo:rtdetr_r18",
-    "maskrcnn_r50_fpn": "trtflow.zoo:maskrcnn_r50_fpn",
-    "keypointrcnn_r50_fpn": "trtflow.zoo:keypointrcnn_r50_fpn",
+    # torchvision's versions of the Detectron2 R50-FPN models, adapted like any torchvision detector
+    "maskrcnn_r50_fpn": "torchvision.models.detection:maskrcnn_resnet50_fpn",
+    "keypointrcnn_r50_fpn": "torchvision.models.detection:keypointrcnn_resnet50_fpn",
 }
 # factory parameters that ask for pretrained weights (torchvision and timm style)
 WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")

@@ -19,6 +19,8 @@ PLACEMENT_FIX = ("send this rule's jobs to nodes that have it (profiles/slurm: t
 
 
 def found_tensorrt() -> Dict[str, Any]:
+    """This Python's TensorRT and the CUDA GPUs it sees, or an error saying which is missing
+    (what workflow_scripts/probe_tensorrt.py reports to the main process as well)."""
     try:
         import tensorrt
     except Exception as exc:  # ImportError, or a broken install raising OSError
@@ -26,10 +28,13 @@ def found_tensorrt() -> Dict[str, Any]:
     from . import cuda
 
     try:
-        return {"tensorrt": tensorrt.__version__,
-                "compute_capabilities": [d["compute_capability"] for d in cuda.list_devices()]}
+        gpus = cuda.list_devices()
     except Exception as exc:
         return {"tensorrt": tensorrt.__version__, "error": f"no usable CUDA GPU ({exc})"}
+    if not gpus:
+        return {"tensorrt": tensorrt.__version__, "gpus": [], "error": "no CUDA GPU visible"}
+    return {"tensorrt": tensorrt.__version__, "gpus": gpus,
+            "compute_capabilities": [gpu["compute_capability"] for gpu in gpus]}
 
 
 def found_onnxruntime() -> Dict[str, Any]:

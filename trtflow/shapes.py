@@ -200,10 +200,16 @@ def _loss_function(architecture: str, deploy) -> Callable[[Any, Sequence[Scene]]
 
 
 def deploy_spec(architecture: str, size: int) -> Dict[str, Any]:
-    """The config entry (architecture part) of a built-in detector at a square image size:
-    the R-CNN deploy modules fix their input size, RT-DETR takes any."""
-    return {"architecture": architecture,
-            "architecture_kwargs": {} if architecture == "rtdetr_r18" else {"image_size": size}}
+    """The config entry of a built-in detector taking square images of `size`: what
+    trtflow.models builds its deploy module from (the R-CNN adapter fixes its input size)."""
+    from .detection import DETECTION_OUTPUTS
+
+    inputs = [{"name": "images", "shape": [3, size, size], "dtype": "float32", "data": "shapes"}]
+    extra: List[str] = {"maskrcnn_r50_fpn": ["masks"],
+                        "keypointrcnn_r50_fpn": ["keypoints", "keypoints_scores"]}.get(architecture, [])
+    if architecture == "rtdetr_r18":
+        inputs.append({"name": "orig_target_sizes", "shape": [2], "dtype": "int32"})
+    return {"architecture": architecture, "inputs": inputs, "outputs": [*DETECTION_OUTPUTS, *extra]}
 
 
 def _identity(batch: Any) -> Any:
@@ -319,7 +325,9 @@ def evaluate(architecture: str, checkpoint: Path, size: int, count: int = 8, see
                   for s in sets]
         return [np.stack([p[i] for p in padded]) for i in range(3)]
 
-    metrics, _ = match_detections(stacked(predicted), stacked(truth), min_score=min_score)
+    # against ground truth a detection below min_score is missing: no band below the threshold
+    metrics, _ = match_detections(stacked(predicted), stacked(truth), min_score=min_score,
+                                  match_fraction=1.0)
     return {"scenes": count, "objects": metrics["reference_detections"],
             "detections": metrics["engine_detections"], "recall": metrics["detection_recall"],
             "precision": metrics["detection_precision"], "box_iou": metrics["matched_box_iou"]}

@@ -25,6 +25,9 @@ GATES = {"max_abs": ("max", "max_abs"), "rel_l2": ("max", "rel_l2"),
 # Detections the reference is at least this sure of are the ones an engine must reproduce.
 DETECTION_MIN_SCORE = 0.3
 DETECTION_MATCH_IOU = 0.5
+# An engine detection reproduces a confident reference detection down to this fraction of
+# the confidence threshold (and vice versa): fp16 moves scores near the threshold across it.
+DETECTION_MATCH_FRACTION = 0.5
 # What a cell ends in. Only "passed" means an engine was compared against a meaningful reference
 # under at least one gate; the run fails (validation.on_failure: fail) for these:
 VERDICTS = ("passed", "failed", "vacuous", "unchecked", "error")
@@ -152,43 +155,60 @@ def _flat_box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 Pair = Tuple[int, int, int]  # (image, reference detection, engine detection)
 
 
+def _greedy_matches(labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                    other_labels: np.ndarray, other_boxes: np.ndarray, other_scores: np.ndarray,
+                    min_score: float, other_min_score: float,
+                    match_iou: float) -> List[Tuple[int, int, int, float]]:
+    """Each detection of one side at score >= min_score, most confident first, matched to the
+    unmatched detection of the other side of the same class with the highest IoU (>= match_iou)
+    among those at score >= other_min_score: (image, index, other index, IoU) per match."""
+    matches = []
+    for image in range(labels.shape[0]):
+        candidates = np.flatnonzero(other_scores[image] >= other_min_score)
+        used = np.zeros(len(candidates), dtype=bool)
+        for index in np.argsort(-scores[image], kind="stable"):
+            if scores[image][index] < min_score or not len(candidates):
+                break
+            overlap = box_iou(boxes[image][index], other_boxes[image][candidates])
+            overlap[(other_labels[image][candidates] != labels[image][index]) | used] = -1.0
+            best = int(overlap.argmax())
+            if overlap[best] >= match_iou:
+                used[best] = True
+                matches.append((image, int(index), int(candidates[best]), float(overlap[best])))
+    return matches
+
+
 def match_detections(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
                      min_score: float = DETECTION_MIN_SCORE,
-                     match_iou: float = DETECTION_MATCH_IOU) -> Tuple[Dict[str, float], List[Pair]]:
+                     match_iou: float = DETECTION_MATCH_IOU,
+                     match_fraction: float = DETECTION_MATCH_FRACTION) -> Tuple[Dict[str, float], List[Pair]]:
     """Engine vs reference detections, each (labels N x K, boxes N x K x 4 xyxy, scores N x K):
     the detection metrics and the matched pairs.
 
     Engines may order near-equal detections differently, so tensors are not compared
-    element-wise: each confident reference detection (score >= min_score), most confident first,
-    is matched to the unmatched engine detection of the same class with the highest IoU
-    (>= match_iou)."""
+    element-wise. Recall: each confident reference detection (score >= min_score) is matched to
+    an engine detection of the same class at IoU >= match_iou; precision: each confident engine
+    detection to a reference one. The other side's detection may score as low as
+    match_fraction * min_score: a score that crosses the threshold by a little is drift, counted
+    in threshold_crossings and max_score_diff, not a lost detection."""
     (labels, boxes, scores), (ref_labels, ref_boxes, ref_scores) = out, ref
-    wanted = found = 0
-    pairs: List[Pair] = []
-    ious: List[float] = []
-    score_diffs: List[float] = [0.0]
-    for image in range(ref_labels.shape[0]):
-        keep = np.flatnonzero(scores[image] >= min_score)
-        cand_labels, cand_boxes = labels[image][keep], boxes[image][keep]
-        found += len(keep)
-        used = np.zeros(len(keep), dtype=bool)
-        for index in np.argsort(-ref_scores[image], kind="stable"):
-            if ref_scores[image][index] < min_score:
-                break
-            wanted += 1
-            overlap = box_iou(ref_boxes[image][index], cand_boxes) if len(keep) else np.zeros(0)
-            overlap[(cand_labels != ref_labels[image][index]) | used] = -1.0
-            if overlap.size and overlap.max() >= match_iou:
-                best = int(overlap.argmax())
-                used[best] = True
-                pairs.append((image, int(index), int(keep[best])))
-                ious.append(float(overlap[best]))
-                score_diffs.append(abs(float(scores[image][keep[best]] - ref_scores[image][index])))
-    metrics = {"reference_detections": wanted, "engine_detections": found,
-               "detection_recall": len(pairs) / wanted if wanted else 1.0,
-               "detection_precision": len(pairs) / found if found else 1.0,
-               "matched_box_iou": float(np.mean(ious)) if ious else (1.0 if not wanted else 0.0),
-               "max_score_diff": float(max(score_diffs))}
+    floor = match_fraction * min_score
+    found = _greedy_matches(ref_labels, ref_boxes, ref_scores, labels, boxes, scores,
+                            min_score, floor, match_iou)
+    confirmed = _greedy_matches(labels, boxes, scores, ref_labels, ref_boxes, ref_scores,
+                                min_score, floor, match_iou)
+    wanted, offered = int((ref_scores >= min_score).sum()), int((scores >= min_score).sum())
+    pairs = [(image, index, match) for image, index, match, _ in found]
+    score_diffs = [abs(float(scores[i][m] - ref_scores[i][r])) for i, r, m in pairs]
+    crossings = (sum(scores[i][m] < min_score for i, _, m in pairs)
+                 + sum(ref_scores[i][r] < min_score for i, _, r, _ in confirmed))
+    metrics = {"reference_detections": wanted, "engine_detections": offered,
+               "detection_recall": len(found) / wanted if wanted else 1.0,
+               "detection_precision": len(confirmed) / offered if offered else 1.0,
+               "matched_box_iou": (float(np.mean([m[3] for m in found])) if found
+                                   else (1.0 if not wanted else 0.0)),
+               "max_score_diff": max(score_diffs, default=0.0),
+               "threshold_crossings": int(crossings)}
     return metrics, pairs
 
 
@@ -223,19 +243,45 @@ def detection_mismatches(out: Sequence[np.ndarray], ref: Sequence[np.ndarray], p
 
 def detection_metrics(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
                       min_score: float = DETECTION_MIN_SCORE,
-                      match_iou: float = DETECTION_MATCH_IOU) -> Dict[str, float]:
-    return match_detections(out, ref, min_score, match_iou)[0]
+                      match_iou: float = DETECTION_MATCH_IOU,
+                      match_fraction: float = DETECTION_MATCH_FRACTION) -> Dict[str, float]:
+    return match_detections(out, ref, min_score, match_iou, match_fraction)[0]
 
 
-def mask_metrics(masks: np.ndarray, ref_masks: np.ndarray, pairs: Sequence[Pair],
+def mask_metrics(masks: np.ndarray, ref_masks: np.ndarray, boxes: np.ndarray,
+                 ref_boxes: np.ndarray, pairs: Sequence[Pair],
                  threshold: float = 0.5) -> Dict[str, float]:
     """Matched detections' masks (N x K x h x w probabilities in each detection's box, as
-    Mask R-CNN's head gives them; matched boxes agree, so the frames do): IoU of the binary masks
-    (probability >= threshold). Empty in both counts as agreement."""
-    ious = [binary_iou(masks[image, index] >= threshold, ref_masks[image, ref_index] >= threshold)
+    Mask R-CNN's head gives them): IoU of the binary masks (probability >= threshold) where they
+    lie in the image. Two matched boxes may differ (IoU 0.6 matches), so each mask is placed in
+    its own box on one grid over both; comparing them box-relative would count the box's change
+    as the mask's. Empty in both counts as agreement."""
+    ious = [binary_iou(*_masks_in_one_frame(masks[image, index] >= threshold, boxes[image, index],
+                                            ref_masks[image, ref_index] >= threshold,
+                                            ref_boxes[image, ref_index]))
             for image, ref_index, index in pairs]
     return {"matched_masks": len(ious), "mask_iou": float(np.mean(ious)) if ious else 1.0,
             "min_mask_iou": float(np.min(ious)) if ious else 1.0}
+
+
+def _masks_in_one_frame(mask: np.ndarray, box: np.ndarray, other: np.ndarray,
+                        other_box: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Two box-relative masks sampled (nearest) on one grid over the union of their boxes, at
+    twice the masks' resolution: a mask is empty outside its box."""
+    frame = np.concatenate([np.minimum(box[:2], other_box[:2]), np.maximum(box[2:], other_box[2:])])
+    rows, cols = 2 * mask.shape[0], 2 * mask.shape[1]
+    ys = frame[1] + (np.arange(rows) + 0.5) * (frame[3] - frame[1]) / rows
+    xs = frame[0] + (np.arange(cols) + 0.5) * (frame[2] - frame[0]) / cols
+
+    def placed(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+        v = np.floor((ys - b[1]) / max(float(b[3] - b[1]), 1e-6) * m.shape[0]).astype(np.int64)
+        u = np.floor((xs - b[0]) / max(float(b[2] - b[0]), 1e-6) * m.shape[1]).astype(np.int64)
+        inside = (v >= 0) & (v < m.shape[0])
+        across = (u >= 0) & (u < m.shape[1])
+        out = m[np.clip(v, 0, m.shape[0] - 1)][:, np.clip(u, 0, m.shape[1] - 1)]
+        return out & inside[:, None] & across[None, :]
+
+    return placed(mask, box), placed(other, other_box)
 
 
 def keypoint_metrics(keypoints: np.ndarray, ref_keypoints: np.ndarray, ref_boxes: np.ndarray,
@@ -314,10 +360,12 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
             tolerances: Mapping[str, float], sample_names: Sequence[str],
             labels: Optional[Sequence[str]] = None, check_expected: bool = False,
             detection_min_score: float = DETECTION_MIN_SCORE,
+            detection_match_fraction: float = DETECTION_MATCH_FRACTION,
             precision: str = "fp32") -> Dict[str, Any]:
     """All metrics, the verdict (VERDICTS) and (classification) per-sample predictions."""
     if task == "detection":
-        return _compare_detections(outputs, reference, tolerances, detection_min_score, precision)
+        return _compare_detections(outputs, reference, tolerances, detection_min_score,
+                                   detection_match_fraction, precision)
     per_output: Dict[str, Any] = {}
     failures: List[str] = []
     gates: List[str] = []
@@ -348,7 +396,7 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
 
 def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
                         tolerances: Mapping[str, float], min_score: float,
-                        precision: str = "fp32") -> Dict[str, Any]:
+                        match_fraction: float, precision: str = "fp32") -> Dict[str, Any]:
     """task: detection. The first three outputs are (labels, boxes, scores) in config order; an
     output named `masks` (per-detection mask probabilities) or `keypoints` (x, y, visibility) is
     compared on the matched detections. Per-tensor metrics are reported but only the detection
@@ -359,9 +407,11 @@ def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[st
                         f"model has {names}"], [], [], tolerances, outputs={}, predictions=[])
     per_output = {name: tensor_metrics(outputs[name], reference[name]) for name in names}
     metrics, pairs = match_detections([outputs[n] for n in names[:3]],
-                                      [reference[n] for n in names[:3]], min_score)
+                                      [reference[n] for n in names[:3]], min_score,
+                                      match_fraction=match_fraction)
     if "masks" in reference:
-        metrics.update(mask_metrics(outputs["masks"], reference["masks"], pairs))
+        metrics.update(mask_metrics(outputs["masks"], reference["masks"], outputs[names[1]],
+                                    reference[names[1]], pairs))
     if "keypoints" in reference:
         metrics.update(keypoint_metrics(outputs["keypoints"], reference["keypoints"],
                                         reference[names[1]], pairs))

@@ -10,22 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the trtflow pack
 
 
 def probe() -> dict:
-    result = {"python": sys.executable, "python_version": sys.version.split()[0]}
-    try:
-        import tensorrt
-    except Exception as exc:  # ImportError, or a broken install raising OSError
-        result["error"] = f"cannot import tensorrt: {type(exc).__name__}: {exc}"
-        return result
-    result["tensorrt"] = tensorrt.__version__
-    try:
-        from trtflow import cuda
+    from trtflow.node import found_tensorrt
 
-        result["gpus"] = cuda.list_devices()
-    except Exception as exc:
-        result["error"] = f"no usable CUDA GPU: {exc}"
-    if not result.get("gpus") and "error" not in result:
-        result["error"] = "no CUDA GPU visible"
-    return result
+    return {"python": sys.executable, "python_version": sys.version.split()[0], **found_tensorrt()}
 
 
 if __name__ == "__main__":

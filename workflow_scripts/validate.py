@@ -34,6 +34,7 @@ def main(args) -> None:
                      [str(s) for s in reference["__samples__"]], labels,
                      check_expected=args.check_expected_labels and labels is not None
                      and args.pretrained, detection_min_score=args.detection_min_score,
+                     detection_match_fraction=args.detection_match_fraction,
                      precision=sidecar["precision"])
     where = f"{sidecar['model']} {sidecar['precision']} {sidecar['batch_profile']} ({args.backend})"
     log = logging.getLogger("validate")
@@ -60,6 +61,9 @@ if __name__ == "__main__":
     p.add_argument("--check-expected-labels", action="store_true")
     p.add_argument("--detection-min-score", type=float, required=True,
                    help="task detection: confidence of the reference detections to reproduce")
+    p.add_argument("--detection-match-fraction", type=float, required=True,
+                   help="task detection: the matching detection may score down to this fraction "
+                        "of --detection-min-score")
     p.add_argument("--pretrained", action="store_true", help="the weights are real, not random")
     p.add_argument("--options", type=cli.json_arg, required=True, help="runner options")
     cli.add_job_threads(p)

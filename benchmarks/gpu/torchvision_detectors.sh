@@ -6,6 +6,9 @@
 # Each part resumes where a previous command stopped (the GPU machine's 10-minute limit).
 set -uo pipefail
 run() {  # config results-dir level
+  # a command killed at the machine's limit leaves its lock behind: this script is the only
+  # Snakemake in this directory, so the lock is stale
+  python3 -m snakemake --unlock --snakefile Snakefile --configfile "$1" --cores 1 >/dev/null
   python3 -m snakemake all --snakefile Snakefile --configfile "$1" --cores 16 --resources gpu=2 \
     --keep-going --rerun-incomplete --config backend=tensorrt results_dir="$2" \
     tensorrt="{python: ${TRT_PYTHON:?set TRT_PYTHON}, optimization_level: $3}"

@@ -349,3 +349,57 @@ def test_guarded_topk_gives_the_same_top_k_for_every_count_zero_included() -> No
         (top, index), (top_g, index_g) = (s.run(None, {"scores": scores}) for s in sessions)
         assert np.array_equal(top, top_g) and np.array_equal(index, index_g)
         assert len(top_g) == min(3, count)
+
+
+def _batched_nms_graph(path: Path) -> onnx.ModelProto:
+    """torchvision's batched_nms as a detector's post-processing exports it: the coordinate
+    trick, in a scripted function whose empty-input If inline_empty_guards removes."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    class Suppress(torch.nn.Module):
+        def forward(self, boxes, scores, classes):
+            return box_ops.batched_nms(boxes, scores, classes, 0.5)
+
+    count = 50
+    corners = torch.rand(count, 2) * 100
+    inputs = (torch.cat([corners, corners + 5 + torch.rand(count, 2) * 30], 1), torch.rand(count),
+              torch.randint(0, 4, (count,)))
+    torch.onnx.export(Suppress(), inputs, str(path), input_names=["boxes", "scores", "classes"],
+                      output_names=["keep"], opset_version=17, dynamo=False,
+                      dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}})
+    return onnx.load(str(path))
+
+
+@pytest.mark.parametrize("count", [0, 1, 40, 400])
+def test_multiclass_nms_keeps_what_batched_nms_keeps_in_its_order(tmp_path: Path, count: int) -> None:
+    """One NMS over class-shifted boxes -> ONNX's per-class NMS: the same kept boxes in the same
+    (descending score) order, for no candidate, one, and many in several classes."""
+    import onnxruntime as ort
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    original = _batched_nms_graph(tmp_path / "nms.onnx")
+    passes = ["inline_empty_guards", "fold_constants", "multiclass_nms", "cleanup", "toposort"]
+    patched, reports = apply_passes(original, passes, PatchContext("nms", "onnxruntime", {}))
+    assert len(reports[2]["rewritten"]) == 1
+    session = ort.InferenceSession(patched.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(count)
+    corners = rng.random((count, 2), dtype=np.float32) * 100
+    boxes = np.concatenate([corners, corners + 5 + rng.random((count, 2), dtype=np.float32) * 30], 1)
+    scores = rng.permutation(count).astype(np.float32) / max(count, 1) + 0.01  # distinct
+    classes = rng.integers(0, 6, count)
+    (keep,) = session.run(None, {"boxes": boxes, "scores": scores, "classes": classes})
+    expected = box_ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                   torch.from_numpy(classes), 0.5).numpy()
+    assert np.array_equal(keep, expected)
+    assert count < 40 or len(expected) > 6  # several classes kept, not one class's boxes
+
+
+def test_multiclass_nms_is_for_onnx_runtime_unless_asked(tmp_path: Path) -> None:
+    original = _batched_nms_graph(tmp_path / "nms.onnx")
+    for backend, options, rewritten in (("tensorrt", {}, 0), ("tensorrt", {"multiclass_nms": "always"}, 1),
+                                        ("onnxruntime", {"multiclass_nms": "never"}, 0)):
+        _, reports = apply_passes(original, ["inline_empty_guards", "multiclass_nms"],
+                                  PatchContext("nms", backend, options))
+        assert len(reports[1]["rewritten"]) == rewritten, (backend, options)

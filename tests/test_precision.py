@@ -129,6 +129,57 @@ def test_int8_for_tensorrt_is_symmetric_int8_with_dedicated_pairs(built) -> None
     assert report["calibration"] == {"method": "minmax", "samples": 8}
 
 
+def dequantized_consumers(proto) -> Dict[str, List[str]]:
+    """op type -> the inputs of that op fed by a DequantizeLinear (by node)."""
+    produced_by_dq = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    fed: Dict[str, List[str]] = collections.defaultdict(list)
+    for node in proto.graph.node:
+        fed[node.op_type] += [node.name for name in node.input if name in produced_by_dq]
+    return fed
+
+
+def test_int8_for_tensorrt_quantises_what_tensorrt_runs_in_int8(built) -> None:
+    """Q/DQ in front of Conv, Gemm, pooling and one input of each residual Add; none between a
+    Conv and its Relu (TensorRT fuses them) and none on the Add input a Conv produces."""
+    from trtflow.precision import QDQ_SHUFFLES, TENSORRT_INT8_OPS
+
+    proto = onnx.load(str(built[("tensorrt", "int8")][0]))
+    fed = dequantized_consumers(proto)
+    assert {op for op, names in fed.items() if names} <= set(TENSORRT_INT8_OPS) | set(QDQ_SHUFFLES)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(fed["Conv"]) == 2 * len(convs)  # activation and weight of every Conv
+    adds = [n for n in proto.graph.node if n.op_type == "Add"]
+    assert adds and sorted(fed["Add"]) == sorted(n.name for n in adds)  # one input each
+
+
+def test_int8_for_tensorrt_leaves_silu_float(tmp_path: Path) -> None:
+    """SiLU (x * sigmoid(x)) stays float: with Q/DQ around Sigmoid and Mul, TensorRT 8.6 finds no
+    implementation for the fused pointwise node."""
+    import torch
+
+    from trtflow.precision import to_int8
+
+    class SiluBlock(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.nn.functional.silu(self.first(x))
+            return y + torch.nn.functional.silu(self.second(y))
+
+    source = tmp_path / "silu.onnx"
+    torch.onnx.export(SiluBlock().eval(), (torch.rand(1, 3, 16, 16),), str(source),
+                      input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    to_int8(source, tmp_path / "int8.onnx", {"x": np.random.default_rng(0).random(
+        (4, 3, 16, 16), dtype=np.float32)}, "tensorrt")
+    fed = dequantized_consumers(onnx.load(str(tmp_path / "int8.onnx")))
+    assert not fed["Sigmoid"] and not fed["Mul"]
+    # neither Add input comes from a Conv (both from SiLU's Mul): no epilogue to fuse into,
+    # so both stay quantised and the Add runs in int8
+    assert len(fed["Conv"]) == 4 and len(fed["Add"]) == 2
+
+
 def test_int8_for_onnxruntime_has_uint8_activations_and_int8_weights(built) -> None:
     proto = onnx.load(str(built[("onnxruntime", "int8")][0]))
     activation_points = zero_points(proto, "QuantizeLinear")

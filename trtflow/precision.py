@@ -22,6 +22,18 @@ from .runners.base import TensorSpec, adapt_feed
 log = logging.getLogger(__name__)
 
 
+# What TensorRT runs in int8 and so gets Q/DQ on its inputs; everything else (activations,
+# Sigmoid/Mul of SiLU, Softmax, TopK, Gather, NMS, shape arithmetic, the outputs) stays float,
+# so that TensorRT can fuse Conv+activation and keep the rest in fp16. Add is quantised for
+# residual connections, reduced to one input by keep_adds_fusible.
+TENSORRT_INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
+                     "GlobalAveragePool")
+# ops TensorRT moves Q/DQ through: a pair in front of them stays
+QDQ_SHUFFLES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+# layers whose output TensorRT adds into a following Add in the same kernel
+FUSED_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def quantization_settings(backend: str, form: str = "u8s8") -> Dict[str, Any]:
     """Q/DQ flavour per backend.
 
@@ -140,11 +152,75 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
     if backend == "tensorrt":
         # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
         # computations there, and TensorRT refuses int8 shape tensors: keep those bodies float
-        settings["nodes_to_exclude"] = subgraph_node_names(graph)
+        settings["nodes_to_exclude"] = subgraph_node_names(graph) + bias_adds(graph)
+        settings["op_types_to_quantize"] = list(TENSORRT_INT8_OPS)
     with atomic_path(output) as tmp:
         quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         calibrate_method=methods[method], **settings)
+        if backend == "tensorrt":
+            _save_onnx(tensorrt_placement(load_onnx(tmp)), tmp)
+
+
+def _save_onnx(model, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+def tensorrt_placement(model):
+    """ONNX Runtime's Q/DQ reduced to TensorRT's rules, as ModelOpt places them
+    (benchmarks/gpu/int8-placement.md):
+    - a pair stays only where it feeds an op TensorRT runs in int8 (TENSORRT_INT8_OPS) or a
+      shuffle it moves Q/DQ through (Flatten, Reshape, ...): ONNX Runtime also quantises each
+      Conv's output ahead of its Relu, which stops TensorRT fusing Conv+ReLU;
+    - one input of each residual Add, not both: TensorRT adds into the epilogue of the layer
+      producing the other (a Conv), which a pair on that input would stop (an Add with a
+      constant input, a bias, is not quantised at all: bias_adds)."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    for node in list(graph.nodes):
+        if node.op in TENSORRT_INT8_OPS or node.op in QDQ_SHUFFLES:
+            continue
+        for index, tensor in enumerate(list(node.inputs)):
+            source = _float_source(tensor)
+            if source is not None:  # other consumers of the pair (an int8 op) keep it
+                node.inputs[index] = source
+    _keep_adds_fusible(graph)
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph)
+
+
+def _keep_adds_fusible(graph) -> None:
+    for add in [n for n in graph.nodes if n.op == "Add"]:
+        sources = [_float_source(tensor) for tensor in add.inputs]
+        if not all(source is not None for source in sources):
+            continue
+        fused = [index for index, source in enumerate(sources)
+                 if source.inputs and source.inputs[0].op in FUSED_PRODUCERS]
+        for index in fused[:1]:
+            add.inputs[index] = sources[index]
+
+
+def _float_source(tensor):
+    """The float tensor a QuantizeLinear -> DequantizeLinear pair turned into `tensor`, or None
+    where `tensor` is not such a pair's output."""
+    dequantize = tensor.inputs[0] if tensor.inputs else None
+    if dequantize is None or dequantize.op != "DequantizeLinear":
+        return None
+    quantized = dequantize.inputs[0]
+    quantize = quantized.inputs[0] if quantized.inputs else None
+    if quantize is None or quantize.op != "QuantizeLinear":
+        return None
+    return quantize.inputs[0]
+
+
+def bias_adds(graph) -> List[str]:
+    """Add nodes with a constant input: a bias, not a residual connection (no int8 Add)."""
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "Add" and any(i in constants for i in n.input)]
 
 
 def make_precision(model: str, precision: str, source: Path, output: Path, report_path: Path,

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Issue 10, item 1: where the Q/DQ go, side by side on ResNet-50 on TensorRT 8.6.
 
-Two placements of one calibrated int8 ResNet-50, built with the same profile and builder level
+Three placements of one calibrated int8 ResNet-50, built with the same profile and builder level
 as the fp16 engine of the same network, timed at batch 256 in one run:
-- `onnxruntime`: what the precision stage does today (ONNX Runtime's quantize_static, QDQ,
+- `onnxruntime`: what the precision stage did before (ONNX Runtime's quantize_static, QDQ,
   symmetric, per channel, every op ONNX Runtime can quantise);
+- `trtflow`: what the precision stage does now for TensorRT (trtflow.precision.to_int8: the same
+  quantiser on TENSORRT_INT8_OPS, reduced to TensorRT's rules by tensorrt_placement);
 - `modelopt`: NVIDIA ModelOpt's ONNX PTQ (`modelopt.onnx.quantization.quantize`, CPU
   calibration), which places Q/DQ by TensorRT's fusion rules.
 
@@ -36,6 +38,7 @@ VALIDATION_SAMPLES = 16
 # engine name -> (ONNX file, builder flags on TensorRT 8.x); the slow one last
 ENGINES = {
     "fp16": ("fp16.onnx", ["FP16"]),
+    "int8-trtflow": ("int8-trtflow.onnx", ["FP16", "INT8"]),
     "int8-modelopt": ("int8-modelopt.onnx", ["FP16", "INT8"]),
     "int8-onnxruntime": ("int8-onnxruntime.onnx", ["FP16", "INT8"]),
 }
@@ -70,16 +73,32 @@ def prepare(work: Path) -> None:
     seconds: Dict[str, float] = _read(work / "quantise_seconds.json")
     if not (work / "int8-onnxruntime.onnx").exists():
         start = time.perf_counter()
-        to_int8(fp32, work / "int8-onnxruntime.onnx", calibration, "tensorrt", "minmax")
+        _every_op(fp32, work / "int8-onnxruntime.onnx", calibration)
         seconds["onnxruntime"] = round(time.perf_counter() - start, 1)
+    if not (work / "int8-trtflow.onnx").exists():
+        start = time.perf_counter()
+        to_int8(fp32, work / "int8-trtflow.onnx", calibration, "tensorrt", "minmax")
+        seconds["trtflow"] = round(time.perf_counter() - start, 1)
     if not (work / "int8-modelopt.onnx").exists():
         start = time.perf_counter()
         _modelopt(fp32, work / "int8-modelopt.onnx", calibration["input"])
         seconds["modelopt"] = round(time.perf_counter() - start, 1)
     (work / "quantise_seconds.json").write_text(json.dumps(seconds))
     print(json.dumps({"placements": {name: _qdq_census(work / f"int8-{name}.onnx")
-                                     for name in ("onnxruntime", "modelopt")},
+                                     for name in ("onnxruntime", "trtflow", "modelopt")},
                       "quantise_seconds": seconds}, indent=1))
+
+
+def _every_op(source: Path, output: Path, calibration) -> None:
+    """The precision stage's TensorRT int8 before it followed TensorRT's rules: ONNX Runtime's
+    quantiser on every op it can quantise, TensorRT's symmetric settings."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from trtflow.precision import ArrayCalibrationReader, quantization_settings
+
+    quantize_static(str(source), str(output), ArrayCalibrationReader(calibration),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax, **quantization_settings("tensorrt"))
 
 
 def _modelopt(source: Path, output: Path, images) -> None:

@@ -110,10 +110,12 @@ def network_flags(trt) -> Tuple[int, bool]:
 
 
 def precision_flags(trt, precision: str, strongly_typed: bool) -> List[str]:
-    """Builder flags for a weakly typed (TensorRT 8.x) build of the precision ONNX."""
+    """Builder flags for a weakly typed (TensorRT 8.x) build of the precision ONNX. int8 also
+    allows fp16: the layers the Q/DQ placement leaves float (activations after fusion,
+    post-processing) then run in fp16, not fp32 (benchmarks/gpu/int8-placement.md)."""
     if strongly_typed:
         return []  # the graph's types decide; these flags are an error in 10 and gone in 11
-    wanted = {"fp16": ["FP16"], "int8": ["INT8"]}.get(precision, [])
+    wanted = {"fp16": ["FP16"], "int8": ["FP16", "INT8"]}.get(precision, [])
     return [name for name in wanted if hasattr(trt.BuilderFlag, name)]
 
 

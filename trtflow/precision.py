@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # What TensorRT runs in int8 and so gets Q/DQ on its inputs; everything else (activations,
 # Sigmoid/Mul of SiLU, Softmax, TopK, Gather, NMS, shape arithmetic, the outputs) stays float,
 # so that TensorRT can fuse Conv+activation and keep the rest in fp16. Add is quantised for
-# residual connections, reduced to one input by keep_adds_fusible.
+# residual connections, reduced to one input by tensorrt_placement.
 TENSORRT_INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
                      "GlobalAveragePool")
 # ops TensorRT moves Q/DQ through: a pair in front of them stays

@@ -202,6 +202,7 @@ def test_torchvision_factories_are_built_with_their_weights_off() -> None:
     labels, boxes, scores = built(torch.rand(1, 3, 64, 64))
     assert labels.dtype == torch.int32 and tuple(boxes.shape) == (1, 7, 4)
     assert tuple(scores.shape) == (1, 7)
+    assert built.adapter_rewrites == ["resize off"]  # what export.json reports it changed
 
 
 def test_ssd_postprocessing_over_all_classes_at_once_keeps_torchvision_s_detections() -> None:

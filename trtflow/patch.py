@@ -497,8 +497,9 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
 
     torchvision's batched_nms exports every class's candidates as one set of boxes, moved apart
     by class, for one single-class NMS. ONNX Runtime's NMS compares each candidate with every box
-    kept so far, and boxes of different classes are all kept: an SSD's ~26,000 candidates cost
-    ~175 ms there (PyTorch: ~10). Rewritten as scores per class (a candidate scores -1 in the
+    kept so far, and boxes of different classes are all kept: an SSDlite's ~26,000 candidates
+    took ~175 of its ~190 ms there (benchmarks/cpu/ssd-postprocess.md). Rewritten as scores per
+    class (a candidate scores -1 in the
     other classes, under the 0 threshold), then the selected boxes in descending score, the
     order batched_nms returns. auto: for ONNX Runtime only; TensorRT runs the original."""
     import numpy as np

@@ -428,7 +428,7 @@ def guard_empty_topk(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"guarded": guarded}
 
 
-def _producer(tensor, *ops: str):
+def producer(tensor, *ops: str):
     """The node making `tensor` when it is one of `ops`, else None."""
     node = tensor.inputs[0] if getattr(tensor, "inputs", None) else None
     return node if node is not None and node.op in ops else None
@@ -436,10 +436,10 @@ def _producer(tensor, *ops: str):
 
 def _through(tensor, *ops: str):
     """`tensor` followed up through single-input-data nodes of `ops` (Cast, Unsqueeze, Slice)."""
-    node = _producer(tensor, *ops)
+    node = producer(tensor, *ops)
     while node is not None:
         tensor = node.inputs[0]
-        node = _producer(tensor, *ops)
+        node = producer(tensor, *ops)
     return tensor
 
 
@@ -447,15 +447,15 @@ def _coordinate_trick(node) -> Any:
     """(boxes, scores, class ids) of an NMS that torchvision's batched_nms exported with its
     coordinate trick (every class's boxes moved by class x (max coordinate + 1), then one NMS),
     or None for any other NMS."""
-    add = _producer(_through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
+    add = producer(_through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
     if add is None:
         return None
     for boxes, moved in (add.inputs, add.inputs[::-1]):
-        mul = _producer(_through(moved, "Unsqueeze", "Slice", "Cast"), "Mul")
+        mul = producer(_through(moved, "Unsqueeze", "Slice", "Cast"), "Mul")
         if mul is None:
             continue
         for ids, step in (mul.inputs, mul.inputs[::-1]):
-            if _producer(step, "Add") is not None:
+            if producer(step, "Add") is not None:
                 return boxes, _through(node.inputs[1], "Cast", "Unsqueeze"), _through(ids, "Cast")
     return None
 

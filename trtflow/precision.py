@@ -159,13 +159,9 @@ def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], b
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         calibrate_method=methods[method], **settings)
         if backend == "tensorrt":
-            _save_onnx(tensorrt_placement(load_onnx(tmp)), tmp)
+            import onnx
 
-
-def _save_onnx(model, path: Path) -> None:
-    import onnx
-
-    onnx.save(model, str(path))
+            onnx.save(tensorrt_placement(load_onnx(tmp)), str(tmp))
 
 
 def tensorrt_placement(model):
@@ -206,14 +202,11 @@ def _keep_adds_fusible(graph) -> None:
 def _float_source(tensor):
     """The float tensor a QuantizeLinear -> DequantizeLinear pair turned into `tensor`, or None
     where `tensor` is not such a pair's output."""
-    dequantize = tensor.inputs[0] if tensor.inputs else None
-    if dequantize is None or dequantize.op != "DequantizeLinear":
-        return None
-    quantized = dequantize.inputs[0]
-    quantize = quantized.inputs[0] if quantized.inputs else None
-    if quantize is None or quantize.op != "QuantizeLinear":
-        return None
-    return quantize.inputs[0]
+    from .patch import producer
+
+    dequantize = producer(tensor, "DequantizeLinear")
+    quantize = producer(dequantize.inputs[0], "QuantizeLinear") if dequantize is not None else None
+    return quantize.inputs[0] if quantize is not None else None
 
 
 def bias_adds(graph) -> List[str]:

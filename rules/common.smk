@@ -127,6 +127,26 @@ def spec_json(stage):
     return params
 
 
+# the keep_precision lists a precision reads: fp16 graphs keep the fp32 list, int8 graphs both,
+# so editing one list reruns only the graphs it changes
+KEPT_FOR = {"fp32": (), "fp16": ("fp32",), "int8": ("fp16", "fp32")}
+
+
+def kept_precision_json(wildcards):
+    kept = model_spec(wildcards.model).get("keep_precision") or {}
+    return json.dumps({k: kept[k] for k in KEPT_FOR[wildcards.precision] if k in kept},
+                      sort_keys=True)
+
+
+def calibration_images(wildcards):
+    folder = CONFIG["calibration"]["images"]
+    if wildcards.precision != "int8" or not folder:
+        return []
+    from trtflow.data import IMAGE_SUFFIXES
+
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def profile(name):
     return CONFIG["batch_profiles"][name]
 

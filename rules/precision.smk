@@ -2,6 +2,8 @@ rule precision:
     """The patched graph as fp32, fp16 (casts, fp32 I/O) or int8 (calibrated Q/DQ)."""
     input:
         onnx=PATCHED,
+        # your calibration images: editing the folder recalibrates
+        images=calibration_images,
     output:
         onnx=PRECISION_ONNX,
         report=f"{R}/onnx/{{model}}/{GRAPHS}/{{precision}}.json",
@@ -12,6 +14,7 @@ rule precision:
         inputs=spec_json("precision"),
         calibration=lambda wc: json.dumps(CONFIG["calibration"] if wc.precision == "int8" else {},
                                           sort_keys=True),
+        keep_precision=kept_precision_json,
         backend=BACKEND.name,
         int8_form=lambda wc: BACKEND.info.get("int8_form", "") if wc.precision == "int8" else "",
         provenance=provenance_of("precision"),
@@ -26,5 +29,5 @@ rule precision:
         "{params.python:q} {params.script:q} --model {wildcards.model:q}"
         " --precision {wildcards.precision:q} --backend {params.backend:q} --spec {params.inputs:q}"
         " --int8-form={params.int8_form:q}"
-        " --calibration {params.calibration:q} --input {input.onnx:q} --output {output.onnx:q}"
+        " --calibration {params.calibration:q} --keep-precision {params.keep_precision:q} --input {input.onnx:q} --output {output.onnx:q}"
         " --report {output.report:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

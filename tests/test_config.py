@@ -43,7 +43,9 @@ def test_validate_config_fills_schema_defaults() -> None:
     assert resolved["exclude"] == []
     assert resolved["tensorrt"]["python"] is None and resolved["tensorrt"]["workspace_mib"] == 4096
     # given values are kept, their siblings defaulted
-    assert resolved["calibration"] == {"num_samples": 4, "method": "minmax", "seed": 0}
+    assert resolved["calibration"] == {"num_samples": 4, "method": "auto", "percentile": 99.99,
+                                       "seed": 0, "images": None,
+                                       "cache_dir": "resources/cache/calibration"}
     assert resolved["backend"] == "onnxruntime"
     net = resolved["models"]["net"]
     assert net["task"] == "classification" and net["labels"] == "none"

@@ -15,9 +15,10 @@ from trtflow.data import input_set
 from trtflow.errors import TrtflowError
 from trtflow.io import read_json
 from trtflow.patch import patch_onnx
-from trtflow.precision import (ArrayCalibrationReader, calibration_arrays, initializer_dtypes,
-                               make_precision, op_histogram, quantization_settings)
-from unit_helpers import exported, image_batch, ort_run, rel_l2, token_spec, validated_spec
+from trtflow.calibration import ArrayCalibrationReader, calibration_arrays
+from trtflow.precision import initializer_dtypes, make_precision, op_histogram, quantization_settings
+from unit_helpers import (calibration_options, exported, image_batch, ort_run, rel_l2, token_spec,
+                          validated_spec)
 
 PATCH_OPTIONS = {"passes": ["fold_constants", "cleanup", "toposort", "int64_inputs_to_int32",
                             "infer_shapes"], "int64_inputs_to_int32": "auto"}
@@ -61,7 +62,8 @@ def built(workdir: Path, resnet_patched: Dict[str, Path],
             output = workdir / f"{backend}-{precision}.onnx"
             report = make_precision("resnet", precision, source, output,
                                     workdir / f"{backend}-{precision}.json", backend,
-                                    calibration if precision == "int8" else None)
+                                    calibration if precision == "int8" else None,
+                                    calibration_options(workdir / "ranges"))
             results[(backend, precision)] = (output, report)
     return results
 
@@ -126,7 +128,10 @@ def test_int8_for_tensorrt_is_symmetric_int8_with_dedicated_pairs(built) -> None
     assert all(counts[n.output[0]] <= 1 for n in proto.graph.node if n.op_type == "DequantizeLinear")
     assert io_elem_types(proto) == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
     assert report["quantize_linear"] == op_histogram(proto)["QuantizeLinear"] > 0
-    assert report["calibration"] == {"method": "minmax", "samples": 8}
+    calibrated = report["calibration"]
+    assert (calibrated["method"], calibrated["percentile"], calibrated["samples"]) == (
+        "percentile", 99.99, 8)
+    assert Path(calibrated["ranges"]).is_file()
 
 
 def dequantized_consumers(proto) -> Dict[str, List[str]]:
@@ -157,8 +162,6 @@ def test_int8_for_tensorrt_leaves_silu_float(tmp_path: Path) -> None:
     implementation for the fused pointwise node."""
     import torch
 
-    from trtflow.precision import to_int8
-
     class SiluBlock(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -171,8 +174,9 @@ def test_int8_for_tensorrt_leaves_silu_float(tmp_path: Path) -> None:
     source = tmp_path / "silu.onnx"
     torch.onnx.export(SiluBlock().eval(), (torch.rand(1, 3, 16, 16),), str(source),
                       input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
-    to_int8(source, tmp_path / "int8.onnx", {"x": np.random.default_rng(0).random(
-        (4, 3, 16, 16), dtype=np.float32)}, "tensorrt")
+    make_precision("silu", "int8", source, tmp_path / "int8.onnx", tmp_path / "int8.json",
+                   "tensorrt", {"x": np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)},
+                   calibration_options(tmp_path / "ranges"))
     fed = dequantized_consumers(onnx.load(str(tmp_path / "int8.onnx")))
     assert not fed["Sigmoid"] and not fed["Mul"]
     # neither Add input comes from a Conv (both from SiLU's Mul): no epilogue to fuse into,
@@ -236,7 +240,8 @@ def test_int8_token_model_calibrates_on_the_inputs_its_graph_takes(tmp_path: Pat
     patched = tmp_path / "patched.onnx"
     patch_onnx("tokens", source, patched, tmp_path / "p.json", backend, PATCH_OPTIONS)
     report = make_precision("tokens", "int8", patched, tmp_path / "int8.onnx", tmp_path / "r.json",
-                            backend, calibration_arrays("tokens", spec["inputs"], 4, 0))
+                            backend, calibration_arrays("tokens", spec["inputs"], 4, 0),
+                            calibration_options(tmp_path / "ranges"))
     assert report["quantize_linear"] > 0 and report["calibration"]["samples"] == 4
 
 
@@ -303,3 +308,156 @@ def test_duplicate_nodes_are_dropped_and_subgraph_nodes_listed() -> None:
     assert drop_duplicate_nodes(graph) == 1
     assert [n.name for n in graph.node] == ["x_cast", "guard"]
     assert subgraph_node_names(graph) == ["inner", "inner"]
+
+
+# --- mixed precision (keep_precision) and calibration ---------------------------------------------
+
+def first_conv(proto) -> onnx.NodeProto:
+    return next(n for n in proto.graph.node if n.op_type == "Conv")
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime"])
+def test_keep_precision_leaves_a_named_node_out_of_int8(resnet_patched, calibration, tmp_path: Path,
+                                                         backend: str) -> None:
+    name = first_conv(onnx.load(str(resnet_patched[backend]))).name
+    report = make_precision("resnet", "int8", resnet_patched[backend], tmp_path / "int8.onnx",
+                            tmp_path / "int8.json", backend, calibration,
+                            calibration_options(tmp_path / "ranges"),
+                            keep_precision={"fp16": {"nodes": [name]}})
+    proto = onnx.load(str(tmp_path / "int8.onnx"))
+    fed = dequantized_consumers(proto)
+    assert name not in fed["Conv"] and len(fed["Conv"]) > 0
+    assert report["kept_float"] == {"fp16": [name], "fp32": []}
+
+
+def test_keep_precision_fp32_by_op_type_stays_float32_in_fp16(resnet_patched, tmp_path: Path) -> None:
+    report = make_precision("resnet", "fp16", resnet_patched["tensorrt"], tmp_path / "fp16.onnx",
+                            tmp_path / "fp16.json", "tensorrt",
+                            keep_precision={"fp32": {"op_types": ["Gemm"]}})
+    proto = onnx.load(str(tmp_path / "fp16.onnx"))
+    initializers = {i.name: i.data_type for i in proto.graph.initializer}
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    assert initializers[gemm.input[1]] == onnx.TensorProto.FLOAT
+    assert initializers[first_conv(proto).input[1]] == onnx.TensorProto.FLOAT16
+    assert report["kept_float"]["fp32"] == [gemm.name]
+
+
+def test_keep_precision_refuses_a_node_the_graph_lacks(resnet_patched, tmp_path: Path) -> None:
+    with pytest.raises(TrtflowError, match=r"model 'resnet': file '.*patched-tensorrt.onnx': "
+                                           r"keep_precision names nodes the graph does not have: "
+                                           r"\['/no/such/Conv'\]"):
+        make_precision("resnet", "fp16", resnet_patched["tensorrt"], tmp_path / "fp16.onnx",
+                       tmp_path / "fp16.json", "tensorrt",
+                       keep_precision={"fp32": {"nodes": ["/no/such/Conv"]}})
+    assert not (tmp_path / "fp16.onnx").exists()
+
+
+def test_calibration_ranges_are_cached_by_graph_and_data(resnet_patched, calibration,
+                                                         tmp_path: Path, caplog) -> None:
+    import logging
+
+    from trtflow.calibration import activation_ranges
+
+    def ranges(arrays) -> Path:
+        return activation_ranges(resnet_patched["tensorrt"], arrays, "percentile", True, 99.99,
+                                 tmp_path, "resnet")[0]
+
+    first = ranges(calibration)
+    stamp = first.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="trtflow.calibration"):
+        again = ranges(calibration)
+    assert again == first and first.stat().st_mtime_ns == stamp
+    assert "cached ranges" in caplog.text
+    fewer = ranges({k: v[:4] for k, v in calibration.items()})
+    assert fewer != first and fewer.is_file()  # other data: other ranges, never the cached ones
+
+
+def test_percentile_calibration_clips_outliers_that_minmax_keeps(resnet_patched, calibration,
+                                                                 tmp_path: Path) -> None:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from trtflow.calibration import activation_ranges
+
+    def highest(method: str) -> Dict[str, float]:
+        path, made_by = activation_ranges(resnet_patched["tensorrt"], calibration, method,
+                                          method != "minmax", 99.0, tmp_path, "resnet")
+        assert made_by == method
+        return {k: float(np.abs(np.asarray(v.range_value, dtype=np.float64)).max())
+                for k, v in load_tensors_data(path).data.items()}
+
+    minmax, percentile = highest("minmax"), highest("percentile")
+    assert set(minmax) == set(percentile)
+    assert all(percentile[k] <= minmax[k] + 1e-6 for k in minmax)
+    assert sum(percentile[k] < 0.99 * minmax[k] for k in minmax) > len(minmax) // 2
+
+
+def test_calibration_images_come_from_the_users_folder(tmp_path: Path) -> None:
+    from skimage import io
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    io.imsave(tmp_path / "imgs" / "a.png", (rng.random((40, 50, 3)) * 255).astype(np.uint8))
+    io.imsave(tmp_path / "imgs" / "sub" / "b.jpg", (rng.random((60, 30)) * 255).astype(np.uint8))
+    specs = image_spec()["inputs"]
+    ours = calibration_arrays("resnet", specs, 4, seed=0, images=str(tmp_path / "imgs"))
+    builtin = calibration_arrays("resnet", specs, 4, seed=0)
+    assert ours["input"].shape == builtin["input"].shape and not np.allclose(ours["input"],
+                                                                             builtin["input"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrtflowError, match="calibration.images: no images"):
+        calibration_arrays("resnet", specs, 4, seed=0, images=str(tmp_path / "empty"))
+
+
+def test_box_arithmetic_adds_stay_float_residual_adds_do_not(tmp_path: Path) -> None:
+    """An Add of two layer outputs is a residual join (int8); centre + offset of box decoding,
+    made of Slice and Mul of a head's output, stays float on both backends."""
+    import torch
+
+    class HeadAndDecode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            y = y + self.b(y)  # residual
+            deltas = y.flatten(1)
+            return deltas[:, :8] * 0.5 + deltas[:, 8:16]  # box decoding arithmetic
+
+    source = tmp_path / "decode.onnx"
+    torch.onnx.export(HeadAndDecode().eval(), (torch.rand(1, 3, 4, 4),), str(source),
+                      input_names=["x"], output_names=["boxes"], opset_version=17, dynamo=False)
+    feed = {"x": np.random.default_rng(0).random((4, 3, 4, 4), dtype=np.float32)}
+    for backend in ("tensorrt", "onnxruntime"):
+        make_precision("decode", "int8", source, tmp_path / f"{backend}.onnx",
+                       tmp_path / f"{backend}.json", backend, feed,
+                       calibration_options(tmp_path / "ranges"))
+        proto = onnx.load(str(tmp_path / f"{backend}.onnx"))
+        adds = [n.name for n in proto.graph.node if n.op_type == "Add"]
+        fed = dequantized_consumers(proto)
+        assert len(adds) == 2 and len(set(fed["Add"])) == 1, backend
+        assert not fed["Mul"] and not fed["Slice"], backend
+
+
+def test_vanishing_activations_calibrate_with_minmax(tmp_path: Path, caplog) -> None:
+    """A layer whose outputs all but vanish has no 2048-bin histogram: percentile calibration
+    says so and falls back to min/max instead of failing the model."""
+    import logging
+
+    import torch
+
+    from trtflow.calibration import activation_ranges
+
+    conv = torch.nn.Conv2d(3, 4, 1)
+    with torch.no_grad():
+        conv.weight.mul_(1e-17)  # outputs 1e-11 apart by ~1e-17: below float32 bins
+        conv.bias.fill_(1e-11)
+    source = tmp_path / "tiny.onnx"
+    torch.onnx.export(conv.eval(), (torch.rand(1, 3, 4, 4),), str(source), input_names=["x"],
+                      output_names=["y"], opset_version=17, dynamo=False)
+    feed = {"x": np.random.default_rng(0).random((4, 3, 4, 4), dtype=np.float32)}
+    with caplog.at_level(logging.WARNING, logger="trtflow.calibration"):
+        path, method = activation_ranges(source, feed, "percentile", True, 99.99, tmp_path, "tiny")
+    assert method == "minmax" and path.is_file() and "calibrating with minmax" in caplog.text
+    assert activation_ranges(source, feed, "percentile", True, 99.99, tmp_path, "tiny") == (
+        path, "minmax")  # the cache says what made it

@@ -313,11 +313,11 @@ def test_build_engine_skips_the_disabled_optimizers(resnet_model, tmp_path: Path
                            precision="fp32", batch_profile=PROFILE, profile_name="small",
                            options={"intra_op_threads": 1, "graph_optimization_level": "all",
                                     "disabled_optimizers": ["NchwcTransformer"]})
-    assert sidecar["disabled_optimizers"] == ["NchwcTransformer"]
+    assert sidecar["disabled_optimizers"] == ["NchwcTransformer", "WeightBiasQuantization"]
     ops = {node.op_type for node in onnx.load(str(tmp_path / "e.ort.onnx")).graph.node}
     assert "ReorderOutput" not in ops  # what the NCHWc transformer inserts
     plain = build_engine(onnx_path, tmp_path / "p.ort.onnx", tmp_path / "p.json", model="resnet",
                          precision="fp32", batch_profile=PROFILE, profile_name="small",
                          options={"intra_op_threads": 1, "graph_optimization_level": "all"})
-    assert plain["disabled_optimizers"] == []
+    assert plain["disabled_optimizers"] == ["WeightBiasQuantization"]
     assert "ReorderOutput" in {n.op_type for n in onnx.load(str(tmp_path / "p.ort.onnx")).graph.node}

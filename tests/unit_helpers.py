@@ -20,6 +20,15 @@ def validated_spec(model: str, entry: Dict[str, Any]) -> Dict[str, Any]:
     return validate_config(tiny_config(models={model: entry}))["models"][model]
 
 
+def calibration_options(cache_dir: Path, **overrides: Any) -> Dict[str, Any]:
+    """The config's calibration block with the schema's defaults, caching ranges in cache_dir."""
+    from trtflow.config import validate_config
+
+    options = validate_config(tiny_config(models={"resnet": resnet_entry({"random": True})},
+                                          calibration=overrides))["calibration"]
+    return {**options, "cache_dir": str(cache_dir)}
+
+
 def resnet_spec(size: int = 32, seed: int = 0) -> Dict[str, Any]:
     return validated_spec("resnet", resnet_entry({"random": True, "seed": seed}, size=size))
 

@@ -8,7 +8,7 @@ crops and flips, validation the standard centre crop, so the two sets differ.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +38,37 @@ def load_photo(name: str) -> np.ndarray:
         image = gray2rgb(image)
     image = image[..., :3]
     return image.astype(np.float32) / (255.0 if image.dtype != np.float32 else 1.0)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def photos_in_folder(folder: str, model: str) -> Dict[str, np.ndarray]:
+    """The user's own images (RGB float in [0, 1], by file name), for calibration sets."""
+    from pathlib import Path
+
+    from skimage import io
+    from skimage.color import gray2rgb
+
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if root.is_dir() else []
+    if not files:
+        raise TrtflowError(f"calibration.images: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+                           f"'{folder}'", model=model, path=str(root),
+                           fix="point calibration.images at a folder of images, or remove it to "
+                           "use crops of the built-in sample photos")
+    photos = {}
+    for path in files:
+        try:
+            image = io.imread(path)
+        except Exception as exc:
+            raise TrtflowError(f"calibration.images: cannot read {path}: {exc}", model=model,
+                               path=str(path), fix="remove or replace the file") from exc
+        image = gray2rgb(image) if image.ndim == 2 else image[..., :3]
+        scale = 255.0 if image.dtype == np.uint8 else 65535.0 if image.dtype == np.uint16 else 1.0
+        photos[str(path.relative_to(root))] = image.astype(np.float32) / scale
+    return photos
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -102,11 +133,14 @@ def synthetic(spec: Mapping[str, Any], count: int, rng: np.random.Generator) -> 
 
 
 def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpose: str,
-              seed: int = 0) -> Tuple[Dict[str, np.ndarray], List[str]]:
+              seed: int = 0, photos: Optional[Mapping[str, np.ndarray]] = None
+              ) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """`count` samples for every input, and a name for each sample.
 
     purpose: 'validation' (centre crops of the photos, then flipped copies) or 'calibration'
     (random crops). Synthetic inputs are seeded by purpose so the two sets never coincide.
+    photos: the images photo inputs are made from (name -> RGB in [0, 1]); default: the sample
+    photos.
     """
     rng = np.random.default_rng([seed, 0 if purpose == "validation" else 1])
     arrays: Dict[str, np.ndarray] = {}
@@ -114,17 +148,18 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
     for spec in specs:
         if spec.get("data") in PHOTO_DATA:
             height, width = _image_shape(spec, model)
-            photos = {name: load_photo(name) for name in SAMPLE_PHOTOS}
+            source = photos or {name: load_photo(name) for name in SAMPLE_PHOTOS}
+            order = list(source)
             images = []
             for index in range(count):
-                name = SAMPLE_PHOTOS[index % len(SAMPLE_PHOTOS)]
+                name = order[index % len(order)]
                 if purpose == "validation":
-                    crop = center_crop(photos[name], height, width)
-                    flipped = (index // len(SAMPLE_PHOTOS)) % 2 == 1
+                    crop = center_crop(source[name], height, width)
+                    flipped = (index // len(order)) % 2 == 1
                     images.append(crop[:, ::-1] if flipped else crop)
                     names[index] = name + ("_flipped" if flipped else "")
                 else:
-                    images.append(random_crop(photos[name], height, width, rng))
+                    images.append(random_crop(source[name], height, width, rng))
                     names[index] = f"{name}_crop{index}"
             chw = normalize_chw if PHOTO_DATA[spec["data"]] else unit_chw
             arrays[spec["name"]] = np.stack([chw(i) for i in images]).astype(

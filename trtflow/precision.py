@@ -11,7 +11,7 @@ import collections
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -25,11 +25,25 @@ log = logging.getLogger(__name__)
 # What TensorRT runs in int8 and so gets Q/DQ on its inputs; everything else (activations,
 # Sigmoid/Mul of SiLU, Softmax, TopK, Gather, NMS, shape arithmetic, the outputs) stays float,
 # so that TensorRT can fuse Conv+activation and keep the rest in fp16. Add is quantised for
-# residual connections, reduced to one input by tensorrt_placement.
+# residual connections, reduced to one input by place_qdq.
 TENSORRT_INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
                      "GlobalAveragePool")
 # ops TensorRT moves Q/DQ through: a pair in front of them stays
 QDQ_SHUFFLES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+# ONNX Runtime runs these in int8 on the CPU (QLinearConv, Relu/Clip folded into the range, int8
+# pooling and reshapes). Not quantised on either backend: post-processing (TopK, Gather, Slice,
+# Where, Softmax, Sigmoid scores, box arithmetic) and Concat, which joins boxes as often as
+# features: quantising those cost int8 detectors most of their detections.
+INT8_OPS = {"tensorrt": TENSORRT_INT8_OPS,
+            "onnxruntime": TENSORRT_INT8_OPS + ("Relu", "Clip", "LeakyRelu", "Resize", "Pad",
+                                                "Split") + QDQ_SHUFFLES}
+# outputs of these are activations: an Add joining one of them is a residual connection (int8);
+# any other Add (a bias, box decoding's centre + offset) stays float
+LAYER_OUTPUTS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool",
+                 "GlobalAveragePool", "Relu", "Clip", "LeakyRelu", "Resize", "BatchNormalization")
+# element-wise ops whose output is an activation when an input is one (SiLU's x * sigmoid(x),
+# residual chains); the same ops on sliced boxes and constants are arithmetic
+ELEMENTWISE = ("Add", "Mul", "Sigmoid")
 # layers whose output TensorRT adds into a following Add in the same kernel
 FUSED_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -57,24 +71,6 @@ def quantization_settings(backend: str, form: str = "u8s8") -> Dict[str, Any]:
     return {"activation_type": getattr(QuantType, chosen["activation_type"]),
             "weight_type": getattr(QuantType, chosen["weight_type"]),
             "extra_options": {"WeightSymmetric": chosen["weight_type"] == "QInt8"}}
-
-
-class ArrayCalibrationReader:
-    """onnxruntime CalibrationDataReader over in-memory arrays, one sample per call."""
-
-    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._arrays = arrays
-        self._count = next(iter(arrays.values())).shape[0]
-        self._iter: Iterator[int] = iter(range(self._count))
-
-    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
-        index = next(self._iter, None)
-        if index is None:
-            return None
-        return {name: array[index:index + 1] for name, array in self._arrays.items()}
-
-    def rewind(self) -> None:
-        self._iter = iter(range(self._count))
 
 
 def op_histogram(model_proto) -> Dict[str, int]:
@@ -115,13 +111,14 @@ def drop_duplicate_nodes(graph) -> int:
     return len(duplicates)
 
 
-def to_fp16(source: Path, output: Path) -> None:
+def to_fp16(source: Path, output: Path, keep_fp32: Sequence[str] = ()) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_onnx(source)
     # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
-    converted = convert_float_to_float16(model, keep_io_types=True)
+    converted = convert_float_to_float16(model, keep_io_types=True,
+                                         node_block_list=list(keep_fp32) or None)
     drop_duplicate_nodes(converted.graph)
     with atomic_path(output) as tmp:
         onnx.save(converted, str(tmp))
@@ -139,53 +136,80 @@ def subgraph_node_names(graph) -> List[str]:
     return names
 
 
-def to_int8(source: Path, output: Path, calibration: Mapping[str, np.ndarray], backend: str,
-            method: str = "minmax", per_channel: bool = True, form: str = "u8s8") -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+def to_int8(source: Path, output: Path, backend: str, ranges: Path, method: str,
+            form: str = "u8s8", keep_float: Sequence[str] = (), per_channel: bool = True) -> None:
+    """Q/DQ from ONNX Runtime's quantiser on precomputed activation ranges (trtflow.calibration),
+    placed for the backend. Per-channel weights always: per-tensor weights lose most of the
+    accuracy of depthwise convolutions (MobileNets), whose channels differ by 1000x in range."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    from .calibration import method_enum
+
     settings = quantization_settings(backend, form)
     graph = load_onnx(source).graph
-    # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
-    calibration = adapt_feed(calibration, graph_inputs(graph), f"graph {source}")
-    if backend == "tensorrt":
-        # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
-        # computations there, and TensorRT refuses int8 shape tensors: keep those bodies float
-        settings["nodes_to_exclude"] = subgraph_node_names(graph) + bias_adds(graph)
-        settings["op_types_to_quantize"] = list(TENSORRT_INT8_OPS)
+    # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
+    # computations there, which neither backend runs in int8; Adds that are not residual joins
+    # (biases, box decoding arithmetic) stay float too
+    excluded = subgraph_node_names(graph) + float_adds(graph) + list(keep_float)
+    settings["op_types_to_quantize"] = list(INT8_OPS[backend])
+    settings["nodes_to_exclude"] = sorted(set(excluded))
     with atomic_path(output) as tmp:
-        quantize_static(str(source), str(tmp), ArrayCalibrationReader(calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        calibrate_method=methods[method], **settings)
-        if backend == "tensorrt":
-            import onnx
+        quantize_static(str(source), str(tmp), None, quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, calibrate_method=method_enum(method),
+                        calibration_cache_path=str(ranges), **settings)
+        import onnx
 
-            onnx.save(tensorrt_placement(load_onnx(tmp)), str(tmp))
+        onnx.save(place_qdq(load_onnx(tmp), backend), str(tmp))
 
 
-def tensorrt_placement(model):
-    """ONNX Runtime's Q/DQ reduced to TensorRT's rules, as ModelOpt places them
-    (benchmarks/gpu/int8-placement.md):
-    - a pair stays only where it feeds an op TensorRT runs in int8 (TENSORRT_INT8_OPS) or a
-      shuffle it moves Q/DQ through (Flatten, Reshape, ...): ONNX Runtime also quantises each
-      Conv's output ahead of its Relu, which stops TensorRT fusing Conv+ReLU;
-    - one input of each residual Add, not both: TensorRT adds into the epilogue of the layer
-      producing the other (a Conv), which a pair on that input would stop (an Add with a
-      constant input, a bias, is not quantised at all: bias_adds)."""
+def place_qdq(model, backend: str):
+    """ONNX Runtime's Q/DQ reduced to what the backend runs in int8.
+
+    On both: a pair stays only where it feeds an int8 op (INT8_OPS) or, for TensorRT, a shuffle
+    it moves Q/DQ through (Flatten, Reshape, ...). ONNX Runtime's quantiser also quantises the
+    output of every quantised op, so a head's output reached the post-processing (Slice, box
+    arithmetic, TopK) through an int8 pair; it stops TensorRT fusing Conv+ReLU too.
+    For TensorRT, as ModelOpt places them (benchmarks/gpu/int8-placement.md): one input of each
+    residual Add, not both: TensorRT adds into the epilogue of the layer producing the other (a
+    Conv), which a pair on that input would stop (an Add with a constant input, a bias, is not
+    quantised at all: float_adds)."""
     import onnx_graphsurgeon as gs
 
+    int8_ops = set(INT8_OPS[backend]) | (set(QDQ_SHUFFLES) if backend == "tensorrt" else set())
     graph = gs.import_onnx(model)
     for node in list(graph.nodes):
-        if node.op in TENSORRT_INT8_OPS or node.op in QDQ_SHUFFLES:
+        if node.op in int8_ops:
             continue
         for index, tensor in enumerate(list(node.inputs)):
             source = _float_source(tensor)
             if source is not None:  # other consumers of the pair (an int8 op) keep it
                 node.inputs[index] = source
-    _keep_adds_fusible(graph)
+    _float_into_dead_end_shuffles(graph)
+    if backend == "tensorrt":
+        _keep_adds_fusible(graph)
     graph.cleanup().toposort()
     return gs.export_onnx(graph)
+
+
+def _float_into_dead_end_shuffles(graph) -> None:
+    """No pair in front of a shuffle (Reshape, Transpose, ...) whose output is not quantised
+    again: the shuffle leads into float ops, and the pair only rounded a head's output (box
+    offsets, class logits) to 8 bits on its way to the post-processing. Repeated, so a chain of
+    shuffles is cleared from its end."""
+    changed = True
+    while changed:
+        changed = False
+        graph.cleanup()  # drops the pairs nothing reads any more, so their Q stops counting
+        for node in graph.nodes:
+            if node.op not in QDQ_SHUFFLES or not node.inputs:
+                continue
+            if any(consumer.op == "QuantizeLinear" for output in node.outputs
+                   for consumer in output.outputs):
+                continue
+            source = _float_source(node.inputs[0])
+            if source is not None:
+                node.inputs[0] = source
+                changed = True
 
 
 def _keep_adds_fusible(graph) -> None:
@@ -209,30 +233,69 @@ def _float_source(tensor):
     return quantize.inputs[0] if quantize is not None else None
 
 
-def bias_adds(graph) -> List[str]:
-    """Add nodes with a constant input: a bias, not a residual connection (no int8 Add)."""
+def float_adds(graph) -> List[str]:
+    """Add nodes that are not residual connections and so get no int8: a constant input (a bias)
+    or no input that is a layer's activation, like box decoding's centre + offset."""
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in graph.node if n.op_type == "Add" and any(i in constants for i in n.input)]
+    made_by = {o: n for n in graph.node for o in n.output}
+    memo: Dict[str, bool] = {}
+
+    def activation(name: str) -> bool:
+        if name not in memo:
+            memo[name] = False  # a cycle (none in a valid graph) ends here
+            node = made_by.get(name)
+            memo[name] = node is not None and (node.op_type in LAYER_OUTPUTS or (
+                node.op_type in ELEMENTWISE
+                and any(activation(i) for i in node.input if i not in constants)))
+        return memo[name]
+
+    return [n.name for n in graph.node if n.op_type == "Add" and (
+        any(i in constants for i in n.input) or not any(activation(i) for i in n.input))]
+
+
+def kept_nodes(graph, selection: Optional[Mapping[str, Sequence[str]]], model: str,
+               source: Path) -> List[str]:
+    """The nodes a keep_precision selection names, by node name or op type; a name that is not
+    in the graph is refused (a typo would otherwise keep nothing and say nothing)."""
+    if not selection:
+        return []
+    names = {n.name for n in graph.node}
+    missing = sorted(set(selection.get("nodes") or ()) - names)
+    if missing:
+        raise TrtflowError(f"keep_precision names nodes the graph does not have: {missing}",
+                           model=model, path=str(source),
+                           fix="use node names of the patched graph (netron, or the report's "
+                           "node_index beside the precision graph), or write the list with "
+                           "`snakemake debug_precision`")
+    op_types = set(selection.get("op_types") or ())
+    return [n.name for n in graph.node
+            if n.name in set(selection.get("nodes") or ()) or n.op_type in op_types]
 
 
 def make_precision(model: str, precision: str, source: Path, output: Path, report_path: Path,
                    backend: str, calibration: Optional[Mapping[str, np.ndarray]] = None,
-                   calibration_method: Optional[str] = None,
-                   int8_form: str = "u8s8") -> Dict[str, Any]:
+                   calibration_options: Optional[Mapping[str, Any]] = None,
+                   int8_form: str = "u8s8",
+                   keep_precision: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The precision graph and its report. calibration_options (int8): method (resolved for the
+    backend), percentile, cache_dir. keep_precision: the model's mixed-precision lists."""
     import onnx
 
     log.info("precision %s: %s for %s", model, precision, backend)
+    keep_precision = keep_precision or {}
+    graph = load_onnx(source).graph
+    keep_fp32 = kept_nodes(graph, keep_precision.get("fp32"), model, source)
+    keep_fp16 = kept_nodes(graph, keep_precision.get("fp16"), model, source)
+    calibrated = None
     if precision == "fp32":
         with atomic_path(output) as tmp:
             shutil.copyfile(source, tmp)
     elif precision == "fp16":
-        to_fp16(source, output)
+        to_fp16(source, output, keep_fp32)
     elif precision == "int8":
-        if calibration is None:
-            raise TrtflowError("int8 needs a calibration set", model=model)
-        calibration_method = calibration_method or "minmax"
-        to_int8(source, output, calibration, backend, calibration_method, form=int8_form)
+        calibrated = _int8(model, source, output, backend, calibration, calibration_options,
+                           int8_form, keep_fp16 + keep_fp32)
     else:
         raise TrtflowError(f"unknown precision '{precision}'", model=model,
                            fix="use fp32, fp16 or int8")
@@ -243,11 +306,11 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
               "initializer_dtypes": initializer_dtypes(proto),
               "quantize_linear": ops.get("QuantizeLinear", 0),
               "dequantize_linear": ops.get("DequantizeLinear", 0),
+              "kept_float": {"fp32": keep_fp32, "fp16": keep_fp16 if precision == "int8" else []},
               # TensorRT 8.x parser errors give only a node index: this names it
               "node_index": [f"'{n.name}' ({n.op_type})" for n in proto.graph.node]}
-    if precision == "int8":
-        report["calibration"] = {"method": calibration_method,
-                                 "samples": int(next(iter(calibration.values())).shape[0])}
+    if calibrated is not None:
+        report["calibration"] = calibrated
         report["int8_form"] = "s8s8-symmetric" if backend == "tensorrt" else int8_form
         if report["quantize_linear"] == 0:
             raise TrtflowError("int8 quantisation inserted no QuantizeLinear node", model=model,
@@ -256,9 +319,24 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     return report
 
 
-def calibration_arrays(model: str, specs: Sequence[Mapping[str, Any]], num_samples: int,
-                       seed: int) -> Dict[str, np.ndarray]:
-    from .data import input_set
+def _int8(model: str, source: Path, output: Path, backend: str,
+          calibration: Optional[Mapping[str, np.ndarray]],
+          options: Optional[Mapping[str, Any]], form: str, keep_float: Sequence[str]
+          ) -> Dict[str, Any]:
+    """Calibrate (or reuse cached ranges), quantise; what the report says about calibration."""
+    from .calibration import activation_ranges, resolve_method
 
-    arrays, _ = input_set(model, specs, num_samples, "calibration", seed)
-    return arrays
+    if calibration is None or options is None:
+        raise TrtflowError("int8 needs a calibration set and calibration options", model=model)
+    method = resolve_method(options["method"], backend)
+    # the patch stage may have narrowed int64 inputs to int32 (TensorRT): feed what the graph takes
+    calibration = adapt_feed(calibration, graph_inputs(load_onnx(source).graph), f"graph {source}")
+    # histogram methods calibrate |x| (one range for both signs, TensorRT's form); min/max is
+    # symmetrised by the quantiser where the form wants it
+    ranges, method = activation_ranges(source, calibration, method,
+                                       symmetric=method != "minmax",
+                                       percentile=float(options["percentile"]),
+                                       cache_dir=Path(options["cache_dir"]), model=model)
+    to_int8(source, output, backend, ranges, method, form, keep_float)
+    return {"method": method, "percentile": options["percentile"] if method == "percentile" else None,
+            "samples": int(next(iter(calibration.values())).shape[0]), "ranges": str(ranges)}

@@ -6,7 +6,7 @@ as the fp16 engine of the same network, timed at batch 256 in one run:
 - `onnxruntime`: what the precision stage did before (ONNX Runtime's quantize_static, QDQ,
   symmetric, per channel, every op ONNX Runtime can quantise);
 - `trtflow`: what the precision stage does now for TensorRT (trtflow.precision.to_int8: the same
-  quantiser on TENSORRT_INT8_OPS, reduced to TensorRT's rules by tensorrt_placement);
+  quantiser on TENSORRT_INT8_OPS, reduced to TensorRT's rules by place_qdq, then named tensorrt_placement);
 - `modelopt`: NVIDIA ModelOpt's ONNX PTQ (`modelopt.onnx.quantization.quantize`, CPU
   calibration), which places Q/DQ by TensorRT's fusion rules.
 
@@ -94,7 +94,8 @@ def _every_op(source: Path, output: Path, calibration) -> None:
     quantiser on every op it can quantise, TensorRT's symmetric settings."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    from trtflow.precision import ArrayCalibrationReader, quantization_settings
+    from trtflow.calibration import ArrayCalibrationReader
+    from trtflow.precision import quantization_settings
 
     quantize_static(str(source), str(output), ArrayCalibrationReader(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True,

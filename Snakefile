@@ -25,6 +25,7 @@ include: "rules/precision.smk"
 include: "rules/engine.smk"
 include: "rules/benchmark.smk"
 include: "rules/validate.smk"
+include: "rules/debug.smk"
 include: "rules/summary.smk"
 
 

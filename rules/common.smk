@@ -129,12 +129,14 @@ def spec_json(stage):
 
 # the keep_precision lists a precision reads: fp16 graphs keep the fp32 list, int8 graphs both,
 # so editing one list reruns only the graphs it changes
+from trtflow.config import backend_keep_precision
+
 KEPT_FOR = {"fp32": (), "fp16": ("fp32",), "int8": ("fp16", "fp32")}
 
 
 def kept_precision_json(wildcards):
     kept = model_spec(wildcards.model).get("keep_precision") or {}
-    return json.dumps({k: kept[k] for k in KEPT_FOR[wildcards.precision] if k in kept},
+    return json.dumps(backend_keep_precision(kept, BACKEND.name, KEPT_FOR[wildcards.precision]),
                       sort_keys=True)
 
 

@@ -36,6 +36,9 @@ rule verdicts:
         python=TORCH_PY,
         script=str(SCRIPTS / "verdicts.py"),
         on_failure=CONFIG["validation"]["on_failure"],
+        # named in the hint for failed int8/fp16 cells (rules/debug.smk)
+        debug_fallbacks=json.dumps({f"{m} {p}": DEBUG_FALLBACK.format(model=m, precision=p)
+                                    for m, p in DEBUG_CELLS}, sort_keys=True),
         provenance=provenance_of("verdicts"),
         producers=input_producers,
     log:
@@ -46,4 +49,4 @@ rule verdicts:
         "../envs/torch.yaml"
     shell:
         "{params.python:q} {params.script:q} --summary {input:q} --on-failure {params.on_failure:q}"
-        " --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --debug-fallbacks {params.debug_fallbacks:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -9,7 +9,9 @@ reuses stale ranges.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import tempfile
@@ -144,14 +146,16 @@ def _calibrate(graph: Path, arrays: Mapping[str, np.ndarray], method: str, symme
             # fails where their shapes differ between samples (a detector's per-image boxes and
             # regions), and holding one sample's tensors at a time bounds the memory
             for index in range(count):
-                calibrator.collect_data(ArrayCalibrationReader(
-                    {name: array[index:index + 1] for name, array in arrays.items()}))
+                with contextlib.redirect_stdout(io.StringIO()):  # its print() per pass
+                    calibrator.collect_data(ArrayCalibrationReader(
+                        {name: array[index:index + 1] for name, array in arrays.items()}))
                 if (index + 1) % 8 == 0 or index + 1 == count:
                     log.info("calibration: %d / %d samples", index + 1, count)
             if skipped:
                 log.info("calibration: no range for %d tensors with inf/nan values or none "
                          "at all for some sample (they stay float): %s", len(skipped), ", ".join(sorted(skipped)[:5]))
-            return calibrator.compute_data()
+            with contextlib.redirect_stdout(io.StringIO()):
+                return calibrator.compute_data()
         except ValueError as exc:
             # numpy cannot make 2048 float32 bins over a range of ~1e-11 (a layer whose outputs
             # all but vanish): such a tensor has no histogram, but it has a min and a max

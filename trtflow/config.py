@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .errors import TrtflowError
 
@@ -322,3 +322,17 @@ def model_tolerances(config: Dict[str, Any], model: str, precision: str,
             else:
                 tolerances[key] = value
     return tolerances
+
+
+def backend_keep_precision(keep_precision: Mapping[str, Any], backend: str,
+                           levels: Sequence[str] = ("fp16", "fp32")) -> Dict[str, Dict[str, List[str]]]:
+    """A model's keep_precision lists for one backend: the common lists with the backend's own
+    (keep_precision.<backend>) added, for the levels a precision reads."""
+    merged: Dict[str, Dict[str, List[str]]] = {}
+    for level in levels:
+        parts = [keep_precision.get(level) or {}, (keep_precision.get(backend) or {}).get(level) or {}]
+        if not any(parts):
+            continue
+        merged[level] = {key: list(dict.fromkeys(item for part in parts for item in part.get(key) or ()))
+                         for key in ("nodes", "op_types")}
+    return merged

@@ -178,17 +178,35 @@ def place_qdq(model, backend: str):
     int8_ops = set(INT8_OPS[backend]) | (set(QDQ_SHUFFLES) if backend == "tensorrt" else set())
     graph = gs.import_onnx(model)
     for node in list(graph.nodes):
+        # a node kept out of int8 in ONNX Runtime's form still reads its input through the pair
+        # when another consumer is int8: the Relu/Clip the quantiser folded into that pair's range
+        # exists nowhere else
         if node.op in int8_ops:
             continue
         for index, tensor in enumerate(list(node.inputs)):
             source = _float_source(tensor)
             if source is not None:  # other consumers of the pair (an int8 op) keep it
                 node.inputs[index] = source
+    _float_graph_outputs(graph)
     _float_into_dead_end_shuffles(graph)
     if backend == "tensorrt":
         _keep_adds_fusible(graph)
     graph.cleanup().toposort()
     return gs.export_onnx(graph)
+
+
+def _float_graph_outputs(graph) -> None:
+    """The graph's outputs come out as computed, not through the pair the quantiser puts on a
+    quantised op's output (logits rounded to 256 levels)."""
+    for index, output in enumerate(list(graph.outputs)):
+        source = _float_source(output)
+        if source is None:
+            continue
+        name = output.name
+        output.name = f"{name}_rounded"
+        source.name = name
+        source.dtype, source.shape = output.dtype or source.dtype, output.shape or source.shape
+        graph.outputs[index] = source
 
 
 def _float_into_dead_end_shuffles(graph) -> None:

@@ -200,6 +200,22 @@ def verdict_failures(rows: Sequence[Mapping[str, Any]]) -> List[str]:
             f"({r['backend']}): {r['failures']}" for r in rows if r["verdict"] in FAILING_VERDICTS]
 
 
+def precision_debug_hint(rows: Sequence[Mapping[str, Any]],
+                         fallback_files: Mapping[str, str]) -> Optional[str]:
+    """For the failed cells a fallback list can help (`fallback_files`: '<model> <precision>' ->
+    its debug_precision overlay): the target that names the layers losing the accuracy and writes
+    a keep_precision list, and how to apply that list."""
+    files = sorted({fallback_files[key] for key in (f"{r['model']} {r['precision']}" for r in rows
+                                                     if r["verdict"] == "failed")
+                    if key in fallback_files})
+    if not files:
+        return None
+    return (f"for the failed int8/fp16 cells, `snakemake {' '.join(files)}` (or `snakemake "
+            "debug_precision`) names the layers that lose the accuracy and writes a "
+            "keep_precision list; apply it with `snakemake all --configfile <your config files> "
+            "<that file>`")
+
+
 def _empty_plot(output: Path, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 2))

@@ -15,19 +15,21 @@ def main(args) -> None:
 
     from trtflow.errors import TrtflowError
     from trtflow.io import write_json
-    from trtflow.summary import verdict_failures
+    from trtflow.summary import precision_debug_hint, verdict_failures
 
     with open(args.summary, newline="") as handle:
         rows = list(csv.DictReader(handle))
     counts = dict(Counter(row["verdict"] for row in rows))
     failures = verdict_failures(rows)
+    hint = precision_debug_hint(rows, args.debug_fallbacks)
     if failures and args.on_failure == "fail":
         raise TrtflowError(
             f"{len(failures)} of {len(rows)} cells did not pass ({counts}); {args.summary} and the "
             "report have every cell:\n  " + "\n  ".join(failures),
             fix="see each cell's validation JSON; loosen validation.tolerances or the model's "
-                "tolerances only with a reason, or set validation.on_failure: record")
-    for line in failures:
+                "tolerances only with a reason, or set validation.on_failure: record"
+                + (f"; {hint}" if hint else ""))
+    for line in failures + ([hint] if hint else []):
         logging.getLogger("verdicts").warning("%s", line)
     write_json(args.output, {"cells": len(rows), "verdicts": counts, "on_failure": args.on_failure,
                              "not_passed": failures, "provenance": args.provenance})
@@ -37,5 +39,8 @@ if __name__ == "__main__":
     p = cli.parser(__doc__)
     p.add_argument("--summary", required=True)
     p.add_argument("--on-failure", choices=["fail", "record"], required=True)
+    p.add_argument("--debug-fallbacks", type=cli.json_arg, default={},
+                   help="JSON: '<model> <precision>' -> its debug_precision overlay, for the "
+                        "cells a fallback list can help")
     p.add_argument("--output", required=True)
     cli.run(main, p)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List
 
 COLUMNS = ["model", "precision", "batch_profile", "batch", "throughput", "latency_p50_ms",
-           "build_seconds", "validation_passed", "placement"]
+           "build_seconds", "validation_passed", "placement", "run"]
 METRICS = ["rel_l2", "cosine", "top1_agreement"]
 
 
@@ -27,21 +27,20 @@ def machine(results: Path) -> Dict[str, str]:
     return {"gpu": sidecar.get("device_name", "?"), "tensorrt": sidecar.get("version", "?")}
 
 
-def write_csv(rows: List[Dict[str, str]], path: Path) -> None:
+def write_csv(runs: Dict[str, List[Dict[str, str]]], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({**{k: row.get(k, "") for k in COLUMNS},
-                             "placement": "trtflow" if row["precision"] == "int8" else ""})
+        for label, rows in runs.items():
+            for row in rows:
+                writer.writerow({**{k: row.get(k, "") for k in COLUMNS}, "run": label,
+                                 "placement": "trtflow" if row["precision"] == "int8" else ""})
 
 
-def markdown(rows: List[Dict[str, str]], results: Path) -> str:
+def markdown(label: str, rows: List[Dict[str, str]], results: Path) -> str:
     info = machine(results)
-    lines = [f"# int8 against fp16 on TensorRT ({datetime.date.today()})", "",
-             f"- device: {info['gpu']}; TensorRT {info['tensorrt']}",
-             "- one workflow run: `TRT_PYTHON=/tmp/trtpy bash benchmarks/gpu/int8.sh` "
-             "(config benchmarks/gpu/int8.yaml); machine-readable: int8.csv", "",
+    lines = [f"## Run {label} ({results})", "",
+             f"- device: {info['gpu']}; TensorRT {info['tensorrt']}", "",
              "| model | batch | fp16 img/s | int8 img/s | int8 / fp16 | int8 p50 ms | "
              "build s (fp16 / int8) | int8 verdict | int8 rel. L2 | int8 top-1 agr. |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -61,13 +60,16 @@ def markdown(rows: List[Dict[str, str]], results: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("results", type=Path)
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, help="folder for int8.csv and int8-tables.md")
+    parser.add_argument("runs", nargs="+", help="LABEL=RESULTS_DIR of each run, or RESULTS_DIR")
     args = parser.parse_args()
-    rows = rows_of(args.results)
-    write_csv(rows, args.out / "int8.csv")
-    (args.out / "int8.md").write_text(markdown(rows, args.results))
-    print((args.out / "int8.md").read_text())
+    runs = dict(run.split("=", 1) if "=" in run else ("a", run) for run in args.runs)
+    tables = {label: rows_of(Path(results)) for label, results in runs.items()}
+    write_csv(tables, args.out / "int8.csv")
+    text = f"# int8 against fp16 on TensorRT ({datetime.date.today()}), one table per run\n\n"
+    text += "\n".join(markdown(label, tables[label], Path(results)) for label, results in runs.items())
+    (args.out / "int8-tables.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -75,9 +75,9 @@ class Runtime:
         (the fp32 reference)."""
         import onnxruntime as ort
 
-        from .runners.onnxruntime import _session_options, disabled_optimizers
+        from .runners.onnxruntime import session_options, disabled_optimizers
 
-        options = _session_options(self.threads,
+        options = session_options(self.threads,
                                    self.engine_options.get("graph_optimization_level", "basic"))
         if exact or self.backend != "onnxruntime":
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

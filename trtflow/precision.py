@@ -39,8 +39,8 @@ INT8_OPS = {"tensorrt": TENSORRT_INT8_OPS,
                                                 "Split") + QDQ_SHUFFLES}
 # outputs of these are activations: an Add joining one of them is a residual connection (int8);
 # any other Add (a bias, box decoding's centre + offset) stays float
-LAYER_OUTPUTS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool",
-                 "GlobalAveragePool", "Relu", "Clip", "LeakyRelu", "Resize", "BatchNormalization")
+LAYER_OUTPUTS = tuple(op for op in TENSORRT_INT8_OPS if op != "Add") + (
+    "Relu", "Clip", "LeakyRelu", "Resize", "BatchNormalization")
 # element-wise ops whose output is an activation when an input is one (SiLU's x * sigmoid(x),
 # residual chains); the same ops on sliced boxes and constants are arithmetic
 ELEMENTWISE = ("Add", "Mul", "Sigmoid")
@@ -141,6 +141,7 @@ def to_int8(source: Path, output: Path, backend: str, ranges: Path, method: str,
     """Q/DQ from ONNX Runtime's quantiser on precomputed activation ranges (trtflow.calibration),
     placed for the backend. Per-channel weights always: per-tensor weights lose most of the
     accuracy of depthwise convolutions (MobileNets), whose channels differ by 1000x in range."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     from .calibration import method_enum
@@ -149,7 +150,10 @@ def to_int8(source: Path, output: Path, backend: str, ranges: Path, method: str,
     graph = load_onnx(source).graph
     # Q/DQ inside Loop/If bodies (Keypoint R-CNN's heatmap decoding loop) reaches shape
     # computations there, which neither backend runs in int8; Adds that are not residual joins
-    # (biases, box decoding arithmetic) stay float too
+    # (biases, box decoding arithmetic) stay float too. A kept node gets no Q/DQ of its own; in
+    # ONNX Runtime's form it still reads an input another consumer quantises through that pair,
+    # since the quantiser folds a Relu/Clip into the pair's range and the clipped tensor exists
+    # nowhere else.
     excluded = subgraph_node_names(graph) + float_adds(graph) + list(keep_float)
     settings["op_types_to_quantize"] = list(INT8_OPS[backend])
     settings["nodes_to_exclude"] = sorted(set(excluded))
@@ -157,8 +161,6 @@ def to_int8(source: Path, output: Path, backend: str, ranges: Path, method: str,
         quantize_static(str(source), str(tmp), None, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, calibrate_method=method_enum(method),
                         calibration_cache_path=str(ranges), **settings)
-        import onnx
-
         onnx.save(place_qdq(load_onnx(tmp), backend), str(tmp))
 
 
@@ -178,9 +180,6 @@ def place_qdq(model, backend: str):
     int8_ops = set(INT8_OPS[backend]) | (set(QDQ_SHUFFLES) if backend == "tensorrt" else set())
     graph = gs.import_onnx(model)
     for node in list(graph.nodes):
-        # a node kept out of int8 in ONNX Runtime's form still reads its input through the pair
-        # when another consumer is int8: the Relu/Clip the quantiser folded into that pair's range
-        # exists nowhere else
         if node.op in int8_ops:
             continue
         for index, tensor in enumerate(list(node.inputs)):

@@ -45,7 +45,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _session_options(threads: int, level: str, optimized_path: Optional[Path] = None):
+def session_options(threads: int, level: str, optimized_path: Optional[Path] = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -75,7 +75,7 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
     start = time.perf_counter()
     with atomic_path(engine_path) as tmp:
         try:
-            session = ort.InferenceSession(str(onnx_path), _session_options(threads, level, tmp),
+            session = ort.InferenceSession(str(onnx_path), session_options(threads, level, tmp),
                                            providers=["CPUExecutionProvider"],
                                            disabled_optimizers=disabled)
         except Exception as exc:
@@ -117,7 +117,7 @@ class OnnxRuntimeRunner(Runner):
                 fix="rerun snakemake: engine paths carry the version, so it rebuilds")
         # Already optimised at build time; loading applies only the required transformers.
         self.session = read_artifact(self.engine_path, lambda p: ort.InferenceSession(
-            str(p), _session_options(self.threads, "basic"), providers=["CPUExecutionProvider"],
+            str(p), session_options(self.threads, "basic"), providers=["CPUExecutionProvider"],
             disabled_optimizers=list(ALWAYS_DISABLED)),
             "optimised ONNX Runtime model")
         self.inputs = _specs(self.session.get_inputs())

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
+import onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from trtflow.calibration import calibration_arrays  # noqa: E402
 from trtflow.cpu import instruction_set, int8_form  # noqa: E402
 from trtflow.data import input_set  # noqa: E402
+from trtflow.runners.onnxruntime import cpu_name  # noqa: E402
 from trtflow.precision import make_precision  # noqa: E402
 
 SPEC = [{"name": "input", "shape": [3, 224, 224], "dtype": "float32", "data": "imagenet_samples"}]
@@ -68,7 +69,8 @@ def main() -> None:
     calibration = calibration_arrays("mobilenet_v2", SPEC, 32, seed=0)
     form = int8_form(instruction_set())
     lines = [f"# int8 calibration on MobileNetV2 ({datetime.date.today()})", "",
-             f"- CPU: {platform.processor() or platform.machine()}, ONNX Runtime form here: {form}",
+             f"- CPU: {cpu_name()} ({instruction_set()}), ONNX Runtime {onnxruntime.__version__}, "
+             f"form here: {form}",
              f"- command: `python benchmarks/cpu/int8_calibration.py RESULTS_DIR {args.out}`",
              "- cells: logits rel. L2 / top-1 agreement against the fp32 graph; 32 calibration "
              "crops; 8 = the workflow's validation set, 20 = 10 photos and their mirror images", "",

@@ -10,9 +10,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
-from .data import PHOTO_DATA
 from .errors import TrtflowError
 from .io import atomic_path, sha256_file, write_json
 
@@ -105,32 +104,6 @@ def reset_zero_layers(module) -> List[str]:
 INIT_SAMPLES = 4
 
 
-def settle_batchnorm(module, images: Sequence[Any]) -> int:
-    """Set every BatchNorm's running statistics from one batch of sample images; return how
-    many layers that touched.
-
-    Freshly initialised BatchNorm layers normalise with mean 0 / variance 1, whatever their
-    input: a deep random network then shrinks or blows up its activations layer by layer
-    (random efficientnet_v2_s: logits ~1e-11), which no fp16 or int8 engine can be held to.
-    With statistics of real inputs each layer's output is normalised as in a trained network."""
-    import torch
-
-    layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not layers or not images:
-        return 0
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average: after one batch, that batch's statistics
-    module.train()
-    with torch.no_grad():
-        module(torch.stack(list(images)))
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
-    module.eval()
-    return len(layers)
-
-
 def sample_images(model: str, spec: Mapping[str, Any]) -> List[Any]:
     """The model's first input as calibration samples, one 3 x H x W tensor each."""
     import torch
@@ -163,8 +136,6 @@ def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output
         if detection.is_adapted(module):
             meta["detection_init"] = detection.initialise_for_validation(
                 module.detector, sample_images(model, spec), seed)
-        elif len(spec["inputs"]) == 1 and spec["inputs"][0].get("data") in PHOTO_DATA:
-            meta["batchnorm_settled"] = settle_batchnorm(module, sample_images(model, spec))
     else:
         if "builtin" in weights:
             path = fetch_builtin(weights["builtin"], cache_dir, model)

@@ -144,9 +144,9 @@ def calibration_images(wildcards):
     folder = CONFIG["calibration"]["images"]
     if wildcards.precision != "int8" or not folder:
         return []
-    from trtflow.data import IMAGE_SUFFIXES
+    from trtflow.data import image_files
 
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [str(p) for p in image_files(folder)]
 
 
 def profile(name):

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import TrtflowError
-from .io import atomic_path
+from .io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,7 @@ def cache_key(graph: Path, arrays: Mapping[str, np.ndarray], settings: Mapping[s
     """sha256 over the graph file, the samples (names, dtypes, shapes, bytes) and the settings."""
     import onnxruntime
 
-    digest = hashlib.sha256()
-    with open(graph, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = hashlib.sha256(sha256_file(graph).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())

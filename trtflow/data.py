@@ -43,6 +43,15 @@ def load_photo(name: str) -> np.ndarray:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def image_files(folder: str) -> List["Path"]:
+    """The image files under `folder` (searched recursively), sorted; none if it is no folder."""
+    from pathlib import Path
+
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if root.is_dir() else []
+
+
 def photos_in_folder(folder: str, model: str) -> Dict[str, np.ndarray]:
     """The user's own images (RGB float in [0, 1], by file name), for calibration sets."""
     from pathlib import Path
@@ -51,8 +60,7 @@ def photos_in_folder(folder: str, model: str) -> Dict[str, np.ndarray]:
     from skimage.color import gray2rgb
 
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if root.is_dir() else []
+    files = image_files(folder)
     if not files:
         raise TrtflowError(f"calibration.images: no images ({', '.join(IMAGE_SUFFIXES)}) in "
                            f"'{folder}'", model=model, path=str(root),

@@ -179,6 +179,16 @@ def test_missing_weights_file_stops_validation(tmp_path: Path) -> None:
     assert "weights: {random: true}" in error.fix
 
 
+def test_an_excluded_model_needs_no_weights_file(tmp_path: Path, resnet18_checkpoint: Path) -> None:
+    # an overlay that runs a subset of a models file: the models it leaves out may lack checkpoints
+    config = tiny_config(models={"net": resnet_entry({"path": str(resnet18_checkpoint)}),
+                                 "other": resnet_entry({"path": str(tmp_path / "absent.pt")})},
+                         exclude=[{"model": "other"}])
+    assert "other" in validate_config(config)["models"]
+    config["exclude"] = [{"model": "other", "precision": "fp32"}]  # still runs in other precisions
+    assert "weights file not found" in str(config_error(config))
+
+
 def test_existing_weights_file_passes(resnet18_checkpoint: Path) -> None:
     config = tiny_config(models={"net": resnet_entry({"path": str(resnet18_checkpoint)})})
     assert validate_config(config)["models"]["net"]["weights"]["path"] == str(resnet18_checkpoint)

@@ -410,23 +410,31 @@ def test_calibration_images_come_from_the_users_folder(tmp_path: Path) -> None:
 
 def test_box_arithmetic_adds_stay_float_residual_adds_do_not(tmp_path: Path) -> None:
     """An Add of two layer outputs is a residual join (int8); centre + offset of box decoding,
-    made of Slice and Mul of a head's output, stays float on both backends."""
+    made of Slice and Mul of a head's output, stays float on both backends, and so does a head's
+    output added to anchor logits (RT-DETR's encoder proposals, +inf at invalid anchors: that
+    Add quantised lost RT-DETR every detection)."""
     import torch
 
     class HeadAndDecode(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1)
+            self.head = torch.nn.Conv2d(4, 1, 1)
 
         def forward(self, x):
             y = torch.relu(self.a(x))
             y = y + self.b(y)  # residual
             deltas = y.flatten(1)
-            return deltas[:, :8] * 0.5 + deltas[:, 8:16]  # box decoding arithmetic
+            anchor = x[:, :1]
+            logits = torch.where(anchor > 0.1, torch.log(anchor / (1 - anchor)),
+                                 torch.full_like(anchor, float("inf")))
+            proposals = self.head(y) + logits  # head output + anchor logits
+            return deltas[:, :8] * 0.5 + deltas[:, 8:16], proposals  # box decoding arithmetic
 
     source = tmp_path / "decode.onnx"
     torch.onnx.export(HeadAndDecode().eval(), (torch.rand(1, 3, 4, 4),), str(source),
-                      input_names=["x"], output_names=["boxes"], opset_version=17, dynamo=False)
+                      input_names=["x"], output_names=["boxes", "proposals"], opset_version=17,
+                      dynamo=False)
     feed = {"x": np.random.default_rng(0).random((4, 3, 4, 4), dtype=np.float32)}
     for backend in ("tensorrt", "onnxruntime"):
         make_precision("decode", "int8", source, tmp_path / f"{backend}.onnx",
@@ -435,8 +443,17 @@ def test_box_arithmetic_adds_stay_float_residual_adds_do_not(tmp_path: Path) -> 
         proto = onnx.load(str(tmp_path / f"{backend}.onnx"))
         adds = [n.name for n in proto.graph.node if n.op_type == "Add"]
         fed = dequantized_consumers(proto)
-        assert len(adds) == 2 and len(set(fed["Add"])) == 1, backend
-        assert not fed["Mul"] and not fed["Slice"], backend
+        produced_by = {o: n for n in proto.graph.node for o in n.output}
+        proposals = next(n for n in proto.graph.node if n.op_type == "Add" and any(
+            produced_by.get(i) is not None and produced_by[i].op_type == "Where" for i in n.input))
+        residual = [n for n in adds if n != proposals.name and n in fed["Add"]]
+        assert len(adds) == 3 and len(residual) == 1, backend  # the residual join only
+        # the anchors side stays float on both; TensorRT's form reads the head's output float
+        # too, ONNX Runtime's keeps that input's pair (the quantiser may have folded a Relu in it)
+        anchors = [i for i in proposals.input if produced_by[i].op_type == "Where"]
+        assert all(produced_by[i].op_type != "DequantizeLinear" for i in anchors), backend
+        assert (proposals.name in fed["Add"]) == (backend == "onnxruntime"), backend
+        assert not fed["Mul"] and not fed["Slice"] and not fed["Where"], backend
 
 
 def test_vanishing_activations_calibrate_with_minmax(tmp_path: Path, caplog) -> None:

@@ -287,7 +287,8 @@ class RecordingRunner(Runner):
     def infer(self, feed):
         check_feed(feed, self.inputs, "recording", (self.low, self.high))
         self.batches.append(feed["x"].shape[0])
-        return {"y": feed["x"] * 2}
+        # a scalar and a shape: outputs without the batch axis (debug_precision marks them)
+        return {"y": feed["x"] * 2, "scale": np.float32(2.0), "shape": np.array([4, 3], np.int64)}
 
 
 @pytest.mark.parametrize("low,high,count,batches", [
@@ -304,6 +305,7 @@ def test_infer_in_chunks_fits_any_profile_and_keeps_only_real_samples(low, high,
     out = infer_in_chunks(runner, {"x": x}, high, low)
     assert runner.batches == batches
     np.testing.assert_array_equal(out["y"], x * 2)
+    assert out["scale"] == 2.0 and out["shape"].tolist() == [4, 3]
 
 
 def test_build_engine_skips_the_disabled_optimizers(resnet_model, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import torch
 from trtflow.data import input_set
 from trtflow.errors import TrtflowError
 from trtflow.models import build_model, load_weights, with_wrapper_prefix
-from trtflow.shapes import SHAPE_CLASSES, boundary_keypoints, deploy_spec, render_scene, train
+from trtflow.shapes import (SHAPE_CLASSES, boundary_keypoints, deploy_spec, evaluate, render_scene,
+                            scene_class, train)
 from trtflow.weights import prepare_weights
 
 
@@ -75,6 +76,33 @@ def test_training_writes_a_checkpoint_the_weights_stage_loads(tmp_path: Path, ar
     assert meta["weights"] == "checkpoint" and meta["source"] == str(checkpoint)
 
 
-def test_training_an_unsupported_architecture_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(TrtflowError, match="cannot train 'resnet50'"):
-        train("resnet50", tmp_path / "x.pt", device="cpu")
+def test_training_an_architecture_that_is_no_classifier_is_refused(tmp_path: Path) -> None:
+    # DeepLabV3 takes num_classes but answers per pixel, in a dict
+    with pytest.raises(TrtflowError, match="cannot train 'deeplabv3_resnet50'.*not a classifier"):
+        train("deeplabv3_resnet50", tmp_path / "x.pt", size=64, device="cpu")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_scene_class_is_the_class_of_its_largest_object() -> None:
+    rng = np.random.default_rng(5)
+    scene = render_scene(rng, 320, 320)
+    while len(scene.labels) < 2 or len(set(scene.labels.tolist())) < 2:
+        scene = render_scene(rng, 320, 320)
+    largest = int(np.argmax(scene.masks.sum(axis=(1, 2))))
+    assert scene_class(scene) == scene.labels[largest] - 1
+
+
+def test_a_classifier_trains_on_scenes_into_a_checkpoint_the_weights_stage_loads(tmp_path: Path) -> None:
+    architecture = "torchvision.models:efficientnet_v2_s"  # SiLU, BatchNorm: issue 10's int8 case
+    checkpoint = tmp_path / "effnet.pt"
+    result = train(architecture, checkpoint, size=64, steps=2, batch=2, device="cpu", workers=0)
+    assert result["steps"] == 2 and np.isfinite(result["final_loss"]) and checkpoint.exists()
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["classifier.1.weight"].shape[0] == len(SHAPE_CLASSES)
+    spec = deploy_spec(architecture, 96)
+    assert spec["architecture_kwargs"] == {"num_classes": len(SHAPE_CLASSES)}
+    meta = prepare_weights("effnet", {**spec, "weights": {"path": str(checkpoint)}}, tmp_path / "cache",
+                           tmp_path / "w.pt", tmp_path / "w.json")
+    assert meta["weights"] == "checkpoint"
+    accuracy = evaluate(architecture, checkpoint, 96, count=1, device="cpu")
+    assert accuracy["scenes"] == 8 and 0.0 <= accuracy["accuracy"] <= 1.0

@@ -37,8 +37,8 @@ QDQ_SHUFFLES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 INT8_OPS = {"tensorrt": TENSORRT_INT8_OPS,
             "onnxruntime": TENSORRT_INT8_OPS + ("Relu", "Clip", "LeakyRelu", "Resize", "Pad",
                                                 "Split") + QDQ_SHUFFLES}
-# outputs of these are activations: an Add joining one of them is a residual connection (int8);
-# any other Add (a bias, box decoding's centre + offset) stays float
+# outputs of these are activations: an Add joining two of them is a residual connection (int8);
+# any other Add (a bias, box decoding's offset + anchor) stays float
 LAYER_OUTPUTS = tuple(op for op in TENSORRT_INT8_OPS if op != "Add") + (
     "Relu", "Clip", "LeakyRelu", "Resize", "BatchNormalization")
 # element-wise ops whose output is an activation when an input is one (SiLU's x * sigmoid(x),
@@ -161,14 +161,16 @@ def to_int8(source: Path, output: Path, backend: str, ranges: Path, method: str,
         quantize_static(str(source), str(tmp), None, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, calibrate_method=method_enum(method),
                         calibration_cache_path=str(ranges), **settings)
-        onnx.save(place_qdq(load_onnx(tmp), backend), str(tmp))
+        # TensorRT's form: a node left float reads float (ONNX Runtime's keeps its pair: above)
+        float_nodes = excluded if backend == "tensorrt" else ()
+        onnx.save(place_qdq(load_onnx(tmp), backend, float_nodes), str(tmp))
 
 
-def place_qdq(model, backend: str):
+def place_qdq(model, backend: str, float_nodes: Sequence[str] = ()):
     """ONNX Runtime's Q/DQ reduced to what the backend runs in int8.
 
-    On both: a pair stays only where it feeds an int8 op (INT8_OPS) or, for TensorRT, a shuffle
-    it moves Q/DQ through (Flatten, Reshape, ...). ONNX Runtime's quantiser also quantises the
+    On both: a pair stays only where it feeds an int8 op (INT8_OPS) that is not one of
+    `float_nodes` or, for TensorRT, a shuffle it moves Q/DQ through (Flatten, Reshape, ...). ONNX Runtime's quantiser also quantises the
     output of every quantised op, so a head's output reached the post-processing (Slice, box
     arithmetic, TopK) through an int8 pair; it stops TensorRT fusing Conv+ReLU too.
     For TensorRT, as ModelOpt places them (benchmarks/gpu/int8-placement.md): one input of each
@@ -179,8 +181,9 @@ def place_qdq(model, backend: str):
 
     int8_ops = set(INT8_OPS[backend]) | (set(QDQ_SHUFFLES) if backend == "tensorrt" else set())
     graph = gs.import_onnx(model)
+    left_float = set(float_nodes)
     for node in list(graph.nodes):
-        if node.op in int8_ops:
+        if node.op in int8_ops and node.name not in left_float:
             continue
         for index, tensor in enumerate(list(node.inputs)):
             source = _float_source(tensor)
@@ -252,7 +255,9 @@ def _float_source(tensor):
 
 def float_adds(graph) -> List[str]:
     """Add nodes that are not residual connections and so get no int8: a constant input (a bias)
-    or no input that is a layer's activation, like box decoding's centre + offset."""
+    or an input that is not a layer's activation. Box decoding adds a head's output to anchors or
+    reference points (RT-DETR's encoder proposals: the anchors' logits, +inf where an anchor is
+    invalid); quantised, that Add cost RT-DETR every detection on both backends."""
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output}
     made_by = {o: n for n in graph.node for o in n.output}
@@ -268,7 +273,7 @@ def float_adds(graph) -> List[str]:
         return memo[name]
 
     return [n.name for n in graph.node if n.op_type == "Add" and (
-        any(i in constants for i in n.input) or not any(activation(i) for i in n.input))]
+        any(i in constants for i in n.input) or not all(activation(i) for i in n.input))]
 
 
 def kept_nodes(graph, selection: Optional[Mapping[str, Sequence[str]]], model: str,

@@ -17,6 +17,16 @@ shape's rotation.
 
 The checkpoint is the detector's own state_dict (torchvision or transformers keys), the form a
 user's checkpoint has; `weights: {path: ...}` loads it into the deploy module.
+
+Classifiers train on the same scenes: the class of a scene is the shape class of its largest
+object, and the network gets `num_classes: 3`. No ImageNet checkpoint of most torchvision
+classifiers can be fetched here either, and a random classifier's logits are no test of an int8
+engine (random BatchNorm statistics make the activations of a deep network degenerate):
+
+    python -m trtflow.shapes --architecture torchvision.models:efficientnet_v2_s --size 224 \
+        --batch 32 --max-seconds 360 --evaluate-size 224 --output checkpoints/efficientnet_v2_s_shapes.pt
+
+and in config: `architecture_kwargs: {num_classes: 3}`, `weights: {path: ...}`, `data: shapes`.
 """
 from __future__ import annotations
 
@@ -143,8 +153,14 @@ def scene_images(count: int, height: int, width: int, seed: Sequence[int]) -> np
 
 
 # --- training ------------------------------------------------------------------------------
-# the built-ins this module can train (each a detector inside trtflow.zoo's deploy module)
-TRAINABLE = ("maskrcnn_r50_fpn", "keypointrcnn_r50_fpn", "rtdetr_r18")
+# the built-in detectors this module can train (each inside a deploy module); any other
+# architecture is trained as a classifier, if it is one (see _classifier_check)
+DETECTORS = ("maskrcnn_r50_fpn", "keypointrcnn_r50_fpn", "rtdetr_r18")
+
+
+def scene_class(scene: Scene) -> int:
+    """A scene's class for classifiers: the 0-based shape class of its largest object."""
+    return int(scene.labels[int(np.argmax(scene.masks.reshape(len(scene.labels), -1).sum(axis=1)))] - 1)
 
 
 def target_labels(architecture: str, labels: np.ndarray) -> np.ndarray:
@@ -185,8 +201,49 @@ def _rtdetr_targets(scenes: Sequence[Scene], device: Any) -> List[Dict[str, Any]
     return targets
 
 
+def _classifier_check(architecture: str, module, size: int) -> None:
+    """Refuse an architecture that is neither a built-in detector nor a classifier: one that does
+    not map a batch of images to one logit per shape class."""
+    import torch
+
+    with torch.no_grad():
+        out = module.eval()(torch.zeros(2, 3, size, size))
+    if not (isinstance(out, torch.Tensor) and tuple(out.shape) == (2, len(SHAPE_CLASSES))):
+        raise TrtflowError(f"cannot train '{architecture}' on shapes scenes: it is not a classifier "
+                           f"(images in, {len(SHAPE_CLASSES)} logits out with num_classes="
+                           f"{len(SHAPE_CLASSES)})",
+                           fix=f"use one of {', '.join(DETECTORS)} or a classifier factory such as "
+                               "torchvision.models:efficientnet_v2_s")
+
+
+def _zero_classifier_head(classifier) -> None:
+    """Zero the last Linear layer (the class head). Factories scale its initial weights by the
+    class count they were designed for: torchvision's EfficientNet draws them from
+    U(+-1/sqrt(num_classes)), which for 3 classes instead of 1000 gives logits in the tens, and a
+    training that never leaves chance. A zero head starts at uniform probabilities."""
+    import torch
+
+    heads = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)
+             and m.out_features == len(SHAPE_CLASSES)]
+    if heads:
+        torch.nn.init.zeros_(heads[-1].weight)
+        if heads[-1].bias is not None:
+            torch.nn.init.zeros_(heads[-1].bias)
+
+
+def trained_module(architecture: str, deploy):
+    """The module training updates and the checkpoint holds: a detector inside its deploy
+    module, or the classifier itself."""
+    return deploy.detector if architecture in DETECTORS else deploy
+
+
 def _loss_function(architecture: str, deploy) -> Callable[[Any, Sequence[Scene]], Any]:
-    """(images tensor, scenes) -> scalar training loss of the deploy module's detector."""
+    """(images tensor, scenes) -> scalar training loss of the deploy module's network."""
+    import torch
+
+    if architecture not in DETECTORS:
+        return lambda images, scenes: torch.nn.functional.cross_entropy(
+            deploy(images), torch.tensor([scene_class(s) for s in scenes], device=images.device))
     detector = deploy.detector
     if architecture == "rtdetr_r18":
         return lambda images, scenes: detector(pixel_values=images,
@@ -200,11 +257,14 @@ def _loss_function(architecture: str, deploy) -> Callable[[Any, Sequence[Scene]]
 
 
 def deploy_spec(architecture: str, size: int) -> Dict[str, Any]:
-    """The config entry of a built-in detector taking square images of `size`: what
-    trtflow.models builds its deploy module from (the R-CNN adapter fixes its input size)."""
+    """The config entry of a network taking square images of `size`: what trtflow.models builds
+    its deploy module from (the R-CNN adapter fixes its input size)."""
     from .detection import DETECTION_OUTPUTS
 
     inputs = [{"name": "images", "shape": [3, size, size], "dtype": "float32", "data": "shapes"}]
+    if architecture not in DETECTORS:
+        return {"architecture": architecture, "architecture_kwargs": {"num_classes": len(SHAPE_CLASSES)},
+                "inputs": inputs, "outputs": ["logits"]}
     extra: List[str] = {"maskrcnn_r50_fpn": ["masks"],
                         "keypointrcnn_r50_fpn": ["keypoints", "keypoints_scores"]}.get(architecture, [])
     if architecture == "rtdetr_r18":
@@ -236,7 +296,8 @@ def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, b
           learning_rate: Optional[float] = None, seed: int = 0, device: str = "cuda",
           workers: int = 8, max_seconds: Optional[float] = None,
           log_every: int = 50) -> Dict[str, Any]:
-    """Train a built-in detector on shapes scenes; save the detector's state_dict atomically.
+    """Train a built-in detector, or a classifier, on shapes scenes; save the network's
+    state_dict atomically.
 
     max_seconds stops early (what was trained is saved, and the result says so): a GPU session
     has a fixed time."""
@@ -244,18 +305,20 @@ def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, b
 
     from .models import build_model
 
-    if architecture not in TRAINABLE:
-        raise TrtflowError(f"cannot train '{architecture}' on shapes scenes",
-                           fix=f"use one of {', '.join(TRAINABLE)}")
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True  # training precision is not under test here
-    deploy = build_model(architecture, deploy_spec(architecture, size)).to(device)
-    deploy.detector.train()
+    deploy = build_model(architecture, deploy_spec(architecture, size))
+    if architecture not in DETECTORS:
+        _classifier_check(architecture, deploy, size)
+        _zero_classifier_head(deploy)
+    deploy = deploy.to(device)
+    network = trained_module(architecture, deploy).train()
     loss_of = _loss_function(architecture, deploy)
-    rtdetr = architecture == "rtdetr_r18"
-    base_lr = learning_rate or (2e-4 if rtdetr else 0.02)
-    parameters = [p for p in deploy.detector.parameters() if p.requires_grad]
-    optimizer = (torch.optim.AdamW(parameters, lr=base_lr, weight_decay=1e-4) if rtdetr else
+    # RT-DETR and classifiers (trained from scratch, with BatchNorm) take AdamW; the R-CNNs SGD
+    adam = architecture != "maskrcnn_r50_fpn" and architecture != "keypointrcnn_r50_fpn"
+    base_lr = learning_rate or (2e-4 if architecture == "rtdetr_r18" else 1e-3 if adam else 0.02)
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    optimizer = (torch.optim.AdamW(parameters, lr=base_lr, weight_decay=1e-4) if adam else
                  torch.optim.SGD(parameters, lr=base_lr, momentum=0.9, weight_decay=1e-4))
     warmup = max(1, min(200, steps // 10))
     # seed stream 2: neither the validation (0) nor the calibration (1) scenes
@@ -286,7 +349,7 @@ def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, b
             log.info("train %s: step %d/%d, loss %.4f (mean of last %d), %.1f s", architecture,
                      step + 1, steps, float(np.mean(recent)), len(recent), time.time() - started)
             recent = []
-    state = {k: v.detach().cpu() for k, v in deploy.detector.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     with atomic_path(output) as tmp:
         torch.save(state, tmp)
     return {"architecture": architecture, "steps": done, "planned_steps": steps, "size": size,
@@ -296,8 +359,9 @@ def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, b
 
 def evaluate(architecture: str, checkpoint: Path, size: int, count: int = 8, seed: int = 0,
              device: str = "cuda", min_score: float = 0.5) -> Dict[str, float]:
-    """Detections of the checkpoint's deploy module at `size` vs the ground truth of `count`
-    scenes it was not trained on: recall and precision at IoU 0.5, same class."""
+    """The checkpoint's deploy module at `size` vs the ground truth of `count` scenes it was not
+    trained on: a detector's recall and precision at IoU 0.5, same class; a classifier's
+    accuracy (on 8x as many scenes: one answer per scene)."""
     import torch
 
     from .models import load_trained_model
@@ -305,6 +369,8 @@ def evaluate(architecture: str, checkpoint: Path, size: int, count: int = 8, see
 
     deploy = load_trained_model(architecture, deploy_spec(architecture, size), str(checkpoint)).to(device)
     rng = np.random.default_rng([seed, 3])  # held-out stream: not training, validation, calibration
+    if architecture not in DETECTORS:
+        return _classifier_accuracy(deploy, rng, size, count * 8, device)
     predicted, truth = [], []
     for _ in range(count):
         scene = render_scene(rng, size, size)
@@ -333,12 +399,29 @@ def evaluate(architecture: str, checkpoint: Path, size: int, count: int = 8, see
             "precision": metrics["detection_precision"], "box_iou": metrics["matched_box_iou"]}
 
 
+def _classifier_accuracy(classifier, rng: np.random.Generator, size: int, count: int,
+                         device: str) -> Dict[str, float]:
+    import torch
+
+    scenes = [render_scene(rng, size, size) for _ in range(count)]
+    images = torch.from_numpy(np.stack([s.image.transpose(2, 0, 1) for s in scenes])).to(device)
+    with torch.no_grad():
+        logits = torch.cat([classifier(chunk) for chunk in images.split(16)])
+    truth = np.array([scene_class(s) for s in scenes])
+    predicted = logits.argmax(dim=1).cpu().numpy()
+    top = torch.softmax(logits, dim=1).max(dim=1).values.cpu().numpy()
+    return {"scenes": count, "accuracy": float((predicted == truth).mean()),
+            "median_top_probability": float(np.median(top))}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architecture", required=True, choices=TRAINABLE)
+    parser.add_argument("--architecture", required=True,
+                        help=f"one of {', '.join(DETECTORS)}, or a classifier factory "
+                             "(module:function taking num_classes)")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--size", type=int, default=512, help="square training image side")
     parser.add_argument("--steps", type=int, default=1500)
@@ -349,7 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--workers", type=int, default=8, help="processes rendering scenes")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop early and save")
     parser.add_argument("--evaluate-size", type=int, default=None,
-                        help="then report recall/precision on 8 held-out scenes of this size")
+                        help="then report recall/precision (accuracy) on held-out scenes of this size")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     print(train(args.architecture, args.output, args.size, args.steps, args.batch,

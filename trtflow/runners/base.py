@@ -134,13 +134,20 @@ def infer_in_chunks(runner: Runner, inputs: Mapping[str, np.ndarray], max_batch:
     """runner.infer over the samples in batches the engine takes: at most `max_batch` at a time
     (all at once for None), and a batch shorter than `min_batch` (a profile {min: 16, ...} with 8
     validation samples, a static-batch engine) padded by repeating its own samples. Only the real
-    samples' outputs are kept, so every sample is compared once, whatever the profile."""
+    samples' outputs are kept, so every sample is compared once, whatever the profile. An output
+    without the batch axis (a scalar or a shape, which debug_precision's marked graphs have) is
+    the first chunk's."""
     count = next(iter(inputs.values())).shape[0]
     step = max_batch or count
-    pieces = []
+    pieces, batched = [], set()
     for start in range(0, count, step):
         real = min(step, count - start)
         take = np.arange(max(real, min_batch)) % real + start  # repeat the chunk to fill
         outputs = runner.infer({k: np.ascontiguousarray(v[take]) for k, v in inputs.items()})
-        pieces.append({name: value[:real] for name, value in outputs.items()})
-    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
+        if not pieces:
+            batched = {name for name, value in outputs.items()
+                       if value.ndim and value.shape[0] == len(take)}
+        pieces.append({name: value[:real] if name in batched else value
+                       for name, value in outputs.items()})
+    return {name: np.concatenate([p[name] for p in pieces]) if name in batched else pieces[0][name]
+            for name in pieces[0]}

@@ -136,6 +136,17 @@ def test_the_layer_table_names_the_edge_conv_as_the_first_layer_that_diverges(ed
     assert first[0].increase == max(layer.increase for layer in layers)
 
 
+def test_a_layer_of_numerically_zero_values_is_not_divergent() -> None:
+    """Relative error means nothing on values of 1e-13 (RT-DETR's padded attention slices had
+    rel. L2 1.0 at max-abs 3e-13 and crowded the real layers out of the report)."""
+    noise = debug.LayerError(0, "slice", "Slice", "t0", 1.0, 3e-13, 1.0)
+    real = debug.LayerError(1, "conv", "Conv", "t1", 0.4, 0.2, 0.3)
+    unreadable = debug.LayerError(2, "nan", "Conv", "t2", float("inf"), float("inf"), float("inf"))
+    reshaped = debug.LayerError(3, "shape", "Conv", "t3", float("inf"), 0.0, float("inf"))
+    assert debug.first_divergent([noise, real, unreadable, reshaped], 0.1, 5) == [
+        real, unreadable, reshaped]
+
+
 @pytest.mark.parametrize("backend,precision", [("tensorrt", "int8"), ("onnxruntime", "int8"),
                                                ("tensorrt", "fp16"), ("onnxruntime", "fp16")])
 def test_the_search_keeps_the_edge_conv_and_the_stage_graph_passes(edge, backend, precision):
@@ -262,3 +273,21 @@ def test_the_verdicts_hint_names_the_debug_files_of_failed_int8_and_fp16_cells()
     assert "--configfile" in hint
     assert precision_debug_hint(rows[1:], files) is None  # fp32 has no fallback list
     assert precision_debug_hint([{**rows[0], "verdict": "vacuous"}], files) is None
+
+
+def test_ranking_reports_its_progress_and_orders_by_gain(caplog) -> None:
+    """Hundreds of candidates (a transformer) take minutes: the ranking says how far it is."""
+    nodes = [f"n{i}" for i in range(60)]
+    distance = {node: 1.0 - (0.5 if node == "n41" else 0.01) for node in nodes}
+
+    def evaluation(kept, value):
+        return debug.Evaluation(list(kept), "failed", [], {}, {}, value)
+
+    baseline = evaluation([], 1.0)
+    with caplog.at_level("INFO", logger="trtflow.debug"):
+        ranked = debug.rank(nodes, {}, lambda kept: kept,
+                            lambda graph, kept: evaluation(kept, distance[kept[0]]), baseline)
+    assert ranked[0].node == "n41" and ranked[1].node == "n0"  # ties keep graph order
+    progress = [r.getMessage() for r in caplog.records if "nodes tried" in r.getMessage()]
+    assert [m.split(" of ")[0].split()[-1] for m in progress] == ["25", "50"], progress
+    assert all("of 60 nodes tried" in m and "left" in m for m in progress)

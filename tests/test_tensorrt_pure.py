@@ -15,8 +15,9 @@ import pytest
 
 from conftest import REPO
 from trtflow.errors import TrtflowError
-from trtflow.runners.tensorrt import (EXPECTED_LAYER_PRECISION, check_layer_precisions,
-                                      classify_layer, layer_precisions, layer_table, locked)
+from trtflow.runners.tensorrt_cache import locked
+from trtflow.runners.tensorrt_inspect import (EXPECTED_LAYER_PRECISION, check_layer_precisions,
+                                              classify_layer, layer_precisions, layer_table)
 
 
 def tensor(fmt: str) -> Dict[str, Any]:

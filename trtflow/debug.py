@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -249,11 +250,18 @@ def _layer_table(tensors: Sequence[Tuple[int, str, str, str]], sums: Mapping[str
     return rows
 
 
+# a layer whose largest absolute error is below this has not diverged, whatever its relative
+# error: as Polygraphy's comparison passes a value within atol or rtol (its default atol 1e-5).
+# Tensors of numerically zero values (RT-DETR's padded attention slices, 3e-13) have rel. L2 ~1.
+DIVERGENCE_ATOL = 1e-5
+
+
 def first_divergent(layers: Sequence[LayerError], threshold: float,
                     count: int) -> List[LayerError]:
     """The first `count` layers (topological order) whose rel. L2 against fp32 is above
-    `threshold` (or not finite)."""
-    return [layer for layer in layers if not layer.rel_l2 <= threshold][:count]
+    `threshold` (or not finite) and whose error reaches DIVERGENCE_ATOL somewhere."""
+    return [layer for layer in layers if not math.isfinite(layer.rel_l2) or (
+        layer.rel_l2 > threshold and layer.max_abs >= DIVERGENCE_ATOL)][:count]
 
 
 # --- scoring a graph by the cell's gates ---------------------------------------------------------
@@ -524,6 +532,8 @@ class Fp16Variants:
 MIN_GAIN = 0.005
 # the search tries at most this many nodes per node it may keep: each try builds a graph
 TRIES_PER_NODE = 3
+# the ranking logs its progress every this many nodes
+PROGRESS_EVERY = 25
 
 
 @dataclass
@@ -546,13 +556,20 @@ Score = Callable[[Any, Sequence[str]], Evaluation]
 
 def rank(nodes: Sequence[str], op_types: Mapping[str, str], build: Build, score: Score,
          baseline: Evaluation) -> List[Candidate]:
-    """Each node alone in higher precision, the largest gain first (ties: graph order)."""
+    """Each node alone in higher precision, the largest gain first (ties: graph order).
+    Progress (done, elapsed, time left) is logged every PROGRESS_EVERY nodes: a transformer
+    has hundreds of candidates, each a whole graph run over the samples."""
     candidates = []
-    for node in nodes:
+    started = time.perf_counter()
+    for done, node in enumerate(nodes, 1):
         evaluation = score(build([node]), [node])
         candidates.append(Candidate(node, op_types.get(node, ""),
                                     baseline.distance - evaluation.distance, evaluation))
         log.debug("alone in higher precision: %s: distance %.4g", node, evaluation.distance)
+        if done % PROGRESS_EVERY == 0 and done < len(nodes):
+            elapsed = time.perf_counter() - started
+            log.info("alone in higher precision: %d of %d nodes tried, %.0f s, about %.0f s left",
+                     done, len(nodes), elapsed, elapsed / done * (len(nodes) - done))
     return sorted(candidates, key=lambda candidate: -candidate.gain)  # stable: graph order
 
 

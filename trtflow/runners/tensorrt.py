@@ -9,16 +9,15 @@ runs in the Python that has TensorRT (Jetson, NGC containers, a separate venv). 
 - parser errors name the node: node_name()/node_operator() from 10, the precision report's node
   list on 8.x;
 - build progress through IProgressMonitor from 10.
+The engine inspector's layer table is trtflow.runners.tensorrt_inspect, the shared timing cache
+trtflow.runners.tensorrt_cache.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import re
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -26,23 +25,10 @@ from .. import cuda
 from ..errors import TrtflowError
 from ..io import atomic_path, read_json, write_json
 from .base import Runner, TensorSpec, check_feed, timing_loop
+from .tensorrt_cache import load_timing_cache, save_timing_cache
+from .tensorrt_inspect import check_layer_precisions, inspect_engine, layer_precisions, layer_table
 
 log = logging.getLogger(__name__)
-
-# Layer-precision names, in the order a layer is classified by (lowest precision it touches).
-PRECISION_TOKENS: List[Tuple[str, Tuple[str, ...]]] = [
-    ("int8", ("int8",)), ("fp8", ("fp8",)), ("fp16", ("fp16", "half")),
-    ("bf16", ("bfloat16", "bf16")), ("fp32", ("fp32", "float")), ("int32", ("int32",)),
-    ("int64", ("int64",)), ("bool", ("bool",)), ("uint8", ("uint8",)),
-]
-# Substrings of kernel (tactic) names, lowest precision first; only used when datatypes are N/A.
-TACTIC_TOKENS: List[Tuple[str, Tuple[str, ...]]] = [
-    ("int8", ("int8", "i8i8", "imma")), ("fp16", ("fp16", "f16f16", "hmma", "h1688", "h16816")),
-    ("fp32", ("fp32", "f32f32", "sgemm")),
-]
-# An engine built for this precision must have at least one layer in it.
-EXPECTED_LAYER_PRECISION = {"fp16": "fp16", "int8": "int8"}
-
 
 def trt_module():
     import tensorrt
@@ -139,64 +125,6 @@ def parser_errors(parser, onnx_path: Path) -> List[str]:
     return messages
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside `path` (never deleted: a recreated lock file would let two holders
-    in), so parallel builds read-merge-write the shared timing cache one at a time."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "a+b") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
-
-
-def load_timing_cache(config, path: Optional[Path], logger) -> Tuple[Any, str, int]:
-    """Attach the shared timing cache; return it, its state (cold / warm / unreadable) and size.
-
-    TensorRT reports an unreadable cache through its logger, not an exception (seen with
-    TensorRT 8.6.0: "myelinCache.h::deserializeFromBuffer ... The timing cache will not be
-    used!"), so the logger's error count tells whether the cache was taken."""
-    data = b""
-    if path is not None and path.exists():
-        with locked(path):
-            data = path.read_bytes()
-    errors_before = len(logger.errors)
-    try:
-        cache = config.create_timing_cache(data)
-    except Exception:  # a corrupt or foreign cache: start empty, the build still works
-        cache = None
-    if cache is None or len(logger.errors) > errors_before:
-        log.info("timing cache %s: this TensorRT does not take it (state unreadable); building "
-                 "without it, and writing a new one", path)
-        cache, state = config.create_timing_cache(b""), "unreadable"
-    else:
-        state = "warm" if data else "cold"
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache, state, len(data)
-
-
-def save_timing_cache(config, path: Path, merge: bool = True) -> int:
-    """Merge what others wrote meanwhile into this build's cache (unless the file was found
-    unreadable: reading it again would only repeat TensorRT's errors) and write it back
-    atomically."""
-    cache = config.get_timing_cache()
-    with locked(path):
-        if merge and path.exists():
-            try:
-                if not cache.combine(config.create_timing_cache(path.read_bytes()), True):
-                    log.warning("timing cache %s not merged (another TensorRT version?)", path)
-            except Exception:
-                log.warning("timing cache %s unreadable, overwriting", path)
-        data = bytes(cache.serialize())
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    return len(data)
-
-
 def tactic_source_mask(trt, names: Optional[List[str]]) -> Optional[int]:
     """Bit mask of the named tactic sources (None: TensorRT's default). Names this TensorRT does
     not have (cuBLAS/cuDNN sources were removed in 10/11) are skipped with a warning."""
@@ -254,82 +182,6 @@ def profile_shapes(network, batch_profile: Mapping[str, int], model: str) -> Dic
             continue
         shapes[tensor.name] = [tuple([b] + dims[1:]) for b in batches]
     return shapes
-
-
-def _datatypes(entry: Mapping[str, Any]) -> str:
-    text = " ".join(str(v) for k, v in entry.items() if k.lower() in ("format/datatype", "datatype"))
-    return text.lower()
-
-
-def classify_layer(layer: Mapping[str, Any]) -> str:
-    """The lowest precision a layer computes in, from its tensors' and weights' datatypes."""
-    texts = [_datatypes(t) for t in list(layer.get("Inputs", [])) + list(layer.get("Outputs", []))]
-    weights = layer.get("Weights")
-    if isinstance(weights, Mapping):
-        texts.append(str(weights.get("Type", "")).lower())
-    joined = " ".join(texts)
-    for name, tokens in PRECISION_TOKENS:
-        if any(re.search(rf"\b{re.escape(t)}\b", joined) for t in tokens):
-            return name
-    # With dynamic shapes TensorRT 8.6 may print "N/A due to dynamic shapes" for the tensors; the
-    # tactic name still says what the kernel computes in (e.g. "..._FP32FP32NHWC_...").
-    tactic = str(layer.get("TacticName", "")).lower()
-    for name, tokens in TACTIC_TOKENS:
-        if any(t in tactic for t in tokens):
-            return name
-    return "unknown"
-
-
-def layer_table(engine_info: Mapping[str, Any]) -> List[Dict[str, str]]:
-    """name, type and precision of every layer (NoOps left out)."""
-    rows = []
-    for layer in engine_info.get("Layers", []):
-        if isinstance(layer, str):  # names only: the engine was built without DETAILED verbosity
-            rows.append({"name": layer, "type": "", "precision": "unknown"})
-        elif layer.get("LayerType") != "NoOp" and layer.get("ParameterType") != "NoOp":
-            row = {"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")),
-                   "precision": classify_layer(layer)}
-            if row["precision"] == "unknown":  # keep what TensorRT said, to improve the classifier
-                row["inspector"] = json.dumps(layer)[:800]
-            rows.append(row)
-    return rows
-
-
-def layer_precisions(rows: List[Mapping[str, str]]) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for row in rows:
-        counts[row["precision"]] = counts.get(row["precision"], 0) + 1
-    return counts
-
-
-def check_layer_precisions(precision: str, counts: Mapping[str, int], model: str,
-                           onnx_path: Path) -> str:
-    """An fp16/int8 engine with no layer in that precision is a failed build. Opaque layers
-    (TensorRT's Myelin "ForeignNode" reports no datatypes) make the check unverifiable: said so,
-    not passed silently."""
-    wanted = EXPECTED_LAYER_PRECISION.get(precision)
-    if not wanted or counts.get(wanted):
-        return "ok"
-    if counts.get("unknown"):
-        log.warning("%s %s engine: no layer reports %s, %d layer(s) report no datatype (Myelin): "
-                    "precision not verifiable from the inspector", model, precision, wanted,
-                    counts["unknown"])
-        return f"unverifiable: {counts['unknown']} layer(s) report no datatype"
-    raise TrtflowError(f"the {precision} engine has no {precision} layer (layer precisions: "
-                       f"{dict(counts)})", model=model, path=str(onnx_path),
-                       fix="check the precision stage's report: the graph should carry "
-                           f"{precision} casts or Q/DQ nodes")
-
-
-def inspect_engine(trt, engine, shapes: Mapping[str, List[Tuple[int, ...]]]) -> Dict[str, Any]:
-    """The engine inspector's JSON, with input shapes set so formats are resolved."""
-    context = engine.create_execution_context()
-    for name, (_, opt, _) in shapes.items():
-        context.set_input_shape(name, opt)
-    inspector = engine.create_engine_inspector()
-    inspector.execution_context = context
-    # strict=False: "Metadata" holds raw \x1e/\x1f separators between ONNX layer names
-    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON), strict=False)
 
 
 def io_specs(trt, engine) -> Tuple[List[TensorSpec], List[TensorSpec]]:

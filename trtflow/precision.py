@@ -170,9 +170,10 @@ def place_qdq(model, backend: str, float_nodes: Sequence[str] = ()):
     """ONNX Runtime's Q/DQ reduced to what the backend runs in int8.
 
     On both: a pair stays only where it feeds an int8 op (INT8_OPS) that is not one of
-    `float_nodes` or, for TensorRT, a shuffle it moves Q/DQ through (Flatten, Reshape, ...). ONNX Runtime's quantiser also quantises the
-    output of every quantised op, so a head's output reached the post-processing (Slice, box
-    arithmetic, TopK) through an int8 pair; it stops TensorRT fusing Conv+ReLU too.
+    `float_nodes` or, for TensorRT, a shuffle it moves Q/DQ through (Flatten, Reshape, ...).
+    ONNX Runtime's quantiser also quantises the output of every quantised op, so a head's output
+    reached the post-processing (Slice, box arithmetic, TopK) through an int8 pair; it stops
+    TensorRT fusing Conv+ReLU too.
     For TensorRT, as ModelOpt places them (benchmarks/gpu/int8-placement.md): one input of each
     residual Add, not both: TensorRT adds into the epilogue of the layer producing the other (a
     Conv), which a pair on that input would stop (an Add with a constant input, a bias, is not

@@ -23,8 +23,8 @@ object, and the network gets `num_classes: 3`. No ImageNet checkpoint of most to
 classifiers can be fetched here either, and a random classifier's logits are no test of an int8
 engine (random BatchNorm statistics make the activations of a deep network degenerate):
 
-    python -m trtflow.shapes --architecture torchvision.models:efficientnet_v2_s --size 224 \
-        --batch 32 --max-seconds 360 --evaluate-size 224 --output checkpoints/efficientnet_v2_s_shapes.pt
+    python -m trtflow.shapes --architecture torchvision.models:efficientnet_v2_s --size 128 \
+        --batch 64 --max-seconds 330 --evaluate-size 128 --output checkpoints/efficientnet_v2_s_shapes.pt
 
 and in config: `architecture_kwargs: {num_classes: 3}`, `weights: {path: ...}`, `data: shapes`.
 """
@@ -314,12 +314,12 @@ def train(architecture: str, output: Path, size: int = 512, steps: int = 1500, b
     deploy = deploy.to(device)
     network = trained_module(architecture, deploy).train()
     loss_of = _loss_function(architecture, deploy)
-    # RT-DETR and classifiers (trained from scratch, with BatchNorm) take AdamW; the R-CNNs SGD
-    adam = architecture != "maskrcnn_r50_fpn" and architecture != "keypointrcnn_r50_fpn"
-    base_lr = learning_rate or (2e-4 if architecture == "rtdetr_r18" else 1e-3 if adam else 0.02)
+    # the R-CNNs take SGD; RT-DETR and classifiers (from scratch, with BatchNorm) AdamW
+    sgd = architecture in ("maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
+    base_lr = learning_rate or (0.02 if sgd else 2e-4 if architecture == "rtdetr_r18" else 1e-3)
     parameters = [p for p in network.parameters() if p.requires_grad]
-    optimizer = (torch.optim.AdamW(parameters, lr=base_lr, weight_decay=1e-4) if adam else
-                 torch.optim.SGD(parameters, lr=base_lr, momentum=0.9, weight_decay=1e-4))
+    optimizer = (torch.optim.SGD(parameters, lr=base_lr, momentum=0.9, weight_decay=1e-4) if sgd
+                 else torch.optim.AdamW(parameters, lr=base_lr, weight_decay=1e-4))
     warmup = max(1, min(200, steps // 10))
     # seed stream 2: neither the validation (0) nor the calibration (1) scenes
     batches = scene_batches(size, batch, seed, workers)

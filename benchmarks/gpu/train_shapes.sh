@@ -8,7 +8,7 @@
 set -euo pipefail
 SECONDS_PER_MODEL=${1:-420}
 shift || true
-MODELS=("${@:-maskrcnn_r50_fpn keypointrcnn_r50_fpn rtdetr_r18}")
+MODELS=${*:-maskrcnn_r50_fpn keypointrcnn_r50_fpn rtdetr_r18}
 mkdir -p checkpoints
 train() {  # model name: its architecture, training image side, batch, deployment image side
   local architecture size batch deploy
@@ -25,7 +25,7 @@ train() {  # model name: its architecture, training image side, batch, deploymen
     --output "checkpoints/$1_shapes.pt" > "checkpoints/$1_shapes.log" 2>&1
 }
 pids=()
-for model in ${MODELS[@]}; do train "$model" & pids+=($!); done
+for model in $MODELS; do train "$model" & pids+=($!); done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 tail -n 2 checkpoints/*_shapes.log

@@ -41,6 +41,7 @@ rule all:
     input:
         summary=SUMMARY_CSV,
         latency=LATENCY_CSV,
+        profile=LAYER_PROFILE_CSV,
         plots=PLOTS,
         verdicts=VERDICTS_JSON,
     default_target: True
@@ -66,6 +67,8 @@ onerror:
                         "--producers", json.dumps(producers),
                         "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
+                        "--profile", LAYER_PROFILE_CSV, "--profile-plot", PLOTS[2],
+                        "--slower-margin", str(CONFIG["benchmark"]["slower_margin"]),
                         "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
                        check=False)
     write_report()

@@ -187,9 +187,17 @@ BENCHMARK = f"{R}/benchmark/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
 VALIDATION = f"{R}/validation/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
 SUMMARY_CSV = f"{R}/summary.csv"
 LATENCY_CSV = f"{R}/latency.csv"
-PLOTS = [f"{R}/plots/latency_vs_batch.png", f"{R}/plots/accuracy_vs_speed.png"]
+LAYER_PROFILE_CSV = f"{R}/layer_profile.csv"
+PLOTS = [f"{R}/plots/latency_vs_batch.png", f"{R}/plots/accuracy_vs_speed.png",
+         f"{R}/plots/layer_time.png"]
 LOGS = f"{R}/logs"
 TIMES = f"{R}/timing"
+
+
+# The benchmark settings the timing jobs read (slower_margin is the summary's: changing it
+# re-times nothing).
+TIMING_SETTINGS = json.dumps({k: v for k, v in CONFIG["benchmark"].items() if k != "slower_margin"},
+                             sort_keys=True)
 
 
 # Backend options and flags the engine, timing and validation rules pass to their scripts.

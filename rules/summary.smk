@@ -7,10 +7,13 @@ rule summary:
         latency=LATENCY_CSV,
         latency_plot=report(PLOTS[0], caption="../report/latency.rst", category="Plots"),
         accuracy_plot=report(PLOTS[1], caption="../report/accuracy.rst", category="Plots"),
+        profile=LAYER_PROFILE_CSV,
+        profile_plot=report(PLOTS[2], caption="../report/layer_time.rst", category="Plots"),
     params:
         python=TORCH_PY,
         script=str(SCRIPTS / "summary.py"),
         cells=lambda wc: json.dumps(summary_cells()),
+        slower_margin=CONFIG["benchmark"]["slower_margin"],
         provenance=provenance_of("summary"),
         producers=input_producers,
     log:
@@ -22,7 +25,9 @@ rule summary:
     shell:
         "{params.python:q} {params.script:q} --cells {params.cells:q} --summary {output.summary:q}"
         " --latency {output.latency:q} --latency-plot {output.latency_plot:q}"
-        " --accuracy-plot {output.accuracy_plot:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --accuracy-plot {output.accuracy_plot:q} --profile {output.profile:q}"
+        " --profile-plot {output.profile_plot:q} --slower-margin {params.slower_margin}"
+        " --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
 
 
 rule verdicts:

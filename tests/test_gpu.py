@@ -95,6 +95,35 @@ def test_successful_builds_log_no_error_lines_and_say_the_timing_cache_state(trt
     assert {s["timing_cache"]["state"] for s in sidecars if "timing_cache" in s} - {"cold"}, sidecars
 
 
+def test_timing_cache_file_never_shrinks_and_each_build_says_what_it_saved(trt_workflow):
+    """A build writes the shared cache only as a merge that TensorRT reads back (8.6.0 writes
+    caches it then refuses): the file's size never goes down from one build to the next."""
+    for sidecar in _sidecars(trt_workflow):
+        cache = sidecar["timing_cache"]
+        assert cache["saved"], cache
+        assert cache["bytes_after"] >= cache["bytes_before"] or \
+            cache["saved"] == "replaced unreadable", cache
+
+
+def test_benchmarks_replay_cuda_graphs_record_eager_and_profile_every_layer(trt_workflow):
+    for path in trt_workflow.path("results/benchmark").rglob("*.json"):
+        benchmark = json.loads(path.read_text())
+        for point in benchmark["batches"]:
+            assert point["timing_mode"] == "cuda_graph", (path, point)
+            assert 0 < point["cuda_graph_latency_p50_ms"] and 0 < point["eager_latency_p50_ms"]
+        profile = benchmark["layer_profile"]
+        assert profile["runs"] == 10 and profile["total_ms"] > 0, path
+        names = {layer["name"] for layer in benchmark["sidecar"]["layers"]}
+        typed = [layer for layer in profile["layers"] if layer["name"] in names]
+        assert len(typed) >= 0.5 * len(profile["layers"]), (path, profile["layers"][:5])
+        if benchmark["sidecar"]["model"] == "resnet":
+            assert profile["categories"]["convolution/GEMM"]["layers"] >= 10, (path, profile)
+    with open(trt_workflow.path("results/summary.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(r["timing_mode"] == "cuda_graph" and r["profile_top_layer"] for r in rows), rows
+    assert trt_workflow.path("results/plots/layer_time.png").stat().st_size > 1000
+
+
 def test_int64_input_is_converted_and_int64_feeds_are_refused(trt_workflow):
     engine = next(trt_workflow.path("results/engines/tokens").rglob("fp32-small.engine"))
     sidecar = engine.with_suffix(".json")

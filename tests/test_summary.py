@@ -184,3 +184,65 @@ def test_a_detector_row_has_detection_metrics_not_the_labels_tensors(tmp_path: P
     assert (row["detection_recall"], row["detection_precision"], row["box_iou"],
             row["score_diff"], row["mask_iou"]) == ("1.0", "0.923077", "0.998765", "0.0123", "0.97")
     assert row["rel_l2"] == row["max_abs"] == row["cosine"] == row["keypoint_distance"] == ""
+
+
+def _with_profile(cell: Dict[str, str], layers: Dict[str, tuple]) -> Dict[str, str]:
+    """The cell's benchmark JSON with a layer profile: name -> (type, precision, ms)."""
+    from trtflow.profiling import summarize_profile
+
+    path = Path(cell["benchmark"])
+    benchmark = json.loads(path.read_text())
+    benchmark["layer_profile"] = summarize_profile(
+        {name: {"times_ms": [ms], "type": kind, "precision": precision}
+         for name, (kind, precision, ms) in layers.items()}, batch=2, runs=1)
+    path.write_text(json.dumps(benchmark))
+    return cell
+
+
+def test_a_lower_precision_slower_than_a_higher_one_is_flagged_with_the_profiles_why(
+        tmp_path: Path) -> None:
+    from trtflow.summary import speed_flag_lines
+
+    fp16 = _with_profile(make_cell(tmp_path, "fp16", 1.0), {"conv": ("CaskConvolution", "fp16", 0.9)})
+    int8 = _with_profile(make_cell(tmp_path, "int8", 1.5), {
+        "conv": ("CaskConvolution", "int8", 0.6),
+        "Reformatting CopyNode for Input Tensor 0 to conv": ("Reformat", "int8", 0.8)})
+    rows = summarize([fp16, int8], tmp_path / "s.csv", tmp_path / "l.csv", slower_margin=0.03,
+                     profile_path=tmp_path / "p.csv")
+    by_precision = {row["precision"]: row for row in read_csv(tmp_path / "s.csv")}
+    assert by_precision["fp16"]["speed_flags"] == ""
+    assert by_precision["int8"]["speed_flags"] == "slower than fp16 (1.5 vs 1 ms, 0.67x)"
+    why = by_precision["int8"]["speed_why"]
+    assert "reformat/copy +0.8 ms" in why and "reformat layers 1 (0.8 ms) vs 0 (0 ms)" in why
+    assert by_precision["int8"]["profile_reformat_layers"] == "1"
+    (line,) = speed_flag_lines(rows)
+    assert line.startswith("slower: net int8 small (onnxruntime): slower than fp16")
+    profile_rows = read_csv(tmp_path / "p.csv")
+    assert {(r["precision"], r["category"]) for r in profile_rows if float(r["ms"]) > 0} == {
+        ("fp16", "convolution/GEMM"), ("int8", "convolution/GEMM"), ("int8", "reformat/copy")}
+
+
+def test_speed_flags_keep_a_noise_margin_and_flag_an_engine_slower_than_pytorch(
+        tmp_path: Path) -> None:
+    fp32 = make_cell(tmp_path, "fp32", 2.0)
+    fp16 = make_cell(tmp_path, "fp16", 2.04)  # 2 % slower: inside the 3 % margin
+    int8 = make_cell(tmp_path, "int8", 4.4)   # PyTorch eager fp32 takes 4.0 ms at batch 2
+    summarize([fp32, fp16, int8], tmp_path / "s.csv", tmp_path / "l.csv", slower_margin=0.03)
+    flags = {row["precision"]: row["speed_flags"] for row in read_csv(tmp_path / "s.csv")}
+    assert flags["fp32"] == "" and flags["fp16"] == ""
+    assert flags["int8"] == ("slower than fp32 (4.4 vs 2 ms, 0.45x); slower than fp16 (4.4 vs "
+                             "2.04 ms, 0.46x); slower than PyTorch eager fp32 (4.4 vs 4 ms)")
+
+
+def test_layer_time_plot_is_written(tmp_path: Path) -> None:
+    from trtflow.summary import plot_layer_profile
+
+    cell = _with_profile(make_cell(tmp_path, "fp16", 1.0), {"conv": ("CaskConvolution", "fp16", 0.9),
+                                                            "nms": ("NMS", "fp32", 0.3)})
+    summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv", profile_path=tmp_path / "p.csv")
+    plot_layer_profile(tmp_path / "p.csv", tmp_path / "layer_time.png")
+    assert (tmp_path / "layer_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty.csv"
+    empty.write_text("model,precision,batch_profile,backend,batch,category,ms,share,layers\n")
+    plot_layer_profile(empty, tmp_path / "none.png")
+    assert (tmp_path / "none.png").exists()

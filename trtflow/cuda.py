@@ -193,6 +193,16 @@ class Graph:
                                                   ctypes.c_ulonglong(0)),
               "cudaGraphInstantiateWithFlags")
 
+    def abort(self) -> None:
+        """Leave capture mode after a failed capture (the stream refuses work until then) and
+        clear the error it left, so the engine can still run eagerly."""
+        graph = ctypes.c_void_p(0)
+        lib().cudaStreamEndCapture(self.stream.handle, ctypes.byref(graph))
+        if graph.value:
+            lib().cudaGraphDestroy(graph)
+        lib().cudaGetLastError()
+        self.destroy()
+
     def launch(self) -> None:
         check(lib().cudaGraphLaunch(self.exec, self.stream.handle), "cudaGraphLaunch")
 

@@ -7,23 +7,30 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import TrtflowError
 from .io import atomic_path, read_json
+from .profiling import CATEGORIES, explain_slower, profile_columns
 from .provenance import digest
 from .validate import FAILING_VERDICTS
 
+PROFILE_COLUMNS = list(profile_columns(None))
 SUMMARY_COLUMNS = [
     "model", "precision", "batch_profile", "verdict", "backend", "backend_version", "device",
     "batch", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
-    "throughput", "torch_latency_p50_ms", "speedup_vs_torch", "torch_fp16_latency_p50_ms",
-    "speedup_vs_torch_fp16", "validation_passed", "max_abs", "rel_l2", "cosine",
+    "throughput", "timing_mode", "eager_latency_p50_ms", "torch_latency_p50_ms",
+    "speedup_vs_torch", "torch_fp16_latency_p50_ms", "speedup_vs_torch_fp16", "speed_flags",
+    "speed_why", "validation_passed", "max_abs", "rel_l2", "cosine",
     "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
     "detection_precision", "box_iou", "score_diff", "mask_iou", "keypoint_distance", "failures",
     "weights",
-    "build_seconds", "layer_precisions", "provenance",
+    "build_seconds", "layer_precisions", *PROFILE_COLUMNS, "provenance",
 ]
 # the per-cell artifacts a summary row is made of (paths and expected provenance in each cell)
 CELL_ARTIFACTS = ("benchmark", "validation", "baseline", "weights")
 LATENCY_COLUMNS = ["model", "precision", "batch_profile", "backend", "batch", "latency_p50_ms",
                    "latency_p99_ms", "throughput"]
+LAYER_PROFILE_COLUMNS = ["model", "precision", "batch_profile", "backend", "batch", "category",
+                         "ms", "share", "layers"]
+# higher precision first: a cell is expected to be faster than every cell of a lower rank
+PRECISION_RANK = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2, "fp8": 2}
 
 
 def _at_batch(batches: Sequence[Mapping[str, Any]], batch: int) -> Optional[Mapping[str, Any]]:
@@ -75,6 +82,8 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "latency_p99_ms": round(point["latency_p99_ms"], 4),
         "latency_mean_ms": round(point["latency_mean_ms"], 4),
         "throughput": round(point["throughput"], 2),
+        "timing_mode": point.get("timing_mode", ""),
+        "eager_latency_p50_ms": _round(point.get("eager_latency_p50_ms")),
         "torch_latency_p50_ms": round(torch32, 4) if torch32 else "",
         "speedup_vs_torch": round(torch32 / p50, 3) if torch32 else "",
         "torch_fp16_latency_p50_ms": round(torch16, 4) if torch16 else "",
@@ -87,6 +96,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "weights": weights.get("weights", ""),
         "build_seconds": sidecar.get("build_seconds", ""),
         "layer_precisions": _format_counts(sidecar.get("layer_precisions")),
+        **profile_columns(benchmark.get("layer_profile")),
         "provenance": digest([benchmark.get("provenance"), validation.get("provenance"),
                               baseline.get("provenance")]),
     }
@@ -171,27 +181,96 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, An
             writer.writerows(rows)
 
 
-def summarize(cells: Sequence[Mapping[str, Any]], summary_path: Path, latency_path: Path) -> List[Dict[str, Any]]:
+def summarize(cells: Sequence[Mapping[str, Any]], summary_path: Path, latency_path: Path,
+              slower_margin: Optional[float] = None,
+              profile_path: Optional[Path] = None) -> List[Dict[str, Any]]:
     """cells: dicts with model/precision/batch_profile, the paths of the benchmark, validation,
     baseline and weights JSONs, their expected provenance and the logs of the cell's jobs. A cell
-    whose artifacts are missing or stale (a job failed) gets an `error` row with its first error."""
-    rows, latency, seen = [], [], set()
+    whose artifacts are missing or stale (a job failed) gets an `error` row with its first error.
+    With `slower_margin` (benchmark.slower_margin), cells slower than a higher precision or than
+    PyTorch are flagged (flag_slower_cells)."""
+    rows, latency, profiles, seen = [], [], [], set()
     for cell in cells:
         artifacts, broken = cell_artifacts(cell)
         if artifacts is None:
             rows.append(error_row(cell, broken or first_error(cell.get("logs", []))))
+            profiles.append(None)
             continue
         benchmark, baseline = artifacts["benchmark"], artifacts["baseline"]
         rows.append(summary_row(cell, benchmark, artifacts["validation"], baseline,
                                 artifacts["weights"]))
+        profiles.append(benchmark.get("layer_profile"))
         for row in latency_rows(cell, benchmark, baseline):
             key = tuple(row[c] for c in ("model", "precision", "batch_profile", "backend", "batch"))
             if key not in seen:
                 seen.add(key)
                 latency.append(row)
+    if slower_margin is not None:
+        flag_slower_cells(rows, profiles, slower_margin)
     write_csv(summary_path, SUMMARY_COLUMNS, rows)
     write_csv(latency_path, LATENCY_COLUMNS, latency)
+    if profile_path is not None:
+        write_csv(profile_path, LAYER_PROFILE_COLUMNS, layer_profile_rows(rows, profiles))
     return rows
+
+
+def layer_profile_rows(rows: Sequence[Mapping[str, Any]],
+                       profiles: Sequence[Optional[Mapping[str, Any]]]) -> List[Dict[str, Any]]:
+    """The long table of each profiled cell's time per layer category (results/layer_profile.csv)."""
+    table = []
+    for row, profile in zip(rows, profiles):
+        if not profile or not profile.get("total_ms"):
+            continue
+        for category in CATEGORIES:
+            group = profile["categories"][category]
+            table.append({**{k: row[k] for k in ("model", "precision", "batch_profile", "backend")},
+                          "batch": profile["batch"], "category": category,
+                          "ms": round(group["ms"], 5), "share": round(group["share"], 5),
+                          "layers": group["layers"]})
+    return table
+
+
+def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Mapping[str, Any]]],
+                      margin: float) -> None:
+    """Fill `speed_flags` and `speed_why`: a cell more than `margin` slower than a cell of a
+    higher precision of the same model, batch profile and backend (int8 slower than fp16, fp16
+    than fp32), or than PyTorch eager fp32, says so, with its layer profile's answer to why."""
+    for row, profile in zip(rows, profiles):
+        row["speed_flags"], row["speed_why"] = "", ""
+        if not row.get("latency_p50_ms"):
+            continue
+        flags, why = [], []
+        p50 = float(row["latency_p50_ms"])
+        for other, other_profile in zip(rows, profiles):
+            if not (other.get("latency_p50_ms") and _same_series(row, other)
+                    and PRECISION_RANK.get(other["precision"], 0)
+                    < PRECISION_RANK.get(row["precision"], 0)):
+                continue
+            faster = float(other["latency_p50_ms"])
+            if p50 > faster * (1 + margin):
+                flags.append(f"slower than {other['precision']} ({p50:.4g} vs {faster:.4g} ms, "
+                             f"{faster / p50:.2f}x)")
+                why.append(f"vs {other['precision']}: " + explain_slower(
+                    profile, other_profile, row["precision"], other["precision"]))
+        torch = row.get("torch_latency_p50_ms")
+        if torch and p50 > float(torch) * (1 + margin):
+            flags.append(f"slower than PyTorch eager fp32 ({p50:.4g} vs {float(torch):.4g} ms)")
+            if profile and profile.get("total_ms"):
+                why.append("vs PyTorch: time goes to " + ", ".join(
+                    f"{c} {profile['categories'][c]['share']:.0%}" for c in CATEGORIES
+                    if profile["categories"][c]["share"] >= 0.05))
+        row["speed_flags"], row["speed_why"] = "; ".join(flags), " | ".join(why)
+
+
+def _same_series(row: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    return all(row[k] == other[k] for k in ("model", "batch_profile", "backend"))
+
+
+def speed_flag_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """One console line per cell flagged slower (flag_slower_cells), naming the cell."""
+    return [f"slower: {r['model']} {r['precision']} {r['batch_profile']} ({r['backend']}): "
+            f"{r['speed_flags']}" + (f"; why: {r['speed_why']}" if r.get("speed_why") else "")
+            for r in rows if r.get("speed_flags")]
 
 
 def verdict_failures(rows: Sequence[Mapping[str, Any]]) -> List[str]:
@@ -276,6 +355,36 @@ def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
            title="Accuracy vs speed (hollow marker: not passed)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    _save(fig, output)
+
+
+def plot_layer_profile(profile_csv: Path, output: Path) -> None:
+    """Each profiled cell's engine time by layer category (stacked bars, ms at the opt batch):
+    where the time goes, and what a lower precision changed."""
+    rows = _read_csv(profile_csv)
+    if not rows:
+        return _empty_plot(output, "Layer time by category")
+    plt = _pyplot()
+    cells: Dict[str, Dict[str, float]] = {}
+    for row in rows:
+        label = (f"{row['model']} {row['precision']} {row['batch_profile']} (b{row['batch']}, "
+                 f"{row['backend']})")
+        cells.setdefault(label, {})[row["category"]] = float(row["ms"])
+    labels = sorted(cells)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.42 * len(labels)))
+    left = [0.0] * len(labels)
+    colors = plt.get_cmap("tab10")
+    for index, category in enumerate(CATEGORIES):
+        widths = [cells[label].get(category, 0.0) for label in labels]
+        if not any(widths):
+            continue
+        ax.barh(labels, widths, left=left, color=colors(index), label=category)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set(xlabel="layer time (ms, median of the profiling runs)",
+           title="Where each engine's time goes (per-layer profile)")
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     _save(fig, output)
 
 

@@ -10,7 +10,7 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
-    from trtflow.benchmark import measure, profile_batches
+    from trtflow.benchmark import layer_profile, measure, profile_batches
     from trtflow.io import load_npz, reference_part, read_json, write_json
     from trtflow.runners import get_backend
     from trtflow.runners.base import adapt_feed
@@ -23,8 +23,10 @@ def main(args) -> None:
     with backend.EngineRunner(Path(args.engine), Path(args.sidecar), **options) as runner:
         inputs = adapt_feed(inputs, runner.inputs, f"engine {args.engine}")
         batches = measure(runner, inputs, profile_batches(sidecar["profile"]), args.settings)
+        profile = layer_profile(runner, inputs, int(sidecar["profile"]["opt"]),
+                                int(args.settings["profile_runs"]))
     write_json(args.output, {"engine": args.engine, "settings": args.settings, "runner": options,
-                             "sidecar": sidecar, "batches": batches,
+                             "sidecar": sidecar, "batches": batches, "layer_profile": profile,
                              "provenance": args.provenance})
 
 

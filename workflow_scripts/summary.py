@@ -16,13 +16,18 @@ def main(args) -> None:
 
     from trtflow.io import write_json
 
-    rows = summary.summarize(args.cells, Path(args.summary), Path(args.latency))
+    rows = summary.summarize(args.cells, Path(args.summary), Path(args.latency),
+                             slower_margin=args.slower_margin,
+                             profile_path=Path(args.profile) if args.profile else None)
     if args.latency_plot:
         summary.plot_latency_vs_batch(Path(args.latency), Path(args.latency_plot))
     if args.accuracy_plot:
         summary.plot_accuracy_vs_speed(Path(args.summary), Path(args.accuracy_plot))
+    if args.profile and args.profile_plot:
+        summary.plot_layer_profile(Path(args.profile), Path(args.profile_plot))
     if args.partial_marker:
-        written = [p for p in (args.summary, args.latency, args.latency_plot, args.accuracy_plot) if p]
+        written = [p for p in (args.summary, args.latency, args.latency_plot, args.accuracy_plot,
+                               args.profile, args.profile_plot) if p]
         write_json(args.partial_marker, {"files": written, "verdicts": {
             v: sum(r["verdict"] == v for r in rows) for v in sorted({r["verdict"] for r in rows})}})
 
@@ -36,5 +41,9 @@ if __name__ == "__main__":
     p.add_argument("--latency", required=True)
     p.add_argument("--latency-plot")
     p.add_argument("--accuracy-plot")
+    p.add_argument("--profile", help="results/layer_profile.csv: time per layer category")
+    p.add_argument("--profile-plot")
+    p.add_argument("--slower-margin", type=float, required=True,
+                   help="benchmark.slower_margin: how much slower a lower precision may be")
     p.add_argument("--partial-marker", help="on-error run: write this marker listing the files")
     cli.run(main, p)

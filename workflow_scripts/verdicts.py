@@ -15,13 +15,15 @@ def main(args) -> None:
 
     from trtflow.errors import TrtflowError
     from trtflow.io import write_json
-    from trtflow.summary import precision_debug_hint, verdict_failures
+    from trtflow.summary import precision_debug_hint, speed_flag_lines, verdict_failures
 
     with open(args.summary, newline="") as handle:
         rows = list(csv.DictReader(handle))
     counts = dict(Counter(row["verdict"] for row in rows))
     failures = verdict_failures(rows)
     hint = precision_debug_hint(rows, args.debug_fallbacks)
+    for line in speed_flag_lines(rows):  # a claim of speed that does not hold: said, not failed
+        logging.getLogger("verdicts").warning("%s", line)
     if failures and args.on_failure == "fail":
         raise TrtflowError(
             f"{len(failures)} of {len(rows)} cells did not pass ({counts}); {args.summary} and the "

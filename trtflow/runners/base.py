@@ -75,6 +75,10 @@ def adapt_feed(feed: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
     return adapted
 
 
+class TimingModeUnavailable(TrtflowError):
+    """A timing mode this engine cannot run in (a CUDA graph that cannot be captured)."""
+
+
 class Runner:
     """load() -> infer(feed) -> time(feed) -> close(). Subclasses override load/infer/close;
     time() defaults to host timing around infer(), which is right for synchronous backends."""
@@ -89,10 +93,22 @@ class Runner:
     def infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def time_modes(self) -> List[str]:
+        """The ways this runner can time an inference, preferred first (TensorRT: CUDA-graph
+        replay, then eager enqueue); the benchmark records each and reports the first."""
+        return ["default"]
+
     def time(self, feed: Mapping[str, np.ndarray], warmup: int, iterations: int,
-             max_seconds: float) -> List[float]:
+             max_seconds: float, mode: Optional[str] = None) -> List[float]:
         """Latencies in milliseconds of repeated infer() calls on one feed."""
         return host_timing(lambda: self.infer(feed), warmup, iterations, max_seconds)
+
+    def profile_layers(self, feed: Mapping[str, np.ndarray],
+                       runs: int) -> Optional[Dict[str, Dict[str, Any]]]:
+        """Per-layer times of `runs` inferences, outside the timed runs: layer name ->
+        {"times_ms": [...], "type": ..., "precision": ...} (trtflow.profiling reads it); None
+        where the backend has no profiler."""
+        return None
 
     def close(self) -> None:
         pass

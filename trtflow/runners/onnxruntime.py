@@ -1,8 +1,10 @@
 """ONNX Runtime backend (CPU): the 'engine' is the model as optimised for this machine by ORT."""
 from __future__ import annotations
 
+import json
 import logging
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -130,6 +132,50 @@ class OnnxRuntimeRunner(Runner):
                    (profile["min"], profile["max"]) if profile else None)
         values = self.session.run(None, dict(feed))
         return {spec.name: value for spec, value in zip(self.outputs, values)}
+
+
+    def profile_layers(self, feed: Mapping[str, np.ndarray],
+                       runs: int) -> Optional[Dict[str, Dict[str, Any]]]:
+        """Per-node kernel times from ONNX Runtime's profiler over `runs` inferences, in a
+        session of its own (profiling the timed session would slow its timings)."""
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="trtflow-ort-profile-") as folder:
+            options = session_options(self.threads, "basic")
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(folder) / "profile")
+            session = ort.InferenceSession(str(self.engine_path), options,
+                                           providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=list(ALWAYS_DISABLED))
+            for _ in range(runs + 1):  # each node's first run allocates: node_times drops it
+                session.run(None, dict(feed))
+            events = _profile_events(session.end_profiling())
+        return node_times(events, skip_first_run=True)
+
+
+def _profile_events(path: str) -> List[Dict[str, Any]]:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def node_times(events: List[Mapping[str, Any]], skip_first_run: bool) -> Dict[str, Dict[str, Any]]:
+    """node name -> {"times_ms": one per run, "type": op type} from ONNX Runtime's profile
+    events (Chrome trace format: one `Node` event `<node>_kernel_time` per node per run, in
+    microseconds); each node's first run is left out where asked (it allocates)."""
+    nodes: Dict[str, Dict[str, Any]] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        op_type = str((event.get("args") or {}).get("op_name", ""))
+        entry = nodes.setdefault(name[:-len("_kernel_time")], {
+            "times_ms": [], "type": op_type,
+            "precision": "int8" if "QLinear" in op_type or "Integer" in op_type else ""})
+        entry["times_ms"].append(float(event.get("dur", 0)) / 1e3)
+    if skip_first_run:
+        for entry in nodes.values():
+            entry["times_ms"] = entry["times_ms"][1:] or entry["times_ms"]
+    return nodes
 
 
 EngineRunner = OnnxRuntimeRunner

@@ -24,9 +24,10 @@ import numpy as np
 from .. import cuda
 from ..errors import TrtflowError
 from ..io import atomic_path, read_json, write_json
-from .base import Runner, TensorSpec, check_feed, timing_loop
-from .tensorrt_cache import load_timing_cache, save_timing_cache
+from .base import Runner, TensorSpec, TimingModeUnavailable, check_feed, timing_loop
+from .tensorrt_cache import attach_timing_cache, detach_timing_cache, save_timing_cache
 from .tensorrt_inspect import check_layer_precisions, inspect_engine, layer_precisions, layer_table
+from .tensorrt_profile import annotate, profile_runs
 
 log = logging.getLogger(__name__)
 
@@ -237,24 +238,29 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
             opt_profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(opt_profile)
     cache_path = Path(options["timing_cache_path"]) if options.get("timing_cache_path") else None
-    cache_state, cache_bytes_before = "none", 0
     logger.hold_errors = True
-    errors_before = len(logger.errors)
-    if cache_path is not None:
-        _, cache_state, cache_bytes_before = load_timing_cache(config, cache_path, logger)
+    cache = attach_timing_cache(config, cache_path, logger)
     log.info("building %s %s engine for batch %s (flags %s, strongly typed %s, timing cache %s)",
-             model, precision, dict(batch_profile), flag_names, strongly_typed, cache_state)
+             model, precision, dict(batch_profile), flag_names, strongly_typed, cache.state)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    serialized, errors = build_serialized(builder, network, config, logger)
+    if serialized is None and cache.state == "warm":
+        # a cache TensorRT took can still break the build (8.6.0's Myelin cache code): once more
+        # without it, said in the log and the sidecar
+        cache.retried_without = " | ".join(errors[-3:])
+        log.warning("the %s %s build failed with the timing cache %s (%s); retrying once without "
+                    "it", model, precision, cache_path, cache.retried_without)
+        detach_timing_cache(config, cache)
+        serialized, errors = build_serialized(builder, network, config, logger)
     seconds = time.perf_counter() - start
     if serialized is None:
-        for message in logger.errors[errors_before:]:
+        for message in errors:
             log.error("TensorRT: %s", message)
-        raise TrtflowError("TensorRT engine build failed: " + " | ".join(logger.errors[-5:]),
+        raise TrtflowError("TensorRT engine build failed: " + " | ".join(errors[-5:]),
                            model=model, path=str(onnx_path),
                            fix="see the log; try a larger tensorrt.workspace_mib or another opset")
-    cache_bytes_after = (save_timing_cache(config, cache_path, merge=cache_state != "unreadable")
-                         if cache_path is not None else 0)
+    if cache_path is not None and cache.state != "dropped":  # a dropped cache is not merged back
+        save_timing_cache(config, cache_path, logger, cache)
     logger.hold_errors = False
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
     layers = layer_table(inspect_engine(trt, engine, shapes))
@@ -271,17 +277,22 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         "strongly_typed": strongly_typed, "builder_flags": flag_names,
         "tf32": bool(options.get("tf32", False)),
         "tactic_sources": options.get("tactic_sources"),
-        "timing_cache": {"path": str(cache_path) if cache_path else None,
-                         "state": cache_state,
-                         "bytes_before": cache_bytes_before, "bytes_after": cache_bytes_after},
+        "timing_cache": cache.to_dict(),
         "layer_precisions": counts, "precision_check": precision_check, "layers": layers,
         "source_onnx": str(onnx_path),
         "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs],
     }
     write_json(sidecar_path, sidecar)
-    log.info("built %s in %.1f s (%s timing cache); layer precisions %s", engine_path, seconds,
-             sidecar["timing_cache"]["state"], counts)
+    log.info("built %s in %.1f s (%s timing cache, %s); layer precisions %s", engine_path,
+             seconds, cache.state, cache.saved or "not saved", counts)
     return sidecar
+
+
+def build_serialized(builder, network, config, logger) -> Tuple[Any, List[str]]:
+    """build_serialized_network, and the errors TensorRT logged during it."""
+    errors_before = len(logger.errors)
+    serialized = builder.build_serialized_network(network, config)
+    return serialized, logger.errors[errors_before:]
 
 
 def check_compatible(sidecar: Mapping[str, Any], engine_path: Path) -> None:
@@ -375,21 +386,21 @@ class TensorRTRunner(Runner):
         self.stream.synchronize()
         return host
 
+    def time_modes(self) -> List[str]:
+        """CUDA-graph replay first where asked for (tensorrt.cuda_graph, trtexec's
+        --useCudaGraph: no per-launch CPU overhead), eager enqueue always (recorded beside it)."""
+        return ["cuda_graph", "eager"] if self.cuda_graph else ["eager"]
+
     def time(self, feed: Mapping[str, np.ndarray], warmup: int, iterations: int,
-             max_seconds: float) -> List[float]:
+             max_seconds: float, mode: Optional[str] = None) -> List[float]:
         """GPU time per inference between CUDA events (inputs staged once, as in deployment
-        with device-resident data); optionally replaying a captured CUDA graph."""
+        with device-resident data), enqueued eagerly or replayed from a captured CUDA graph."""
+        mode = mode or self.time_modes()[0]
         self._stage(feed)
         self._execute()  # the first run after a shape change does setup work: keep it out
         self.stream.synchronize()
-        launch = self._execute
-        graph = None
-        if self.cuda_graph:
-            graph = cuda.Graph(self.stream)
-            graph.begin()
-            self._execute()
-            graph.end()
-            launch = graph.launch
+        graph = self._capture_graph() if mode == "cuda_graph" else None
+        launch = graph.launch if graph is not None else self._execute
         start, end = cuda.Event(), cuda.Event()
 
         def one() -> float:
@@ -406,6 +417,33 @@ class TensorRTRunner(Runner):
             end.destroy()
             if graph is not None:
                 graph.destroy()
+
+    def _capture_graph(self) -> cuda.Graph:
+        """One enqueue captured as a CUDA graph; an engine whose layers cannot be captured
+        (a plugin that synchronises or allocates) raises TimingModeUnavailable and still runs
+        eagerly afterwards."""
+        graph = cuda.Graph(self.stream)
+        graph.begin()
+        try:
+            self._execute()
+            graph.end()
+        except (cuda.CudaError, TrtflowError) as exc:
+            graph.abort()
+            self.stream.synchronize()
+            raise TimingModeUnavailable(f"engine {self.engine_path.name}: no CUDA graph could be "
+                                        f"captured ({str(exc).splitlines()[0]})") from exc
+        return graph
+
+    def profile_layers(self, feed: Mapping[str, np.ndarray],
+                       runs: int) -> Optional[Dict[str, Dict[str, Any]]]:
+        """Per-layer times from TensorRT's IProfiler over `runs` inferences, each layer with its
+        type and precision from the build's engine inspector table."""
+        self._stage(feed)
+        self._execute()
+        self.stream.synchronize()
+        times = profile_runs(trt_module(), self.context, self._execute, self.stream.synchronize,
+                             runs)
+        return annotate(times, (self.sidecar or {}).get("layers", []))
 
     def close(self) -> None:
         for buffer in self.buffers.values():

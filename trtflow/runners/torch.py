@@ -1,7 +1,7 @@
 """PyTorch runner: the reference outputs and the eager / torch.compile baselines."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class TorchRunner(Runner):
                 else out.detach().cpu().numpy() for name, out in zip(self.output_names, outputs)}
 
     def time(self, feed: Mapping[str, np.ndarray], warmup: int, iterations: int,
-             max_seconds: float) -> List[float]:
+             max_seconds: float, mode: Optional[str] = None) -> List[float]:
         import torch
 
         tensors = self._to_device(feed)

@@ -1,0 +1,41 @@
+#!/bin/bash
+# Issues 20/21 on the GPU machine, one command (run it detached; it writes $RUNS/*):
+#   1. why TensorRT 8.6.0 refuses its own timing cache (timing_cache_probe.py);
+#   2. Mask R-CNN 1344 fp16/int8 at level 3 with per-layer profiles (maskrcnn_speed.yaml);
+#   3. ResNet-50 b256 and MobileNetV2 b32, fp16/int8 at level 3 (int8.yaml less efficientnet),
+#      then the same matrix rebuilt with its engines deleted and the timing cache kept (warm).
+#   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-/tmp/runs}
+mkdir -p "$RUNS"
+: "${TRT_PYTHON:?set TRT_PYTHON}"
+TRT="{python: $TRT_PYTHON, optimization_level: ${OPT:-3}, workspace_mib: 8192}"
+summary() {  # the cells of a results folder, one line each, into the run log
+  python3 - "$1" <<'PY'
+import csv, sys
+for r in csv.DictReader(open(f"{sys.argv[1]}/summary.csv")):
+    print(" | ".join(r.get(k, "") for k in ("model", "precision", "verdict", "latency_p50_ms",
+          "eager_latency_p50_ms", "timing_mode", "throughput", "speedup_vs_torch",
+          "build_seconds", "profile_top_category", "profile_reformat_layers", "speed_flags")))
+PY
+}
+for step in ${*:-probe maskrcnn int8 warm}; do
+  echo "=== $step $(date -u +%T)"
+  case $step in
+    probe)
+      TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/timing_cache_probe.py /tmp/tc-probe 2>&1 | tee "$RUNS/timing_cache_probe.log" ;;
+    maskrcnn)
+      snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
+        --configfile benchmarks/gpu/maskrcnn_speed.yaml --config tensorrt="$TRT" > "$RUNS/maskrcnn.log" 2>&1
+      summary results-maskrcnn ;;
+    int8|warm)
+      if [ "$step" = warm ]; then rm -f results-int8/engines/*/*/*.engine; fi
+      snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
+        --configfile benchmarks/gpu/int8.yaml --config results_dir=results-int8 tensorrt="$TRT" \
+        exclude='[{model: efficientnet_v2_s}]' > "$RUNS/$step.log" 2>&1
+      summary results-int8
+      python3 -c "import json,glob; [print(p, json.load(open(p))['build_seconds'], json.load(open(p))['timing_cache']) for p in sorted(glob.glob('results-int8/engines/*/*/*.json'))]" | tee "$RUNS/$step-builds.txt" ;;
+  esac
+done
+echo "=== done $(date -u +%T)"

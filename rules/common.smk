@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, workflow.basedir)  # the trtflow package lives beside the Snakefile
 
 from trtflow.backend import RESOLVED_ENV, TORCH_SIDE_MODULES, backend_of_run, check_interpreter
-from trtflow.config import (matrix, model_opset, model_patch_options, model_tolerances,
+from trtflow.config import (Cell, matrix, model_opset, model_patch_options, model_tolerances,
                             name_regex, validate_config)
 from trtflow.errors import TrtflowError
 from trtflow.io import remove_corrupt_artifacts
@@ -214,10 +214,26 @@ def engine_options(wildcards):
         options.update(model_spec(wildcards.model).get("onnxruntime") or {})
         return json.dumps(options, sort_keys=True)
     options = {k: v for k, v in CONFIG["tensorrt"].items()
-               if k not in ("python", "target", "cuda_graph")}
+               if k not in ("python", "target", "cuda_graph", "int8_speed")}
     if options.pop("timing_cache"):
         options["timing_cache_path"] = f"{R}/engines/timing-cache-{TAG}.bin"
+    speed = int8_speed_inputs(wildcards)
+    if speed:
+        options["int8_speed"] = {**CONFIG["tensorrt"]["int8_speed"], **speed}
     return json.dumps(options, sort_keys=True)
+
+
+def int8_speed_inputs(wildcards):
+    """What the latency-aware int8 placement (tensorrt.int8_speed) compares an int8 engine with:
+    the fp16 engine of the same model and batch profile, timed on the reference inputs. None
+    where it does not apply (another backend or precision, rounds 0, no fp16 cell)."""
+    fp16 = Cell(wildcards.model, "fp16", wildcards.profile)
+    if not (ON_GPU and wildcards.precision == "int8" and CONFIG["tensorrt"]["int8_speed"]["rounds"]
+            and fp16 in CELLS):
+        return {}
+    names = dict(model=wildcards.model, precision="fp16", profile=wildcards.profile)
+    return {"fp16_engine": ENGINE.format(**names), "fp16_sidecar": ENGINE_META.format(**names),
+            "reference": REFERENCE.format(model=wildcards.model)}
 
 
 def all_cores(wildcards):

@@ -1,6 +1,7 @@
 rule engine:
     """One engine per model x precision x batch profile, built under the backend's Python."""
     input:
+        unpack(int8_speed_inputs),
         onnx=PRECISION_ONNX,
     output:
         engine=ENGINE,

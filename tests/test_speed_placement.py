@@ -1,0 +1,79 @@
+"""trtflow.speed_placement: the latency-aware int8 placement's decisions, from per-layer
+profiles given as data (the TensorRT side, trtflow.runners.tensorrt_speed, runs in test_gpu)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import pytest
+
+from trtflow.profiling import summarize_profile
+from trtflow.speed_placement import (better_round, layer_nodes, nodes_to_keep_for_speed,
+                                     region_costs, reformats_into)
+
+CONV_A, CONV_B, CONV_C = "/a/Conv", "/b/Conv", "/c/Conv"
+
+
+def of(layers: Dict[str, float]) -> Dict[str, Any]:
+    return summarize_profile({name: {"times_ms": [ms], "type": ""} for name, ms in layers.items()},
+                             batch=1, runs=1)
+
+
+def table(*rows: tuple) -> List[Dict[str, str]]:
+    return [{"name": name, "type": "", "precision": precision} for name, precision in rows]
+
+
+INT8_LAYERS = table((f"{CONV_A} + /a/Relu", "int8"), (CONV_B, "int8"),
+                    (f"/q/QuantizeLinear + {CONV_C}", "int8"), ("/head/Softmax", "fp16"),
+                    (f"Reformatting CopyNode for Input Tensor 0 to {CONV_B}", "int8"))
+INT8 = of({f"{CONV_A} + /a/Relu": 0.5, CONV_B: 0.30,
+           f"Reformatting CopyNode for Input Tensor 0 to {CONV_B}": 0.25,
+           f"/q/QuantizeLinear + {CONV_C}": 0.2, "/head/Softmax": 0.1})
+FP16 = of({f"{CONV_A} + /a/Relu": 0.9, f"{CONV_B} + {CONV_C}": 0.4, "/head/Softmax": 0.1})
+
+
+def test_layer_nodes_splits_fused_names_but_not_myelin_regions() -> None:
+    assert layer_nodes(f"{CONV_A} + /a/Relu") == [CONV_A, "/a/Relu"]
+    assert layer_nodes("{ForeignNode[/t/MatMul.../t/Softmax]}") == []
+
+
+def test_reformats_are_charged_to_the_layer_they_feed() -> None:
+    times = {f"Reformatting CopyNode for Input Tensor 0 to {CONV_B}": 0.25,
+             f"Reformatting CopyNode for Output Tensor 0 to {CONV_B}": 0.05, CONV_B: 0.3}
+    assert reformats_into(times) == {CONV_B: pytest.approx(0.3)}
+
+
+def test_region_costs_compare_each_int8_region_with_the_fp16_layers_of_its_nodes() -> None:
+    costs = {c.layer: c for c in region_costs(INT8, FP16, INT8_LAYERS, [CONV_A, CONV_B, CONV_C])}
+    assert set(costs) == {f"{CONV_A} + /a/Relu", CONV_B, f"/q/QuantizeLinear + {CONV_C}"}
+    a = costs[f"{CONV_A} + /a/Relu"]
+    assert (a.int8_ms, a.fp16_ms, a.loses) == (0.5, 0.9, False)
+    b = costs[CONV_B]  # its reformat makes int8 lose: 0.30 + 0.25 > 0.4
+    assert b.int8_ms == pytest.approx(0.55) and b.fp16_ms == pytest.approx(0.4) and b.loses
+    assert b.fp16_layers == [f"{CONV_B} + {CONV_C}"]
+    assert not costs[f"/q/QuantizeLinear + {CONV_C}"].loses  # 0.2 < 0.4
+
+
+def test_regions_without_quantised_nodes_or_an_fp16_counterpart_are_skipped() -> None:
+    assert region_costs(INT8, FP16, INT8_LAYERS, ["/other/Conv"]) == []
+    no_fp16 = of({"/head/Softmax": 0.1})
+    assert region_costs(INT8, no_fp16, INT8_LAYERS, [CONV_A, CONV_B]) == []
+    fp16_layers = table((f"{CONV_A} + /a/Relu", "fp16"))  # not int8: nothing to take off
+    assert region_costs(INT8, FP16, fp16_layers, [CONV_A]) == []
+
+
+def test_nodes_kept_for_speed_are_the_losing_regions_largest_loss_first() -> None:
+    costs = region_costs(INT8, FP16, INT8_LAYERS, [CONV_A, CONV_B, CONV_C])
+    assert nodes_to_keep_for_speed(costs) == [CONV_B]
+    assert nodes_to_keep_for_speed(costs, already=[CONV_B]) == []
+    slower = of({f"{CONV_A} + /a/Relu": 1.5, CONV_B: 0.45, f"/q/QuantizeLinear + {CONV_C}": 0.2})
+    costs = region_costs(slower, FP16, INT8_LAYERS, [CONV_A, CONV_B, CONV_C])
+    assert nodes_to_keep_for_speed(costs) == [CONV_A, CONV_B]  # A loses 0.6 ms, B 0.05
+    assert nodes_to_keep_for_speed(costs, limit=1) == [CONV_A]
+
+
+@pytest.mark.parametrize("candidate, best, margin, kept", [
+    (0.90, 1.0, 0.02, True), (0.99, 1.0, 0.02, False), (1.10, 1.0, 0.02, False),
+    (0.99, 1.0, 0.0, True)])
+def test_a_round_is_kept_only_when_faster_beyond_the_noise_margin(candidate, best, margin,
+                                                                   kept) -> None:
+    assert better_round(candidate, best, margin) is kept

@@ -124,6 +124,20 @@ def test_benchmarks_replay_cuda_graphs_record_eager_and_profile_every_layer(trt_
     assert trt_workflow.path("results/plots/layer_time.png").stat().st_size > 1000
 
 
+def test_int8_speed_placement_compares_with_the_fp16_engine_and_keeps_the_faster(trt_workflow):
+    (sidecar,) = [s for s in _sidecars(trt_workflow) if s["precision"] == "int8"]
+    report = sidecar["speed_placement"]
+    assert report["fp16_ms"] > 0 and report["rounds"][0]["ms"] > 0, report
+    assert report["int8_ms"] <= report["rounds"][0]["ms"], report
+    for later in report["rounds"][1:]:
+        assert later["dropped"] and ("kept" in later or "error" in later), report
+    assert set(report["kept_for_speed"]) <= {n for r in report["rounds"][1:] for n in r["dropped"]}
+    with open(trt_workflow.path("results/summary.csv")) as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r["precision"] == "int8"]
+    assert row["kept_for_speed"].startswith(f"{len(report['kept_for_speed'])} nodes"), row
+    assert row["validation_passed"] == "True", row
+
+
 def test_int64_input_is_converted_and_int64_feeds_are_refused(trt_workflow):
     engine = next(trt_workflow.path("results/engines/tokens").rglob("fp32-small.engine"))
     sidecar = engine.with_suffix(".json")

@@ -21,7 +21,7 @@ SUMMARY_COLUMNS = [
     "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
     "detection_precision", "box_iou", "score_diff", "mask_iou", "keypoint_distance", "failures",
     "weights",
-    "build_seconds", "layer_precisions", *PROFILE_COLUMNS, "provenance",
+    "build_seconds", "kept_for_speed", "layer_precisions", *PROFILE_COLUMNS, "provenance",
 ]
 # the per-cell artifacts a summary row is made of (paths and expected provenance in each cell)
 CELL_ARTIFACTS = ("benchmark", "validation", "baseline", "weights")
@@ -95,11 +95,25 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
                                + validation.get("failures", [])),
         "weights": weights.get("weights", ""),
         "build_seconds": sidecar.get("build_seconds", ""),
+        "kept_for_speed": kept_for_speed(sidecar),
         "layer_precisions": _format_counts(sidecar.get("layer_precisions")),
         **profile_columns(benchmark.get("layer_profile")),
         "provenance": digest([benchmark.get("provenance"), validation.get("provenance"),
                               baseline.get("provenance")]),
     }
+
+
+def kept_for_speed(sidecar: Mapping[str, Any], shown: int = 5) -> str:
+    """The nodes the latency-aware int8 placement kept out of int8 (tensorrt.int8_speed), and
+    what it measured: '<n> nodes: a, b, ... (int8 x ms -> y ms, fp16 z ms)'."""
+    report = sidecar.get("speed_placement")
+    if not report:
+        return ""
+    nodes = report.get("kept_for_speed") or []
+    first = report["rounds"][0].get("ms")
+    names = ", ".join(nodes[:shown]) + (", ..." if len(nodes) > shown else "")
+    return (f"{len(nodes)} nodes{': ' + names if nodes else ''} (int8 {first:.4g} -> "
+            f"{report['int8_ms']:.4g} ms, fp16 {report['fp16_ms']:.4g} ms)")
 
 
 def error_row(cell: Mapping[str, Any], reason: str) -> Dict[str, Any]:

@@ -105,15 +105,21 @@ def clip_fault_closure(trt, network, drop: List[str], quantised: Mapping[str, An
 
 def float_weights(trt, dequantize, constant, scale) -> np.ndarray:
     """int8 weights x their (per-channel) scale, as float32."""
-    weights = np.asarray(_cast(constant, trt.IConstantLayer).weights).astype(np.float32)
+    weights = _constant(trt, constant).astype(np.float32)
     weights = weights.reshape(tuple(_cast(constant, trt.IConstantLayer).shape))
-    scales = np.asarray(_cast(scale, trt.IConstantLayer).weights).astype(np.float32)
+    scales = _constant(trt, scale).astype(np.float32)
     if scales.size > 1:
         axis = _cast(dequantize, trt.IDequantizeLayer).axis
         shape = [1] * weights.ndim
         shape[axis] = scales.size
         scales = scales.reshape(shape)
     return np.ascontiguousarray(weights * scales)
+
+
+def _constant(trt, layer) -> np.ndarray:
+    """A constant layer's values (a numpy view, or trt.Weights where that is what comes back)."""
+    values = _cast(layer, trt.IConstantLayer).weights
+    return np.array(values.numpy() if hasattr(values, "numpy") else values).ravel()
 
 
 def bypass_quantisation(trt, network, names: List[str], keepalive: List[np.ndarray]) -> List[str]:

@@ -91,8 +91,11 @@ def test_successful_builds_log_no_error_lines_and_say_the_timing_cache_state(trt
         text = path.read_text()
         assert " ERROR " not in text, (path, text[-2000:])
         assert re.search(r"timing cache (cold|warm|unreadable)\)", text), (path, text[-2000:])
-    sidecars = _sidecars(trt_workflow)
-    assert {s["timing_cache"]["state"] for s in sidecars if "timing_cache" in s} - {"cold"}, sidecars
+    # a build after the first finds the shared cache warm, or every build says why it wrote none
+    # (TensorRT 8.6.0 cannot read back the caches it writes: benchmarks/gpu/timing-cache.md)
+    caches = [s["timing_cache"] for s in _sidecars(trt_workflow)]
+    assert any(c["state"] == "warm" for c in caches) or all(
+        c["state"] == "cold" and c["saved"].startswith("not saved") for c in caches), caches
 
 
 def test_timing_cache_file_never_shrinks_and_each_build_says_what_it_saved(trt_workflow):

@@ -6,6 +6,7 @@ what a dry run schedules after one edit, then brings the workflow back up to dat
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -176,3 +177,26 @@ def test_editing_a_user_factory_module_reruns_its_chain(tmp_path, monkeypatch):
     assert jobs and all("model=tokens" in j for j in jobs), jobs
     assert {j.split()[0] for j in jobs} >= {"weights", "export", "reference", "baseline",
                                             "engine", "validate"}
+
+
+def test_a_tensorrt_plan_is_the_same_each_time_and_int8_engines_follow_their_fp16_engine(tmp_path):
+    """The int8 engine's latency-aware placement reads the fp16 engine (an unpack() input
+    function): its provenance must come from that function's paths, not from the function's
+    repr (a memory address, new in every process: every engine was rebuilt on every run)."""
+    flow = Workflow(tmp_path)
+    target = {"tensorrt": "8.6.0", "compute_capability": "9.0"}
+
+    def engine_provenance(**tensorrt) -> dict:
+        flow.write_config(tiny_config(backend="tensorrt", tensorrt={"target": target, **tensorrt},
+                                      precisions=["fp16", "int8"],
+                                      models={"net": resnet_entry({"random": True, "seed": 0})}))
+        text = flow.run("-n", "-p", "all").stdout
+        jobs = re.findall(r"engine\.py .*?--precision (\w+) .*?--provenance (\w+)", text)
+        return dict(jobs)
+
+    first, again = engine_provenance(), engine_provenance()
+    assert set(first) == {"fp16", "int8"} and first == again
+    other_fp16 = engine_provenance(workspace_mib=2048)  # both engines' settings change
+    assert other_fp16["int8"] != first["int8"]
+    no_speed = engine_provenance(int8_speed={"rounds": 0})  # int8 alone: fp16 stays
+    assert no_speed["fp16"] == first["fp16"] and no_speed["int8"] != first["int8"]

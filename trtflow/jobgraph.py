@@ -26,6 +26,17 @@ NOT_SETTINGS = ("provenance", "python", "script", "producers")
 WildcardItems = Tuple[Tuple[str, str], ...]
 
 
+def input_function(item: Any) -> Optional[Callable]:
+    """The function behind a rule's input item, if it is one: Snakemake keeps input functions
+    as IOFile strings holding the function (flagged ones, unpack(), as an annotated string)."""
+    if callable(item):
+        return item
+    held = getattr(item, "_file", item)
+    if callable(held):
+        return held
+    return getattr(held, "callable", None)
+
+
 class JobGraph:
     def __init__(self, workflow: Any, root: Path, package: str = "trtflow") -> None:
         self.workflow = workflow
@@ -89,7 +100,11 @@ class JobGraph:
     def _inputs(rule: Any, wildcards: Any) -> List[str]:
         paths: List[str] = []
         for item in rule.input:
-            value = item(wildcards) if callable(item) else apply_wildcards(str(item), dict(wildcards.items()))
+            function = input_function(item)
+            value = (function(wildcards) if function is not None
+                     else apply_wildcards(str(item), dict(wildcards.items())))
+            if isinstance(value, dict):  # unpack(): the function's named paths
+                value = list(value.values())
             paths += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
         return paths
 

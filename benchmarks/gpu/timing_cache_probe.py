@@ -8,7 +8,8 @@ block), and for each:
   2. reads that file back in the same process (create_timing_cache) and counts logger errors;
   3. reads it back in a fresh process, and builds with it (state, errors, seconds);
   4. the same fresh-process read with the GPU machine's stub cuBLAS/cuDNN libraries left off the
-     library path (plugins are not loaded then: libnvinfer_plugin needs them).
+     library path (seen 2026-12-02: TensorRT 8.6.0's bindings then fail to import, they need
+     libcublas.so.12 themselves; benchmarks/gpu/timing-cache.md).
 Prints one line per step. Run under the TensorRT Python:
   TRTPY_PATH=$PWD /tmp/trtpy benchmarks/gpu/timing_cache_probe.py /tmp/tc-probe
 """

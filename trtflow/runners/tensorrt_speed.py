@@ -205,8 +205,9 @@ def place_for_speed(trt, network, rebuild: Callable[[], Tuple[Any, List[Dict[str
             break
         drop = clip_fault_closure(trt, network, drop, quantised)
         bypass_quantisation(trt, network, drop, keepalive)
-        log.info("speed placement round %d: %d int8 region(s) lose to fp16; rebuilding with %d "
-                 "node(s) out of int8: %s", round_index, len(costs), len(drop), drop[:5])
+        log.info("speed placement round %d: %d of %d int8 regions lose to fp16; rebuilding with "
+                 "%d node(s) out of int8: %s", round_index, sum(c.loses for c in costs),
+                 len(costs), len(drop), drop[:5])
         candidate = rebuild()
         if candidate[0] is None:
             report["rounds"].append({"round": round_index, "dropped": drop, "error": "build failed"})

@@ -99,6 +99,45 @@ def test_an_interpreter_path_is_checked_and_never_run_by_a_shell(workflow: Workf
             else "backend: tensorrt, but cannot run" in text), text[-3000:]
 
 
+@pytest.mark.parametrize("architecture, kwargs", [
+    ("os:system", lambda marker: {"command": f"touch {marker}"}),
+    ("subprocess:call", lambda marker: {"args": ["touch", str(marker)]}),
+])
+def test_a_standard_library_factory_is_refused_and_never_called(workflow: Workflow, tmp_path,
+                                                                architecture, kwargs):
+    """Issue 24 case 1: `architecture: os:system` ran its command in the weights stage."""
+    marker = tmp_path / "injected"
+    entry = token_entry({"random": True}, architecture=architecture,
+                        architecture_kwargs=kwargs(marker))
+    workflow.write_config(tiny_config(models={"tok": entry}, precisions=["fp32"]))
+    text = workflow.fails(f"model 'tok': architecture '{architecture}' is a function of Python's "
+                          "standard library", "fix: set models.tok.architecture")
+    assert not marker.exists()
+    assert "Traceback" not in text and workflow.files() == []
+
+
+def test_every_factory_failure_is_one_trtflow_error_line(workflow: Workflow):
+    """Issue 24 case 2: a wrong keyword and a factory returning 42 were raw tracebacks."""
+    models = {"kw": token_entry({"random": True}, architecture_kwargs={"bogus": 1}),
+              "num": token_entry({"random": True}, architecture="user_models.faulty:returns_a_number"),
+              "exc": token_entry({"random": True}, architecture="user_models.faulty:raises_inside")}
+    workflow.write_config(tiny_config(models=models, precisions=["fp32"]))
+    text = workflow.fails(
+        "trtflow error: model 'kw': architecture 'user_models.token_classifier:build' cannot be "
+        "called with architecture_kwargs {'bogus': 1}",
+        "trtflow error: model 'num': architecture 'user_models.faulty:returns_a_number' returned "
+        "int ('42'), not a torch.nn.Module",
+        "trtflow error: model 'exc': architecture 'user_models.faulty:raises_inside' failed while "
+        "building the model, at ", "faulty.py:30 in raises_inside: ValueError: width 8 is not",
+        args=("all", "--keep-going"))
+    assert "unexpected failure" not in text and "Traceback" not in text, text[-4000:]
+    assert text.count("  fix: ") >= 3
+    with open(workflow.path("results/summary.csv")) as handle:
+        rows = {r["model"]: r for r in csv.DictReader(handle)}
+    assert all(r["verdict"] == "error" and "architecture 'user_models." in r["failures"]
+               for r in rows.values()), rows
+
+
 def test_a_results_dir_with_a_space_or_a_semicolon_is_refused(workflow: Workflow):
     for results_dir in ("my results", "", "/abs/path", "../up", "r;touch x"):
         config = tiny_config(models={"tok": token_entry({"random": True})}, results_dir=results_dir)

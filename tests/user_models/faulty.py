@@ -17,3 +17,14 @@ def pretrained_classifier(pretrained: bool = True):
         model.load_state_dict(torch.hub.load_state_dict_from_url(
             "https://example.invalid/classifier.pth"))
     return model
+
+
+def returns_a_number():
+    """Returns something that is no model, as a factory with a missing `return model` line
+    returning a count would."""
+    return 42
+
+
+def raises_inside(width: int = 8):
+    """Fails in the user's own code while building the model."""
+    raise ValueError(f"width {width} is not supported by this backbone")

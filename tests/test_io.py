@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from trtflow import io
 from trtflow.io import (atomic_path, load_npz, read_json, save_npz, sha256_file,
                         write_json)
 
@@ -86,12 +89,62 @@ def test_npz_round_trip_keeps_dtypes_and_strings(tmp_path: Path) -> None:
         np.testing.assert_array_equal(loaded[key], value)
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
 def test_atomic_path_removes_the_leftovers_of_a_killed_write(tmp_path: Path) -> None:
-    leftover = tmp_path / ".model.onnx.abc123.tmp"  # what a SIGKILLed job leaves behind
+    host = io._host()
+    leftover = tmp_path / f".model.onnx.{host}-{_dead_pid()}.abc12345.tmp"  # a SIGKILLed job's
     leftover.write_bytes(b"")
-    other = tmp_path / ".other.onnx.abc123.tmp"
+    other = tmp_path / f".other.onnx.{host}-{_dead_pid()}.abc12345.tmp"
     other.write_bytes(b"")
     with atomic_path(tmp_path / "model.onnx") as tmp:
         tmp.write_bytes(b"new")
     assert not leftover.exists() and other.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.onnx.abc123.tmp", "model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "model.onnx"]
+
+
+def test_a_writer_never_removes_another_writers_temporary_file(tmp_path: Path) -> None:
+    """Issue 24: atomic_path deleted every temporary file of its target, so a concurrent writer's
+    rename failed. Two writers of one artifact (here nested in one process, and a live process's
+    and another host's files) both finish; the last rename wins."""
+    target = tmp_path / "cache.json"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            live_file = tmp_path / f".cache.json.{io._host()}-{live.pid}.abc12345.tmp"
+            remote_file = tmp_path / f".cache.json.{io._host()}x-{_dead_pid()}.abc12345.tmp"
+            for path in (live_file, remote_file):
+                path.write_bytes(b"busy")
+            with atomic_path(target) as first:
+                first.write_text("first")
+                with atomic_path(target) as second:
+                    assert first.exists() and first != second
+                    second.write_text("second")
+                assert target.read_text() == "second"
+            assert target.read_text() == "first"
+            assert live_file.read_bytes() == b"busy" and remote_file.read_bytes() == b"busy"
+        finally:
+            live.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live_file.name, remote_file.name, "cache.json"])
+
+
+def test_temporary_names_are_unique_per_writer(tmp_path: Path) -> None:
+    """Writers in other processes get names of their own (host and pid in the name)."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from trtflow.io import atomic_path\n"
+              "with atomic_path(sys.argv[2]) as tmp: print(tmp.name)")
+    names = {subprocess.run([sys.executable, "-c", script, str(Path(io.__file__).parents[1]),
+                             str(tmp_path / "a.onnx")], capture_output=True, text=True,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert len(names) == 2
+    assert all(name.startswith(f".a.onnx.{io._host()}-") for name in names), names
+
+
+def test_longest_sibling_name_counts_the_temporary_name_in_bytes() -> None:
+    name = "ü" * 10  # 20 bytes
+    with_temp = len(f".{name}.{'h' * io.HOST_CHARS}-{'9' * io.PID_DIGITS}.abcdefgh.tmp".encode())
+    assert io.longest_sibling_name(name) == with_temp

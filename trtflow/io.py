@@ -6,6 +6,8 @@ import glob
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar, Union
@@ -64,20 +66,66 @@ def remove_corrupt_artifacts(root: PathLike) -> List[str]:
     return removed
 
 
+# A temporary file's name says who writes it: `.<artifact>.<host>-<pid>.<random>.tmp`, so that a
+# writer removes only leftovers of its own host's dead writers (a job killed mid-write), never the
+# file of another writer still at work on the same artifact (a concurrent run, a job on another
+# node of a shared file system).
+TEMP_SUFFIX = ".tmp"
+HOST_CHARS = 32  # of the host name in a temporary file's name
+PID_DIGITS = 7  # Linux's largest pid_max, 4194304
+RANDOM_CHARS = 8  # tempfile.mkstemp's
+_TEMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>[0-9]+)\.[A-Za-z0-9_]+" +
+                      re.escape(TEMP_SUFFIX) + r"\Z")
+
+
+def _host() -> str:
+    name = socket.gethostname().split(".")[0] or "host"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:HOST_CHARS]
+
+
+def longest_sibling_name(name: str) -> int:
+    """Bytes of the longest file name the workflow makes beside a file named `name`: its
+    temporary file while it is written, or its corrupt-marker."""
+    size = len(name.encode())
+    temporary = 1 + size + 1 + HOST_CHARS + 1 + PID_DIGITS + 1 + RANDOM_CHARS + len(TEMP_SUFFIX)
+    return max(temporary, size + len(CORRUPT_SUFFIX))
+
+
+def _writer_is_gone(host: str, pid: int) -> bool:
+    """True only when the writer ran on this host and its process no longer exists."""
+    if host != _host() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_dead_writers_files(final: Path) -> None:
+    """Temporary files of `final` whose writer was killed mid-write (SIGKILL, OOM)."""
+    prefix = f".{final.name}"
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*{TEMP_SUFFIX}"):
+        match = _TEMP_RE.fullmatch(leftover.name[len(prefix):])
+        if match and _writer_is_gone(match["host"], int(match["pid"])):
+            leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
 
     A stage killed or failing half-way therefore never leaves a partial artifact where Snakemake
-    (or a user running the script by hand) would take it for a finished one.
+    (or a user running the script by hand) would take it for a finished one. The temporary name
+    is this writer's own; another writer's temporary file is never touched.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # a job killed mid-write (SIGKILL, OOM) leaves its temporary file: the next write of the same
-    # artifact removes it (one job at a time writes an artifact, so none of these is in use)
-    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
-        leftover.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    remove_dead_writers_files(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{_host()}-{os.getpid()}.",
+                                    suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

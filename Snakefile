@@ -28,6 +28,13 @@ include: "rules/validate.smk"
 include: "rules/debug.smk"
 include: "rules/summary.smk"
 
+# once every rule is defined: each file name a job would write fits the file system
+# (trtflow/jobgraph.py), checked when the workflow starts rather than failing in a job
+try:
+    JOBS.check_file_names(CELLS)
+except TrtflowError as error:
+    raise WorkflowError(f"trtflow: {error}")
+
 
 # the summary and the verdicts read a few small files: on a cluster they run on the submit host
 # instead of waiting in a queue

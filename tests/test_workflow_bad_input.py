@@ -158,6 +158,21 @@ def test_a_results_dir_with_a_space_or_a_semicolon_is_refused(workflow: Workflow
     (lambda c: c["models"]["tok"].update(outputs=["logits", "logits"]),
      ["invalid config at 'models.tok.outputs'", "non-unique"]),
     (lambda c: c["models"]["tok"].update(outputs=[""]), ["invalid config at 'models.tok.outputs[0]'"]),
+    # issue 24 case 3: 8.0 passed, then the precision job refused `--num-samples 8.0`
+    (lambda c: (c.update(precisions=["int8"]), c["calibration"].update(num_samples=8.0)),
+     ["invalid config at 'calibration.num_samples': 8.0 is not of type 'integer'"]),
+    # case 4: a trailing newline passed the name patterns
+    (lambda c: c["models"].update({"tok\n": c["models"].pop("tok")}), ["invalid config at 'models'"]),
+    (lambda c: c.update(results_dir="r_nl\n"), ["invalid config at 'results_dir'"]),
+    # case 5: no length limit (File name too long in a job; Snakemake's PeriodicWildcardError)
+    (lambda c: c["models"].update({"t" * 230: c["models"].pop("tok")}),
+     ["invalid config at 'models'", "is too long"]),
+    (lambda c: c["models"].update({"a" * 200: c["models"].pop("tok")}), ["is too long"]),
+    (lambda c: c["models"].update({"tok" + "a" * 30: c["models"].pop("tok")}),
+     ["which Snakemake takes for a cyclic dependency", "fix: rename models.tokaaa"]),
+    # every file name a job writes fits the file system, checked when the workflow starts
+    (lambda c: c.update(results_dir="r/" + "x" * 256), ["trtflow: model 'tok': rule ", "of results_dir",
+                                                         "is longer than this file system allows"]),
 ])
 def test_configs_that_cannot_work_are_refused_before_any_job(workflow: Workflow, edit, needles):
     config = tiny_config(models={"tok": token_entry({"random": True})})
@@ -166,6 +181,24 @@ def test_configs_that_cannot_work_are_refused_before_any_job(workflow: Workflow,
     text = workflow.fails(*needles, args=("-n", "all"))
     assert "Traceback" not in text
     assert workflow.files() == []
+
+
+def test_a_results_dir_that_leads_outside_through_a_symlink_is_refused(workflow: Workflow,
+                                                                      tmp_path):
+    """Issue 24 case 6: the check was lexical, so a symlinked results_dir planned writes into
+    whatever it pointed at."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    workflow.path("results").symlink_to(outside, target_is_directory=True)
+    config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
+    workflow.write_config(config)
+    workflow.fails(f"results_dir 'results' leads to {outside}, outside the working directory",
+                   "fix: point results_dir at a folder inside the working directory, or set "
+                   "results_dir_outside_workdir: true", args=("-n", "all"))
+    assert list(outside.iterdir()) == []
+    config["results_dir_outside_workdir"] = True  # said explicitly: planned
+    workflow.write_config(config)
+    workflow.run("-n", "all")
 
 
 def test_unlock_needs_no_cores(workflow: Workflow):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from trtflow import io
+from trtflow.errors import TrtflowError
 from trtflow.io import (atomic_path, load_npz, read_json, save_npz, sha256_file,
                         write_json)
 
@@ -148,3 +149,56 @@ def test_longest_sibling_name_counts_the_temporary_name_in_bytes() -> None:
     name = "ü" * 10  # 20 bytes
     with_temp = len(f".{name}.{'h' * io.HOST_CHARS}-{'9' * io.PID_DIGITS}.abcdefgh.tmp".encode())
     assert io.longest_sibling_name(name) == with_temp
+
+
+# --- issue 24 case 12: a full disk or an unwritable folder is one TrtflowError ----------------
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 256 KiB file system (tmpfs), so that writes meet a real ENOSPC."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # torch may hold its file
+
+
+def _write_noise_png(path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def _write_torch(path: Path) -> None:
+    import torch
+
+    torch.save({"w": torch.randn(200_000)}, path)
+
+
+@pytest.mark.parametrize("writer", ["npz", "png", "torch"])
+def test_a_full_disk_is_one_error_naming_the_file_and_the_fix(small_disk: Path, writer: str) -> None:
+    """numpy and PIL raise OSError 28, torch.save a RuntimeError: each is the same one error."""
+    target = small_disk / "results" / f"artifact.{writer}"
+    with pytest.raises(TrtflowError) as info:
+        if writer == "npz":
+            save_npz(target, {"a": np.random.default_rng(0).standard_normal(200_000)})
+        else:
+            with atomic_path(target) as tmp:
+                (_write_noise_png if writer == "png" else _write_torch)(tmp)
+    text = str(info.value)
+    assert text.startswith(f"file '{target}': no space left on the device while writing this file")
+    assert f"df -h {target.parent}" in info.value.fix
+    assert list(target.parent.iterdir()) == []  # neither the artifact nor a temporary file
+
+
+def test_a_folder_that_cannot_be_written_is_one_error(small_disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    target = small_disk / "artifact.json"
+    with pytest.raises(TrtflowError) as info:
+        write_json(target, {"a": 1})
+    assert str(info.value).startswith(f"file '{target}': cannot write here: Read-only file system")
+    assert f"make {small_disk} writable" in info.value.fix

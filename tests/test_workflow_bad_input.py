@@ -325,3 +325,43 @@ def test_an_interpreter_in_a_folder_with_a_space_runs(workflow: Workflow, tmp_pa
     workflow.run("all")
     with open(workflow.path("results/summary.csv")) as handle:
         assert [r["verdict"] for r in csv.DictReader(handle)] == ["passed"]
+
+
+# --- issue 24 case 12: a full disk is one trtflow error naming the file; the rerun recovers ----
+
+def test_a_full_disk_is_one_error_and_the_run_after_freeing_space_recovers(workflow: Workflow):
+    results = workflow.path("results")
+    results.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(results)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
+        workflow.write_config(config)
+        workflow.run("all")
+        filler = results / "filler"
+        with open(filler, "wb") as handle:  # the disk is full from here on
+            try:
+                while True:
+                    handle.write(b"\0" * (1 << 16))
+                    handle.flush()
+            except OSError:
+                pass
+        # the reference is made again, needing far more than the outputs Snakemake removes first
+        config["validation"]["num_samples"] = 20000
+        workflow.write_config(config)
+        text = workflow.fails("trtflow error: file 'results/reference/tok/cpu.npz': no space left "
+                              "on the device while writing this file", "fix: free space on the "
+                              "disk of results/reference/tok (`df -h results/reference/tok`)")
+        assert "Traceback" not in text and "unexpected failure" not in text, text[-5000:]
+        filler.unlink()
+        config["validation"]["num_samples"] = 4
+        workflow.write_config(config)
+        workflow.run("all")
+        assert workflow.scheduled() == {}
+        with open(workflow.path("results/summary.csv")) as handle:
+            assert [r["verdict"] for r in csv.DictReader(handle)] == ["passed"]
+        assert not list(results.rglob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(results)], check=False)

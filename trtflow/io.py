@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -10,7 +11,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TypeVar, Union
 
 from .errors import TrtflowError
 
@@ -122,19 +123,66 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     is this writer's own; another writer's temporary file is never touched.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_writers_files(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{_host()}-{os.getpid()}.",
-                                    suffix=TEMP_SUFFIX, dir=final.parent)
+    with storage_errors_said(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_writers_files(final)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{_host()}-{os.getpid()}.",
+                                        suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts are shared
-        os.replace(tmp, final)
+        with storage_errors_said(final):
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts are shared
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def storage_error(exc: BaseException, path: PathLike) -> Optional[TrtflowError]:
+    """A full disk or a folder this user cannot write, as one TrtflowError naming the file and
+    the fix; None for any other error. Writers report a full disk their own way (PIL and numpy an
+    OSError, torch.save a RuntimeError): a failed write on a file system with no space left is
+    taken for one."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    folder = Path(path).parent
+    if code in NO_PERMISSION:
+        return TrtflowError(f"cannot write here: {os.strerror(code)}", path=str(path),
+                            fix=f"make {folder} writable for this user, or set results_dir to a "
+                                "folder that is")
+    if code in NO_SPACE or (code is None and _no_space_left(folder)):
+        return TrtflowError("no space left on the device while writing this file",
+                            path=str(path),
+                            fix=f"free space on the disk of {folder} (`df -h {folder}`) and rerun: "
+                                "the run goes on from the artifacts that are complete")
+    return None
+
+
+def _no_space_left(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail == 0
+
+
+@contextlib.contextmanager
+def storage_errors_said(path: PathLike) -> Iterator[None]:
+    """Turn a full disk or a permission error while writing `path` into one TrtflowError."""
+    try:
+        yield
+    except TrtflowError:
+        raise
+    except Exception as exc:
+        said = storage_error(exc, path)
+        if said is None:
+            raise
+        raise said from exc
 
 
 def _umask() -> int:

@@ -365,3 +365,27 @@ def test_a_full_disk_is_one_error_and_the_run_after_freeing_space_recovers(workf
         assert not list(results.rglob(".*.tmp"))
     finally:
         subprocess.run(["umount", "--lazy", str(results)], check=False)
+
+
+def test_a_model_that_takes_one_sample_per_call_is_told_the_fix_that_works(workflow: Workflow):
+    """Issue 24 case 13: the export's fix pointed at `inputs`, the reference stage showed a
+    traceback; the fix named (static_batch: 1 and a {1, 1, 1} profile) makes the run pass."""
+    entry = {"architecture": "user_models.faulty:one_sample_at_a_time", "weights": {"random": True},
+             "inputs": [{"name": "images", "shape": [3, 8, 8], "dtype": "float32"}],
+             "outputs": ["logits"], "task": "generic"}
+    config = tiny_config(models={"one": entry}, precisions=["fp32"])
+    workflow.write_config(config)
+    text = workflow.fails("trtflow error: model 'one': the model takes one sample per call, not a "
+                          "batch of 2", "fix: set models.one.static_batch: 1, add a batch profile "
+                          "of one sample (batch_profiles: {one: {min: 1, opt: 1, max: 1}}) and "
+                          "run the model only in it (models.one.batch_profiles: [one])")
+    assert "Traceback" not in text and "unexpected failure" not in text, text[-5000:]
+    assert "models.one.inputs" not in text
+    # both stages that run the model on a batch say it, the reference stage included
+    assert "takes one sample per call" in workflow.path("results/logs/reference/one-cpu.log").read_text()
+    config["batch_profiles"]["one"] = {"min": 1, "opt": 1, "max": 1}
+    entry.update(static_batch=1, batch_profiles=["one"])
+    workflow.write_config(config)
+    workflow.run("all")
+    with open(workflow.path("results/summary.csv")) as handle:
+        assert [(r["batch_profile"], r["verdict"]) for r in csv.DictReader(handle)] == [("one", "passed")]

@@ -28,3 +28,19 @@ def returns_a_number():
 def raises_inside(width: int = 8):
     """Fails in the user's own code while building the model."""
     raise ValueError(f"width {width} is not supported by this backbone")
+
+
+def one_sample_at_a_time(features: int = 3 * 8 * 8, classes: int = 5):
+    """A model written for one sample per call (it flattens the whole input, batch axis and
+    all), as many hand-written deployment models are: a batch of 2 fails inside forward()."""
+    import torch
+
+    class OneSample(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(features, classes)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.head(images.reshape(features)).unsqueeze(0)
+
+    return OneSample()

@@ -34,6 +34,7 @@ try:
     JOBS.check_file_names(CELLS)
 except TrtflowError as error:
     raise WorkflowError(f"trtflow: {error}")
+recover_corrupt_artifacts()
 
 
 # the summary and the verdicts read a few small files: on a cluster they run on the submit host
@@ -50,6 +51,7 @@ rule all:
         latency=LATENCY_CSV,
         plots=PLOTS,
         verdicts=VERDICTS_JSON,
+        planned=plan_remade,
     default_target: True
 
 
@@ -73,6 +75,11 @@ onerror:
                         "--producers", json.dumps(producers),
                         "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
-                        "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
+                        "--partial-marker", PARTIAL_MARKER, "--run-started", str(RUN_STARTED),
+                        "--log", f"{LOGS}/summary-partial.log"],
                        check=False)
+    # the verdicts of an earlier run must not stand beside this failed run's summary
+    if os.path.exists(VERDICTS_JSON) and os.path.getmtime(VERDICTS_JSON) < RUN_STARTED:
+        os.remove(VERDICTS_JSON)
+        logger.info(f"trtflow: removed {VERDICTS_JSON} of an earlier run")
     write_report()

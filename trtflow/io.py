@@ -55,16 +55,17 @@ def read_artifact(path: PathLike, reader: Callable[[Path], T], what: str) -> T:
                            path=str(path), fix="replace it with an intact copy") from exc
 
 
-def remove_corrupt_artifacts(root: PathLike) -> List[str]:
-    """Delete every artifact under `root` that a stage found corrupt (and its marker); return
-    their paths. Called when the workflow starts, before it decides what to run."""
-    removed = []
-    for marker in Path(root).rglob("*" + CORRUPT_SUFFIX):
-        artifact = Path(str(marker)[:-len(CORRUPT_SUFFIX)])
-        artifact.unlink(missing_ok=True)
-        marker.unlink(missing_ok=True)
-        removed.append(str(artifact))
-    return removed
+def corrupt_artifacts(root: PathLike) -> List[str]:
+    """Every artifact under `root` that a stage found corrupt (it left a marker beside it)."""
+    return sorted(str(marker)[:-len(CORRUPT_SUFFIX)]
+                  for marker in Path(root).rglob("*" + CORRUPT_SUFFIX))
+
+
+def remove_corrupt_artifacts(artifacts: List[str]) -> None:
+    """Delete these artifacts and their corrupt-markers (a run that makes them again starts)."""
+    for artifact in artifacts:
+        Path(artifact).unlink(missing_ok=True)
+        Path(artifact + CORRUPT_SUFFIX).unlink(missing_ok=True)
 
 
 # A temporary file's name says who writes it: `.<artifact>.<host>-<pid>.<random>.tmp`, so that a

@@ -72,6 +72,39 @@ class JobGraph:
                             f"({name_max})",
                             model=cell.model, fix=_shorter_name_fix(part, cell))
 
+    def jobs_of(self, cells: Iterable[Any]) -> Iterator[Tuple[Any, Dict[str, str]]]:
+        """(rule, wildcards) of every job the rules can make for these cells, once each."""
+        seen = set()
+        for cell in cells:
+            values = {"model": cell.model, "precision": cell.precision,
+                      "profile": cell.batch_profile}
+            for rule in self.workflow.rules:
+                names = set(rule.wildcard_names)
+                if not names <= set(values):
+                    continue
+                wildcards = {name: values[name] for name in sorted(names)}
+                key = (rule.name, tuple(wildcards.items()))
+                if key not in seen:
+                    seen.add(key)
+                    yield rule, wildcards
+
+    def derived_from(self, paths: Iterable[str], cells: Iterable[Any]) -> List[str]:
+        """Every output made, directly or further down, from the files `paths` (in the jobs of
+        these cells): what must be made again when those files are."""
+        consumers: Dict[str, List[str]] = {}
+        for rule, wildcards in self.jobs_of(cells):
+            outputs = [apply_wildcards(str(f), wildcards) for f in rule.output]
+            for path in self._inputs(rule, Wildcards(fromdict=wildcards)):
+                consumers.setdefault(os.path.normpath(path), []).extend(outputs)
+        derived: List[str] = []
+        pending = [os.path.normpath(p) for p in paths]
+        while pending:
+            for output in consumers.get(pending.pop(), []):
+                if output not in derived:
+                    derived.append(output)
+                    pending.append(os.path.normpath(output))
+        return derived
+
     def producer(self, path: str) -> Optional[Any]:
         """The rule whose output `path` is (None for a source file such as a checkpoint)."""
         if path not in self._producers:

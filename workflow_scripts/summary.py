@@ -16,7 +16,7 @@ def main(args) -> None:
 
     from trtflow.io import write_json
 
-    rows = summary.summarize(args.cells, Path(args.summary), Path(args.latency))
+    rows = summary.summarize(args.cells, Path(args.summary), Path(args.latency), args.run_started)
     if args.latency_plot:
         summary.plot_latency_vs_batch(Path(args.latency), Path(args.latency_plot))
     if args.accuracy_plot:
@@ -37,4 +37,7 @@ if __name__ == "__main__":
     p.add_argument("--latency-plot")
     p.add_argument("--accuracy-plot")
     p.add_argument("--partial-marker", help="on-error run: write this marker listing the files")
+    p.add_argument("--run-started", type=float,
+                   help="on-error run: when the run started (a job of a cell's chain that failed "
+                        "since makes its row `error`; only logs written since are cited)")
     cli.run(main, p)

@@ -290,7 +290,8 @@ def set_aside_partial_summary():
     """A partial summary (written after a failed run) must not pass for a current one: move it to
     results/last-failed-run/ so that Snakemake makes the summary, and what it needs, again. A dry
     run leaves it in place and plans the same (plan_remade)."""
-    if not os.path.exists(PARTIAL_MARKER):
+    # (a job's own Snakemake process, which a cluster job starts, leaves this to the main one)
+    if not os.path.exists(PARTIAL_MARKER) or not workflow.is_main_process:
         return
     if PLANS_ONLY:
         REMADE_IN_PLAN.update(json.load(open(PARTIAL_MARKER))["files"])
@@ -310,7 +311,7 @@ def recover_corrupt_artifacts():
     intermediate alone would not be: Snakemake leaves a missing file missing while what was made
     from it is current). A dry run deletes nothing and plans the same (plan_remade). Called once
     every rule is defined."""
-    corrupt = corrupt_artifacts(R)
+    corrupt = corrupt_artifacts(R) if workflow.is_main_process else []
     if not corrupt:
         return
     if PLANS_ONLY:

@@ -28,6 +28,14 @@ include: "rules/validate.smk"
 include: "rules/debug.smk"
 include: "rules/summary.smk"
 
+# once every rule is defined: each file name a job would write fits the file system
+# (trtflow/jobgraph.py), checked when the workflow starts rather than failing in a job
+try:
+    JOBS.check_file_names(CELLS)
+except TrtflowError as error:
+    raise WorkflowError(f"trtflow: {error}")
+recover_corrupt_artifacts()
+
 
 # the summary and the verdicts read a few small files: on a cluster they run on the submit host
 # instead of waiting in a queue
@@ -44,6 +52,7 @@ rule all:
         profile=LAYER_PROFILE_CSV,
         plots=PLOTS,
         verdicts=VERDICTS_JSON,
+        planned=plan_remade,
     default_target: True
 
 
@@ -69,6 +78,11 @@ onerror:
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
                         "--profile", LAYER_PROFILE_CSV, "--profile-plot", PLOTS[2],
                         "--slower-margin", str(CONFIG["benchmark"]["slower_margin"]),
-                        "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
+                        "--partial-marker", PARTIAL_MARKER, "--run-started", str(RUN_STARTED),
+                        "--log", f"{LOGS}/summary-partial.log"],
                        check=False)
+    # the verdicts of an earlier run must not stand beside this failed run's summary
+    if os.path.exists(VERDICTS_JSON) and os.path.getmtime(VERDICTS_JSON) < RUN_STARTED:
+        os.remove(VERDICTS_JSON)
+        logger.info(f"trtflow: removed {VERDICTS_JSON} of an earlier run")
     write_report()

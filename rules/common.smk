@@ -15,7 +15,7 @@ from trtflow.backend import RESOLVED_ENV, TORCH_SIDE_MODULES, backend_of_run, ch
 from trtflow.config import (Cell, matrix, model_opset, model_patch_options, model_tolerances,
                             name_regex, validate_config)
 from trtflow.errors import TrtflowError
-from trtflow.io import remove_corrupt_artifacts
+from trtflow.io import corrupt_artifacts, remove_corrupt_artifacts
 from trtflow.jobgraph import JobGraph
 from trtflow.models import BUILTIN_ARCHITECTURES
 from trtflow.provenance import module_source_digest
@@ -285,10 +285,40 @@ def summary_cells():
     return cells
 
 
+def plans_only(argv=None):
+    """Whether this Snakemake invocation runs no job (a dry run, the report, the linter): then
+    the workflow changes nothing on disk."""
+    argv = sys.argv[1:] if argv is None else argv
+    flags = {"--dry-run", "--dryrun", "--report", "--lint", "--unlock"}
+    # -n alone or among other short flags (-np, -nq)
+    return any(a in flags or (len(a) > 1 and a[0] == "-" and a[1] != "-" and a[1:].isalpha()
+                              and "n" in a[1:]) for a in argv)
+
+
+PLANS_ONLY = plans_only()
+# files a run that only plans leaves on disk but must plan to make again (a corrupt artifact, a
+# failed run's summary): what `--forcerun FILE` does
+REMADE_IN_PLAN = set()
+
+
+def plan_remade(wildcards):
+    """An input function of the target `all`, evaluated as the DAG is built. It forces the jobs
+    that make REMADE_IN_PLAN, and so everything downstream of them (Snakemake reads --forcerun
+    before the Snakefile is parsed, so that cannot be set at parse time). No input of its own."""
+    if REMADE_IN_PLAN and workflow.dag is not None:
+        workflow.dag.forcefiles.update(REMADE_IN_PLAN)
+    return []
+
+
 def set_aside_partial_summary():
     """A partial summary (written after a failed run) must not pass for a current one: move it to
-    results/last-failed-run/ so that Snakemake makes the summary, and what it needs, again."""
-    if not os.path.exists(PARTIAL_MARKER) or "--report" in sys.argv:
+    results/last-failed-run/ so that Snakemake makes the summary, and what it needs, again. A dry
+    run leaves it in place and plans the same (plan_remade)."""
+    # (a job's own Snakemake process, which a cluster job starts, leaves this to the main one)
+    if not os.path.exists(PARTIAL_MARKER) or not workflow.is_main_process:
+        return
+    if PLANS_ONLY:
+        REMADE_IN_PLAN.update(json.load(open(PARTIAL_MARKER))["files"])
         return
     aside = Path(R) / "last-failed-run"
     aside.mkdir(parents=True, exist_ok=True)
@@ -299,17 +329,30 @@ def set_aside_partial_summary():
     logger.info(f"trtflow: the summary of the last, failed run is in {aside}/; this run makes it anew")
 
 
-def delete_corrupt_artifacts():
-    """Artifacts a job of the last run found corrupt (it marked them): deleted now, before the
-    DAG is built, so that the plan (a dry run's too) makes them again."""
-    if "--report" in sys.argv:
+def recover_corrupt_artifacts():
+    """Artifacts a job of the last run found corrupt (it marked them), and everything made from
+    them, are deleted before the DAG is built, so that this run makes all of them again (an
+    intermediate alone would not be: Snakemake leaves a missing file missing while what was made
+    from it is current). A dry run deletes nothing and plans the same (plan_remade). Called once
+    every rule is defined."""
+    corrupt = corrupt_artifacts(R) if workflow.is_main_process else []
+    if not corrupt:
         return
-    for path in remove_corrupt_artifacts(R):
-        logger.info(f"trtflow: deleted {path}, found corrupt by the last run; its stage makes it again")
+    if PLANS_ONLY:
+        REMADE_IN_PLAN.update(corrupt)
+        return
+    derived = [p for p in JOBS.derived_from(corrupt, CELLS) if os.path.exists(p)]
+    remove_corrupt_artifacts(corrupt)
+    for path in derived:
+        os.remove(path)
+    for path in corrupt:
+        logger.info(f"trtflow: deleted {path}, found corrupt by the last run; its stage makes it "
+                    "again")
+    if derived:
+        logger.info(f"trtflow: deleted what was made from it, made again too: {', '.join(derived)}")
 
 
 set_aside_partial_summary()
-delete_corrupt_artifacts()
 
 
 def write_report():

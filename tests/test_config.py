@@ -361,3 +361,108 @@ def test_a_model_profile_list_naming_no_profile_is_refused() -> None:
     config = one_model_config()
     config["models"]["net"]["batch_profiles"] = ["tiny"]
     assert "names 'tiny', which is not a batch profile" in str(config_error(config))
+
+
+# --- issue 24: a strict schema (integers, whole-string names, name lengths, results_dir) -------
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda c: c["calibration"].update(num_samples=8.0), "calibration.num_samples"),
+    (lambda c: c["batch_profiles"]["small"].update(max=4.0), "batch_profiles.small.max"),
+    (lambda c: c["validation"].update(num_samples="4.0"), "validation.num_samples"),  # --config
+])
+def test_a_float_is_no_integer(edit, where: str) -> None:
+    """Issue 24 case 3: 8.0 passed as an integer, then a job's `--num-samples` refused '4.0'."""
+    config = one_model_config()
+    edit(config)
+    error = config_error(config)
+    assert f"invalid config at '{where}'" in str(error) and "is not of type 'integer'" in str(error)
+
+
+def test_an_integer_given_as_a_string_still_becomes_an_int() -> None:
+    config = one_model_config()
+    config["calibration"]["num_samples"] = "8"
+    assert validate_config(config)["calibration"]["num_samples"] == 8
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda c: c["models"].update({"net\n": c["models"].pop("net")}), "models"),
+    (lambda c: c["batch_profiles"].update({"small\n": c["batch_profiles"].pop("small")}),
+     "batch_profiles"),
+    (lambda c: c.update(results_dir="r_nl\n"), "results_dir"),
+    (lambda c: c["models"]["net"].update(outputs=["logits\n"]), "models.net.outputs[0]"),
+    (lambda c: c["models"]["net"]["inputs"][0].update(name="input\n"), "models.net.inputs[0].name"),
+    (lambda c: c["models"]["net"]["weights"].update(sha256="0" * 64 + "\n"), "models.net.weights.sha256"),
+])
+def test_a_name_with_a_trailing_newline_is_refused(edit, where: str) -> None:
+    """Issue 24 case 4: `$` matched before a final newline, so `tiny\\n` passed the schema."""
+    config = one_model_config()
+    edit(config)
+    assert f"invalid config at '{where}'" in str(config_error(config))
+
+
+def _patterns(node: Any):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern":
+                yield value
+            else:
+                yield from _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patterns(value)
+
+
+def test_every_schema_pattern_is_anchored_at_both_ends_of_the_string() -> None:
+    """jsonschema applies `pattern` with re.search: only \\A...\\Z matches the whole string."""
+    patterns = list(_patterns(load_schema()))
+    assert len(patterns) >= 5
+    for pattern in patterns:
+        assert pattern.startswith("\\A") and pattern.endswith("\\Z"), pattern
+
+
+def test_name_regex_is_the_unanchored_name_pattern() -> None:
+    from trtflow.config import name_regex
+
+    assert name_regex() == "[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+@pytest.mark.parametrize("name", ["n" * 65, "n" * 230])
+def test_a_model_name_longer_than_the_limit_is_refused(name: str) -> None:
+    """Issue 24 case 5: a 230-character name ran 12 s, then died with `File name too long`."""
+    config = one_model_config()
+    config["models"] = {name: config["models"]["net"]}
+    error = config_error(config)
+    assert "invalid config at 'models'" in str(error) and "is too long" in str(error)
+
+
+def test_a_name_of_the_longest_length_passes() -> None:
+    config = one_model_config()
+    name = "net_" + "".join(chr(ord("a") + i % 26) for i in range(60))
+    config["models"] = {name: config["models"]["net"]}
+    assert name in validate_config(config)["models"]
+
+
+def test_a_periodic_name_snakemake_refuses_is_refused_here() -> None:
+    """Issue 24 case 5: 200 `a`s gave Snakemake's PeriodicWildcardError."""
+    config = one_model_config()
+    config["models"] = {"net" + "a" * 40: config["models"]["net"]}
+    error = config_error(config)
+    assert "ends in 'aa' repeated 20 times or more, which Snakemake takes for a cyclic" in str(error)
+    assert "fix: rename models.neta" in str(error)
+
+
+def test_a_symlinked_results_dir_leading_outside_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Issue 24 case 6: the check was lexical, so `results` a symlink to /etc planned writes
+    into /etc."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "results").symlink_to("/etc")
+    (workdir / "inside").symlink_to(workdir / "sub", target_is_directory=True)
+    monkeypatch.chdir(workdir)
+    error = config_error(one_model_config(results_dir="results"))
+    assert "results_dir 'results' leads to /etc, outside the working directory" in str(error)
+    assert "results_dir_outside_workdir: true" in error.fix
+    # a symlink that stays inside, and the explicit opt-out, pass
+    assert validate_config(one_model_config(results_dir="inside/r"))["results_dir"] == "inside/r"
+    opted = validate_config(one_model_config(results_dir="results", results_dir_outside_workdir=True))
+    assert opted["results_dir"] == "results"

@@ -100,7 +100,24 @@ def test_check_forward_names_the_inputs_the_model_cannot_take(resnet_export: Exp
     assert text.startswith("model 'resnet': the model cannot take its configured inputs "
                            "(input: int64 [N, 3, 32, 32])")
     assert "RuntimeError" in text
-    assert "models.<name>.inputs" in info.value.fix
+    assert "models.resnet.inputs" in info.value.fix
+    assert "static_batch" not in info.value.fix  # it fails on one sample too
+
+
+def test_a_model_that_takes_one_sample_per_call_is_told_to_use_static_batch_1() -> None:
+    """Issue 24 case 13: the fix pointed at `inputs`, not at the static batch that works."""
+    from trtflow.models import eval_wrapper
+    from user_models.faulty import one_sample_at_a_time
+
+    specs = [{"name": "images", "shape": [3, 8, 8], "dtype": "float32"}]
+    module = eval_wrapper(one_sample_at_a_time())
+    with pytest.raises(TrtflowError) as info:
+        check_forward(module, dummy_inputs("one", specs), "one", specs, ["logits"])
+    assert str(info.value).startswith("model 'one': the model takes one sample per call, not a "
+                                      "batch of 2 (RuntimeError: shape '[192]' is invalid")
+    assert info.value.fix.startswith("set models.one.static_batch: 1, add a batch profile of one "
+                                     "sample (batch_profiles: {one: {min: 1, opt: 1, max: 1}})")
+    check_forward(module, dummy_inputs("one", specs, batch=1), "one", specs, ["logits"])
 
 
 def test_check_forward_counts_the_outputs(token_export: Exported) -> None:

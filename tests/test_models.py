@@ -47,6 +47,25 @@ def test_unknown_architecture_without_close_name_lists_the_builtins() -> None:
     assert "'package.module:function'" in info.value.fix
 
 
+@pytest.mark.parametrize("name", ["os:system", "subprocess:call", "builtins:exec", "sys:exit",
+                                  "shutil:rmtree", "importlib:import_module", "pickle:loads",
+                                  "os.path:join", "runpy:run_path", "__main__:main"])
+def test_a_standard_library_function_is_no_factory(name: str) -> None:
+    """A config must not run shell commands: `os:system` with {command: ...} would."""
+    with pytest.raises(TrtflowError) as info:
+        check_architecture("net", name)
+    assert str(info.value).startswith(f"model 'net': architecture '{name}' is a function of "
+                                      "Python's standard library")
+    assert "returns a torch.nn.Module" in info.value.fix
+    with pytest.raises(TrtflowError, match="standard library"):  # nor at run time
+        resolve_factory("net", name)
+
+
+def test_a_factory_name_with_a_trailing_newline_is_unknown() -> None:
+    with pytest.raises(TrtflowError, match="unknown architecture"):
+        check_architecture("net", "user_models.token_classifier:build\n")
+
+
 def test_resolve_factory_reports_a_module_that_does_not_import() -> None:
     with pytest.raises(TrtflowError, match="cannot import 'no_such_pkg.models' for architecture"):
         resolve_factory("net", "no_such_pkg.models:build")
@@ -77,6 +96,27 @@ def test_build_model_user_factory_with_kwargs() -> None:
     assert isinstance(module, TokenClassifier)
     assert module.head.out_features == 3 and module.embed.embedding_dim == 8
     assert not module.training
+
+
+@pytest.mark.parametrize("architecture, kwargs, needles", [
+    ("user_models.token_classifier:build", {"bogus": 1},
+     ["cannot be called with architecture_kwargs {'bogus': 1}",
+      "unexpected keyword argument 'bogus'", "only parameters of build(vocab: int = 100"]),
+    ("user_models.faulty:returns_a_number", {},
+     ["returned int ('42'), not a torch.nn.Module", "make returns_a_number return the model"]),
+    ("user_models.faulty:raises_inside", {"width": 3},
+     ["failed while building the model, at ", "faulty.py:30 in raises_inside: ValueError: "
+      "width 3 is not supported", "fix: fix the factory there, or models.net.architecture_kwargs"]),
+])
+def test_every_factory_failure_is_one_error_naming_the_model_and_factory(
+        architecture: str, kwargs: dict, needles: list) -> None:
+    with pytest.raises(TrtflowError) as info:
+        build_model("net", {"architecture": architecture, "architecture_kwargs": kwargs})
+    text = str(info.value)
+    assert text.startswith(f"model 'net': architecture '{architecture}'"), text
+    assert info.value.fix and "\n  fix: " in text
+    for needle in needles:
+        assert needle in text, (needle, text)
 
 
 # --- checkpoint formats ------------------------------------------------------------------------

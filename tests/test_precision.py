@@ -372,6 +372,38 @@ def test_calibration_ranges_are_cached_by_graph_and_data(resnet_patched, calibra
     assert fewer != first and fewer.is_file()  # other data: other ranges, never the cached ones
 
 
+@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2], lambda data: b"{}"])
+def test_a_corrupt_calibration_cache_is_named_removed_and_made_again(
+        resnet_patched, calibration, tmp_path: Path, caplog, damage) -> None:
+    """Issue 24 case 10: a truncated cache entry failed every run with onnxruntime's
+    JSONDecodeError, the file never named nor removed."""
+    import logging
+
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from trtflow.calibration import activation_ranges
+
+    def ranges() -> Tuple[Path, str]:
+        return activation_ranges(resnet_patched["tensorrt"], calibration, "minmax", True, 99.99,
+                                 tmp_path, "resnet")
+
+    path, method = ranges()
+    intact = path.read_bytes()
+    path.write_bytes(damage(intact))
+    with caplog.at_level(logging.INFO, logger="trtflow.calibration"):
+        again, method_again = ranges()
+    assert (again, method_again) == (path, method)
+    assert f"the cached ranges {path} are corrupt" in caplog.text and "calibrating again" in caplog.text
+    assert "minmax over 8 samples" in caplog.text  # recomputed
+    assert load_tensors_data(path).data.keys() == json_ranges(intact)
+
+
+def json_ranges(data: bytes) -> set:
+    import json
+
+    return set(json.loads(data)["data"])
+
+
 def test_percentile_calibration_clips_outliers_that_minmax_keeps(resnet_patched, calibration,
                                                                  tmp_path: Path) -> None:
     from onnxruntime.quantization.calibrate import load_tensors_data

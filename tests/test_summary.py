@@ -157,6 +157,50 @@ def test_a_stale_artifact_is_never_reported_as_current(tmp_path: Path) -> None:
     assert rows[0]["verdict"] == "error" and "no log names an error" in rows[0]["failures"]
 
 
+def test_a_failed_runs_summary_never_says_passed_for_a_cell_whose_job_just_failed(
+        tmp_path: Path) -> None:
+    """Issue 24 case 8: a cell whose precision job failed in this run kept `passed`, its
+    artifacts of an earlier run being current."""
+    import os
+    import time
+
+    from trtflow.summary import summarize
+
+    cell = make_cell(tmp_path, "int8", 1.0)
+    log = tmp_path / "precision.log"
+    log.write_text("10:05:00 INFO precision.py: command: this run\n"
+                   "10:05:02 ERROR precision.py: trtflow error: file 'patched.onnx': cannot read "
+                   "this ONNX model\n")
+    cell["logs"] = [str(log)]
+    run_started = time.time() - 60
+    rows = summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv", run_started=run_started)
+    assert rows[0]["verdict"] == "error" and rows[0]["validation_passed"] is False
+    assert rows[0]["failures"] == "precision.log: file 'patched.onnx': cannot read this ONNX model"
+    os.utime(log, (run_started - 3600, run_started - 3600))  # the error of an earlier run
+    rows = summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv", run_started=run_started)
+    assert rows[0]["verdict"] == "passed"
+
+
+def test_a_failure_row_cites_only_logs_of_this_run(tmp_path: Path) -> None:
+    """Issue 24 case 9: an error row cited a stale error from an earlier, unrelated run."""
+    import os
+    import time
+
+    from trtflow.summary import summarize
+
+    cell = {**make_cell(tmp_path, "fp32", 1.0), "validation": str(tmp_path / "none.json")}
+    log = tmp_path / "export.log"
+    log.write_text("09:00:00 INFO export.py: command: an earlier run\n"
+                   "09:00:01 ERROR export.py: trtflow error: an error fixed since\n")
+    run_started = time.time()
+    os.utime(log, (run_started - 3600, run_started - 3600))
+    cell["logs"] = [str(log)]
+    rows = summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv", run_started=run_started)
+    assert rows[0]["verdict"] == "error"
+    assert "fixed since" not in rows[0]["failures"] and "export.log" not in rows[0]["failures"]
+    assert rows[0]["failures"].startswith("not run: none of this cell's jobs ran in this run")
+
+
 def test_plots_of_a_run_where_no_cell_finished(tmp_path: Path) -> None:
     from trtflow.summary import summarize
 

@@ -99,6 +99,45 @@ def test_an_interpreter_path_is_checked_and_never_run_by_a_shell(workflow: Workf
             else "backend: tensorrt, but cannot run" in text), text[-3000:]
 
 
+@pytest.mark.parametrize("architecture, kwargs", [
+    ("os:system", lambda marker: {"command": f"touch {marker}"}),
+    ("subprocess:call", lambda marker: {"args": ["touch", str(marker)]}),
+])
+def test_a_standard_library_factory_is_refused_and_never_called(workflow: Workflow, tmp_path,
+                                                                architecture, kwargs):
+    """Issue 24 case 1: `architecture: os:system` ran its command in the weights stage."""
+    marker = tmp_path / "injected"
+    entry = token_entry({"random": True}, architecture=architecture,
+                        architecture_kwargs=kwargs(marker))
+    workflow.write_config(tiny_config(models={"tok": entry}, precisions=["fp32"]))
+    text = workflow.fails(f"model 'tok': architecture '{architecture}' is a function of Python's "
+                          "standard library", "fix: set models.tok.architecture")
+    assert not marker.exists()
+    assert "Traceback" not in text and workflow.files() == []
+
+
+def test_every_factory_failure_is_one_trtflow_error_line(workflow: Workflow):
+    """Issue 24 case 2: a wrong keyword and a factory returning 42 were raw tracebacks."""
+    models = {"kw": token_entry({"random": True}, architecture_kwargs={"bogus": 1}),
+              "num": token_entry({"random": True}, architecture="user_models.faulty:returns_a_number"),
+              "exc": token_entry({"random": True}, architecture="user_models.faulty:raises_inside")}
+    workflow.write_config(tiny_config(models=models, precisions=["fp32"]))
+    text = workflow.fails(
+        "trtflow error: model 'kw': architecture 'user_models.token_classifier:build' cannot be "
+        "called with architecture_kwargs {'bogus': 1}",
+        "trtflow error: model 'num': architecture 'user_models.faulty:returns_a_number' returned "
+        "int ('42'), not a torch.nn.Module",
+        "trtflow error: model 'exc': architecture 'user_models.faulty:raises_inside' failed while "
+        "building the model, at ", "faulty.py:30 in raises_inside: ValueError: width 8 is not",
+        args=("all", "--keep-going"))
+    assert "unexpected failure" not in text and "Traceback" not in text, text[-4000:]
+    assert text.count("  fix: ") >= 3
+    with open(workflow.path("results/summary.csv")) as handle:
+        rows = {r["model"]: r for r in csv.DictReader(handle)}
+    assert all(r["verdict"] == "error" and "architecture 'user_models." in r["failures"]
+               for r in rows.values()), rows
+
+
 def test_a_results_dir_with_a_space_or_a_semicolon_is_refused(workflow: Workflow):
     for results_dir in ("my results", "", "/abs/path", "../up", "r;touch x"):
         config = tiny_config(models={"tok": token_entry({"random": True})}, results_dir=results_dir)
@@ -119,6 +158,21 @@ def test_a_results_dir_with_a_space_or_a_semicolon_is_refused(workflow: Workflow
     (lambda c: c["models"]["tok"].update(outputs=["logits", "logits"]),
      ["invalid config at 'models.tok.outputs'", "non-unique"]),
     (lambda c: c["models"]["tok"].update(outputs=[""]), ["invalid config at 'models.tok.outputs[0]'"]),
+    # issue 24 case 3: 8.0 passed, then the precision job refused `--num-samples 8.0`
+    (lambda c: (c.update(precisions=["int8"]), c["calibration"].update(num_samples=8.0)),
+     ["invalid config at 'calibration.num_samples': 8.0 is not of type 'integer'"]),
+    # case 4: a trailing newline passed the name patterns
+    (lambda c: c["models"].update({"tok\n": c["models"].pop("tok")}), ["invalid config at 'models'"]),
+    (lambda c: c.update(results_dir="r_nl\n"), ["invalid config at 'results_dir'"]),
+    # case 5: no length limit (File name too long in a job; Snakemake's PeriodicWildcardError)
+    (lambda c: c["models"].update({"t" * 230: c["models"].pop("tok")}),
+     ["invalid config at 'models'", "is too long"]),
+    (lambda c: c["models"].update({"a" * 200: c["models"].pop("tok")}), ["is too long"]),
+    (lambda c: c["models"].update({"tok" + "a" * 30: c["models"].pop("tok")}),
+     ["which Snakemake takes for a cyclic dependency", "fix: rename models.tokaaa"]),
+    # every file name a job writes fits the file system, checked when the workflow starts
+    (lambda c: c.update(results_dir="r/" + "x" * 256), ["trtflow: model 'tok': rule ", "of results_dir",
+                                                         "is longer than this file system allows"]),
 ])
 def test_configs_that_cannot_work_are_refused_before_any_job(workflow: Workflow, edit, needles):
     config = tiny_config(models={"tok": token_entry({"random": True})})
@@ -127,6 +181,24 @@ def test_configs_that_cannot_work_are_refused_before_any_job(workflow: Workflow,
     text = workflow.fails(*needles, args=("-n", "all"))
     assert "Traceback" not in text
     assert workflow.files() == []
+
+
+def test_a_results_dir_that_leads_outside_through_a_symlink_is_refused(workflow: Workflow,
+                                                                      tmp_path):
+    """Issue 24 case 6: the check was lexical, so a symlinked results_dir planned writes into
+    whatever it pointed at."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    workflow.path("results").symlink_to(outside, target_is_directory=True)
+    config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
+    workflow.write_config(config)
+    workflow.fails(f"results_dir 'results' leads to {outside}, outside the working directory",
+                   "fix: point results_dir at a folder inside the working directory, or set "
+                   "results_dir_outside_workdir: true", args=("-n", "all"))
+    assert list(outside.iterdir()) == []
+    config["results_dir_outside_workdir"] = True  # said explicitly: planned
+    workflow.write_config(config)
+    workflow.run("-n", "all")
 
 
 def test_unlock_needs_no_cores(workflow: Workflow):
@@ -253,3 +325,67 @@ def test_an_interpreter_in_a_folder_with_a_space_runs(workflow: Workflow, tmp_pa
     workflow.run("all")
     with open(workflow.path("results/summary.csv")) as handle:
         assert [r["verdict"] for r in csv.DictReader(handle)] == ["passed"]
+
+
+# --- issue 24 case 12: a full disk is one trtflow error naming the file; the rerun recovers ----
+
+def test_a_full_disk_is_one_error_and_the_run_after_freeing_space_recovers(workflow: Workflow):
+    results = workflow.path("results")
+    results.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(results)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
+        workflow.write_config(config)
+        workflow.run("all")
+        filler = results / "filler"
+        with open(filler, "wb") as handle:  # the disk is full from here on
+            try:
+                while True:
+                    handle.write(b"\0" * (1 << 16))
+                    handle.flush()
+            except OSError:
+                pass
+        # the reference is made again, needing far more than the outputs Snakemake removes first
+        config["validation"]["num_samples"] = 20000
+        workflow.write_config(config)
+        text = workflow.fails("trtflow error: file 'results/reference/tok/cpu.npz': no space left "
+                              "on the device while writing this file", "fix: free space on the "
+                              "disk of results/reference/tok (`df -h results/reference/tok`)")
+        assert "Traceback" not in text and "unexpected failure" not in text, text[-5000:]
+        filler.unlink()
+        config["validation"]["num_samples"] = 4
+        workflow.write_config(config)
+        workflow.run("all")
+        assert workflow.scheduled() == {}
+        with open(workflow.path("results/summary.csv")) as handle:
+            assert [r["verdict"] for r in csv.DictReader(handle)] == ["passed"]
+        assert not list(results.rglob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(results)], check=False)
+
+
+def test_a_model_that_takes_one_sample_per_call_is_told_the_fix_that_works(workflow: Workflow):
+    """Issue 24 case 13: the export's fix pointed at `inputs`, the reference stage showed a
+    traceback; the fix named (static_batch: 1 and a {1, 1, 1} profile) makes the run pass."""
+    entry = {"architecture": "user_models.faulty:one_sample_at_a_time", "weights": {"random": True},
+             "inputs": [{"name": "images", "shape": [3, 8, 8], "dtype": "float32"}],
+             "outputs": ["logits"], "task": "generic"}
+    config = tiny_config(models={"one": entry}, precisions=["fp32"])
+    workflow.write_config(config)
+    text = workflow.fails("trtflow error: model 'one': the model takes one sample per call, not a "
+                          "batch of 2", "fix: set models.one.static_batch: 1, add a batch profile "
+                          "of one sample (batch_profiles: {one: {min: 1, opt: 1, max: 1}}) and "
+                          "run the model only in it (models.one.batch_profiles: [one])")
+    assert "Traceback" not in text and "unexpected failure" not in text, text[-5000:]
+    assert "models.one.inputs" not in text
+    # both stages that run the model on a batch say it, the reference stage included
+    assert "takes one sample per call" in workflow.path("results/logs/reference/one-cpu.log").read_text()
+    config["batch_profiles"]["one"] = {"min": 1, "opt": 1, "max": 1}
+    entry.update(static_batch=1, batch_profiles=["one"])
+    workflow.write_config(config)
+    workflow.run("all")
+    with open(workflow.path("results/summary.csv")) as handle:
+        assert [(r["batch_profile"], r["verdict"]) for r in csv.DictReader(handle)] == [("one", "passed")]

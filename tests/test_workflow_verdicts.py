@@ -149,11 +149,14 @@ def test_the_next_run_sets_the_partial_summary_aside_and_redoes_it(verdict_run):
     assert flow.path("results/.partial-summary.json").exists()
     scheduled = flow.scheduled()
     assert scheduled.get("summary") == 1 and scheduled.get("precision") == 1, scheduled
-    assert flow.path("results/last-failed-run/summary.csv").exists()
+    # a dry run changes nothing on disk (issue 24): the summary is set aside by the real run
+    assert not flow.path("results/last-failed-run/summary.csv").exists()
+    assert flow.path("results/.partial-summary.json").exists()
     config["exclude"].append({"model": "no_int8", "precision": "int8"})
     config["validation"]["on_failure"] = "record"
     flow.write_config(config)
     flow.run("all")
+    assert flow.path("results/last-failed-run/summary.csv").exists()
     table = rows(flow)
     assert len(table) == 8 and "error" not in {r["verdict"] for r in table.values()}
     assert json.loads(flow.path("results/verdicts.json").read_text())["verdicts"] == {

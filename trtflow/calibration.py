@@ -108,11 +108,10 @@ def activation_ranges(graph: Path, arrays: Mapping[str, np.ndarray], method: str
     settings = {"method": method, **_calibrator_options(method, symmetric, percentile)}
     path = Path(cache_dir) / f"{model}-{method}-{cache_key(graph, arrays, settings)}.json"
     count = next(iter(arrays.values())).shape[0]
-    if path.is_file():
-        from onnxruntime.quantization.calibrate import load_tensors_data
-
+    cached = cached_method(path)
+    if cached is not None:
         log.info("calibration: %s, %d samples: cached ranges %s", method, count, path)
-        return path, _method_name(load_tensors_data(path).calibration_method)
+        return path, cached
     log.info("calibration: %s over %d samples of %s (every float tensor; cached as %s)",
              method, count, graph.name, path)
     start = time.perf_counter()
@@ -124,6 +123,23 @@ def activation_ranges(graph: Path, arrays: Mapping[str, np.ndarray], method: str
         save_tensors_data(ranges, tmp)
     log.info("calibration: %d tensors in %.1f s", len(ranges.data), time.perf_counter() - start)
     return path, _method_name(ranges.calibration_method)
+
+
+def cached_method(path: Path) -> Optional[str]:
+    """The method of the cache entry `path`; None when there is none, or when it does not decode
+    (truncated, edited, a full disk): then it is named, removed and made again, rather than failing
+    every run that reads it."""
+    if not path.is_file():
+        return None
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    try:
+        return _method_name(load_tensors_data(path).calibration_method)
+    except Exception as exc:  # json, a missing key, a wrong type: every decoder has its own
+        log.warning("calibration: the cached ranges %s are corrupt (%s: %s); removed, "
+                    "calibrating again", path, type(exc).__name__, str(exc)[:200])
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _calibrate(graph: Path, arrays: Mapping[str, np.ndarray], method: str, symmetric: bool,

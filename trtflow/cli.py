@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import node
 from .errors import TrtflowError
-from .io import set_producers
+from .io import set_producers, storage_error
 from .provenance import loaded_sources
 
 
@@ -60,6 +60,9 @@ def json_arg(text: str) -> Any:
 
 
 def setup_logging(log_path: Optional[str]) -> None:
+    # a log that cannot be written (a full disk) must not bury the stage's own error under
+    # logging's tracebacks: the console still gets the warnings and errors
+    logging.raiseExceptions = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -172,6 +175,13 @@ def _run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespac
     except TrtflowError as exc:
         # one clear message, on the console and in the log; no traceback for input errors
         log.error("trtflow error: %s", exc)
+        sys.exit(1)
+    except OSError as exc:  # a full disk or a folder not writable outside io.atomic_path
+        said = storage_error(exc, exc.filename) if exc.filename else None
+        if said is None:
+            log.error("unexpected failure:\n%s", traceback.format_exc())
+            raise
+        log.error("trtflow error: %s", said)
         sys.exit(1)
     except Exception:
         log.error("unexpected failure:\n%s", traceback.format_exc())

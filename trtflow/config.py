@@ -87,14 +87,24 @@ def load_schema(schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
 
 def name_regex(schema_path: Path = SCHEMA_PATH) -> str:
     """The schema's pattern of model and profile names, unanchored (a wildcard constraint)."""
-    return load_schema(schema_path)["definitions"]["name"]["pattern"].lstrip("^").rstrip("$")
+    return load_schema(schema_path)["definitions"]["name"]["pattern"].removeprefix(
+        r"\A").removesuffix(r"\Z")
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema (draft 6 on) takes 8.0 for an integer; every consumer of these values (an
+    argparse `type=int`, range(), a shape) does not, so an integer is an int here."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
 
 
 def _validator_with_defaults(schema: Dict[str, Any]):
-    """A Draft-7 validator that also fills in `default` values as it walks the config."""
+    """A Draft-7 validator that also fills in `default` values as it walks the config, and whose
+    integers are ints (not 8.0)."""
     import jsonschema
 
-    base = jsonschema.Draft7Validator
+    base = jsonschema.validators.extend(
+        jsonschema.Draft7Validator,
+        type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _is_integer))
     validate_properties = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema_node):
@@ -141,14 +151,33 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
         raise TrtflowError(f"invalid config at '{where}': {message}", path=config_file,
                            fix=f"edit '{where}' (every key is described in {schema_path.name})")
     check_semantics(resolved, config_file)
+    check_results_dir(resolved, config_file)
     check_weight_files(resolved, config_file)
     return resolved
+
+
+def check_results_dir(config: Dict[str, Any], config_file: str = "config",
+                      workdir: Optional[Path] = None) -> None:
+    """results_dir, with every symlink on it followed, stays inside the working directory (the
+    schema's pattern sees only the text: `results` a symlink to /etc would write there), unless
+    results_dir_outside_workdir says that is meant (results on a scratch disk)."""
+    if config["results_dir_outside_workdir"]:
+        return
+    workdir = (workdir or Path.cwd()).resolve()
+    target = (workdir / config["results_dir"]).resolve()
+    if target != workdir and workdir not in target.parents:
+        raise TrtflowError(
+            f"results_dir '{config['results_dir']}' leads to {target}, outside the working "
+            f"directory {workdir} (a symlink on the way)", path=config_file,
+            fix="point results_dir at a folder inside the working directory, or set "
+                "results_dir_outside_workdir: true if the results are meant to go there")
 
 
 def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None:
     """Checks the schema cannot express: profile ordering, names referenced by exclusions."""
     from .models import BUILTIN_ARCHITECTURES, check_architecture
 
+    check_wildcard_values(config, config_file)
     for name, profile in config["batch_profiles"].items():
         if not profile["min"] <= profile["opt"] <= profile["max"]:
             raise TrtflowError(
@@ -183,6 +212,24 @@ def check_semantics(config: Dict[str, Any], config_file: str = "config") -> None
         raise TrtflowError("the matrix has no cell: `exclude` removes every model x precision x "
                            "batch profile", path=config_file,
                            fix="remove an exclude entry, or add a model, precision or profile")
+
+
+def check_wildcard_values(config: Dict[str, Any], config_file: str = "config") -> None:
+    """Model and profile names become Snakemake wildcards, and Snakemake refuses a value ending in
+    one substring repeated many times (its guard against infinite recursion: `aaaa...a`)."""
+    try:
+        from snakemake.io import PeriodicityDetector
+    except ImportError:  # validated outside a workflow (a test, a tool): no wildcards
+        return
+    detector = PeriodicityDetector()
+    for kind, key in (("model", "models"), ("batch profile", "batch_profiles")):
+        for name in config[key]:
+            repeated = detector.is_periodic(name)
+            if repeated is not None:
+                raise TrtflowError(
+                    f"{kind} name '{name}' ends in '{repeated}' repeated "
+                    f"{detector.min_repeat} times or more, which Snakemake takes for a cyclic "
+                    "dependency", path=config_file, fix=f"rename {key}.{name}")
 
 
 # bytes per element of each configured input dtype

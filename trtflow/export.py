@@ -67,10 +67,15 @@ def check_forward(module, inputs, model: str, specs: Sequence[Mapping[str, Any]]
         with torch.no_grad():
             result = module(*inputs)
     except Exception as exc:  # any failure of user model code on these inputs
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+        if batch > 1 and _takes_one_sample(module, inputs):
+            raise TrtflowError(
+                f"the model takes one sample per call, not a batch of {batch} ({reason})",
+                model=model, fix=one_sample_fix(model)) from exc
         raise TrtflowError(
-            f"the model cannot take its configured inputs ({described}): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", model=model,
-            fix="set models.<name>.inputs (dtype, shape without the batch axis) to what the "
+            f"the model cannot take its configured inputs ({described}): {reason}", model=model,
+            fix=f"set models.{model}.inputs (dtype, shape without the batch axis) to what the "
                 "model's forward() expects") from exc
     odd = [(index, value) for index, value in enumerate(result) if not isinstance(value, torch.Tensor)]
     if odd:
@@ -84,6 +89,26 @@ def check_forward(module, inputs, model: str, specs: Sequence[Mapping[str, Any]]
         raise TrtflowError(
             f"the model returns {len(result)} output(s) but the config names {len(outputs)}: "
             f"{list(outputs)}", model=model, fix="list one name per model output in 'outputs'")
+
+
+def _takes_one_sample(module, inputs) -> bool:
+    """Whether the model runs on the first sample alone (where it failed on the batch)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(*(value[:1] for value in inputs))
+    except Exception:
+        return False
+    return True
+
+
+def one_sample_fix(model: str) -> str:
+    """What makes a model that takes one sample per call run: a static batch of 1 and a profile
+    of exactly that batch (config.check_model_profiles asks the same)."""
+    return (f"set models.{model}.static_batch: 1, add a batch profile of one sample "
+            f"(batch_profiles: {{one: {{min: 1, opt: 1, max: 1}}}}) and run the model only in it "
+            f"(models.{model}.batch_profiles: [one])")
 
 
 def export_onnx(model: str, spec: Mapping[str, Any], weights_path: str, output: Path,

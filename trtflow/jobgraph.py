@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
+from snakemake.exceptions import WildcardError
 from snakemake.io import apply_wildcards
 from snakemake.iocontainers import Wildcards
 
-from .io import sha256_file
+from .errors import TrtflowError
+from .io import longest_sibling_name, sha256_file
 from .provenance import code_digest, digest
 
 # params that are not settings of what a job computes: where it runs (the interpreter, the
@@ -45,6 +47,74 @@ class JobGraph:
         self._producers: Dict[str, Any] = {}
         self._records: Dict[Tuple[str, WildcardItems], Tuple[str, Tuple[str, ...]]] = {}
         self._sources: Dict[Tuple[str, int, int], str] = {}
+
+    def files_of(self, wildcards: Mapping[str, str]) -> Iterator[Tuple[str, str]]:
+        """(rule name, path) of every output, log and benchmark file of every rule, for one set
+        of wildcard values (templates that need other wildcards are skipped)."""
+        for rule in self.workflow.rules:
+            templates = [*rule.output, *rule.log, *([rule.benchmark] if rule.benchmark else [])]
+            for template in templates:
+                try:
+                    yield rule.name, apply_wildcards(str(template), dict(wildcards))
+                except WildcardError:
+                    continue
+
+    def check_file_names(self, cells: Iterable[Any], name_max: Optional[int] = None) -> None:
+        """Every file the rules make for these cells, and what is written beside it (a temporary
+        file, a corrupt-marker), fits the file system's limit on one name: a too-long model or
+        profile name fails here, when the workflow starts, not in a job (`File name too long`)."""
+        name_max = name_max or _name_max(".")
+        seen = set()
+        for cell in cells:
+            wildcards = {"model": cell.model, "precision": cell.precision,
+                         "profile": cell.batch_profile}
+            for rule_name, path in self.files_of(wildcards):
+                *folders, name = Path(path).parts
+                # a file is written under a longer temporary name; a folder is made as it is
+                for part, size in [*((f, len(f.encode())) for f in folders),
+                                   (name, longest_sibling_name(name))]:
+                    if (part, size) in seen:
+                        continue
+                    seen.add((part, size))
+                    if size > name_max:
+                        raise TrtflowError(
+                            f"rule {rule_name} would write {path}, and the name '{part}' (as "
+                            f"written: {size} bytes) is longer than this file system allows "
+                            f"({name_max})",
+                            model=cell.model, fix=_shorter_name_fix(part, cell))
+
+    def jobs_of(self, cells: Iterable[Any]) -> Iterator[Tuple[Any, Dict[str, str]]]:
+        """(rule, wildcards) of every job the rules can make for these cells, once each."""
+        seen = set()
+        for cell in cells:
+            values = {"model": cell.model, "precision": cell.precision,
+                      "profile": cell.batch_profile}
+            for rule in self.workflow.rules:
+                names = set(rule.wildcard_names)
+                if not names <= set(values):
+                    continue
+                wildcards = {name: values[name] for name in sorted(names)}
+                key = (rule.name, tuple(wildcards.items()))
+                if key not in seen:
+                    seen.add(key)
+                    yield rule, wildcards
+
+    def derived_from(self, paths: Iterable[str], cells: Iterable[Any]) -> List[str]:
+        """Every output made, directly or further down, from the files `paths` (in the jobs of
+        these cells): what must be made again when those files are."""
+        consumers: Dict[str, List[str]] = {}
+        for rule, wildcards in self.jobs_of(cells):
+            outputs = [apply_wildcards(str(f), wildcards) for f in rule.output]
+            for path in self._inputs(rule, Wildcards(fromdict=wildcards)):
+                consumers.setdefault(os.path.normpath(path), []).extend(outputs)
+        derived: List[str] = []
+        pending = [os.path.normpath(p) for p in paths]
+        while pending:
+            for output in consumers.get(pending.pop(), []):
+                if output not in derived:
+                    derived.append(output)
+                    pending.append(os.path.normpath(output))
+        return derived
 
     def producer(self, path: str) -> Optional[Any]:
         """The rule whose output `path` is (None for a source file such as a checkpoint)."""
@@ -121,3 +191,19 @@ class JobGraph:
         if key not in self._sources:
             self._sources[key] = sha256_file(path)[:16]
         return self._sources[key]
+
+
+def _shorter_name_fix(part: str, cell: Any) -> str:
+    """Which configured name to shorten: the cell's names in the too-long part, else results_dir."""
+    names = [f"the model name '{cell.model}'" if cell.model in part else "",
+             f"the batch profile name '{cell.batch_profile}'" if cell.batch_profile in part else ""]
+    named = " and ".join(n for n in names if n)
+    return f"shorten {named}" if named else f"shorten the folder '{part[:40]}...' of results_dir"
+
+
+def _name_max(directory: str, default: int = 255) -> int:
+    """The longest file name (bytes) the file system of `directory` takes."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return default

@@ -12,6 +12,7 @@ import inspect
 import os
 import re
 import sys
+import traceback
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping
 
 from . import detection
@@ -36,12 +37,26 @@ WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_bac
 # them theirs (torchvision's default backbone weights would otherwise be downloaded, and a "random"
 # model would silently hold an ImageNet backbone)
 NO_DOWNLOAD_PACKAGES = ("torchvision.",)
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_FACTORY_RE = re.compile(r"\A[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
+# a factory is a function that builds a model: one from the standard library or the interpreter
+# itself (os:system, subprocess:call, builtins:exec, pickle:loads, ...) would run what the config
+# says, not build anything, so no such module is a factory's
+NOT_FACTORY_MODULES = frozenset(sys.stdlib_module_names) | {"__main__"}
 
 
 def check_architecture(model: str, architecture: str) -> None:
-    """Fail early, at parse time, on a name that is neither built in nor `module:factory`."""
-    if architecture in BUILTIN_ARCHITECTURES or _FACTORY_RE.match(architecture):
+    """Fail early, at parse time, on a name that is neither built in nor `module:factory`, and on
+    a factory from the standard library (a config must never run a shell command)."""
+    if architecture in BUILTIN_ARCHITECTURES:
+        return
+    if _FACTORY_RE.match(architecture):
+        package = architecture.partition(":")[0].split(".")[0]
+        if package in NOT_FACTORY_MODULES:
+            raise TrtflowError(
+                f"architecture '{architecture}' is a function of Python's standard library "
+                f"('{package}'), not a model factory; trtflow never calls those", model=model,
+                fix=f"set models.{model}.architecture to a built-in name or to your own "
+                    "'package.module:function' that returns a torch.nn.Module")
         return
     close = difflib.get_close_matches(architecture, list(BUILTIN_ARCHITECTURES), n=3)
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
@@ -124,12 +139,55 @@ def downloads_refused(model: str, architecture: str, factory: Callable[..., Any]
             setattr(owner, name, original)
 
 
+def check_factory_arguments(model: str, architecture: str, factory: Callable[..., Any],
+                            kwargs: Mapping[str, Any]) -> None:
+    """architecture_kwargs the factory cannot take: named before it is called."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C factory: its call says it
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        raise TrtflowError(
+            f"architecture '{architecture}' cannot be called with architecture_kwargs "
+            f"{dict(kwargs)}: {exc}", model=model,
+            fix=f"give models.{model}.architecture_kwargs only parameters of "
+                f"{getattr(factory, '__name__', architecture)}{signature}") from exc
+
+
+def call_factory(model: str, architecture: str, factory: Callable[..., Any],
+                 kwargs: Mapping[str, Any]):
+    """The factory's model; whatever goes wrong in the user's code is one TrtflowError that
+    names the line where it went wrong (no traceback: README's one line with a fix)."""
+    import torch
+
+    check_factory_arguments(model, architecture, factory, kwargs)
+    try:
+        module = factory(**kwargs)
+    except TrtflowError:
+        raise
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise TrtflowError(
+            f"architecture '{architecture}' failed while building the model, at "
+            f"{frame.filename}:{frame.lineno} in {frame.name}: {type(exc).__name__}: {exc}",
+            model=model, fix=f"fix the factory there, or models.{model}.architecture_kwargs") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise TrtflowError(
+            f"architecture '{architecture}' returned {type(module).__name__} "
+            f"({str(module)[:80]!r}), not a torch.nn.Module", model=model,
+            fix=f"make {getattr(factory, '__name__', architecture)} return the model "
+                "(an instance of a torch.nn.Module subclass)")
+    return module
+
+
 def build_model(model: str, spec: Mapping[str, Any]):
     """Instantiate the architecture (no weights loaded, nothing downloaded) in eval mode."""
     factory = resolve_factory(model, spec["architecture"])
     kwargs = {**no_download_kwargs(factory), **(spec.get("architecture_kwargs") or {})}
     with downloads_refused(model, spec["architecture"], factory, kwargs):
-        module = factory(**kwargs)
+        module = call_factory(model, spec["architecture"], factory, kwargs)
     if detection.is_torchvision_detector(module):  # list of dicts out: made deployable here
         module = detection.deploy(module, model, spec["inputs"][0]["shape"], spec["outputs"],
                                   spec.get("max_detections", detection.DEFAULT_MAX_DETECTIONS))

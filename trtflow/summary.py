@@ -123,12 +123,13 @@ def error_row(cell: Mapping[str, Any], reason: str) -> Dict[str, Any]:
             "backend": cell.get("backend", ""), "validation_passed": False, "failures": reason}
 
 
-def first_error(logs: Sequence[str]) -> str:
+def logged_error(logs: Sequence[str], since: Optional[float] = None) -> Optional[str]:
     """The first error of a cell's jobs (their logs in chain order, upstream first), from each
-    log's last run: the trtflow error message, or the exception line of an unexpected failure."""
+    log's last run: the trtflow error message, or the exception line of an unexpected failure.
+    `since`: only logs written from then on (this run's jobs), never an earlier run's error."""
     for log in logs:
         path = Path(log)
-        if not path.is_file():
+        if not path.is_file() or (since is not None and path.stat().st_mtime < since):
             continue
         lines = path.read_text(errors="replace").splitlines()
         starts = [i for i, line in enumerate(lines) if " command: " in line]
@@ -139,8 +140,21 @@ def first_error(logs: Sequence[str]) -> str:
             if "unexpected failure:" in line:
                 exception = [t for t in last_run[index + 1:] if t and not t.startswith(" ")]
                 return f"{path.name}: {exception[-1] if exception else 'unexpected failure'}"
+    return None
+
+
+def first_error(logs: Sequence[str], since: Optional[float] = None) -> str:
+    """Why a cell did not finish: its first logged error, else which of its logs (of this run,
+    with `since`) name none."""
+    error = logged_error(logs, since)
+    if error:
+        return error
+    ran = [log for log in logs if Path(log).is_file()
+           and (since is None or Path(log).stat().st_mtime >= since)]
+    if since is not None and not ran:
+        return "not run: none of this cell's jobs ran in this run (another job's failure stopped it)"
     return ("did not finish in this run, and no log names an error (killed, e.g. by the OOM "
-            "killer or a signal?): " + ", ".join(Path(log).name for log in logs[-3:]))
+            "killer or a signal?): " + ", ".join(Path(log).name for log in ran[-3:]))
 
 
 def cell_artifacts(cell: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], str]:
@@ -196,18 +210,22 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, An
 
 
 def summarize(cells: Sequence[Mapping[str, Any]], summary_path: Path, latency_path: Path,
-              slower_margin: Optional[float] = None,
+              run_started: Optional[float] = None, slower_margin: Optional[float] = None,
               profile_path: Optional[Path] = None) -> List[Dict[str, Any]]:
     """cells: dicts with model/precision/batch_profile, the paths of the benchmark, validation,
     baseline and weights JSONs, their expected provenance and the logs of the cell's jobs. A cell
     whose artifacts are missing or stale (a job failed) gets an `error` row with its first error.
-    With `slower_margin` (benchmark.slower_margin), cells slower than a higher precision or than
-    PyTorch are flagged (flag_slower_cells)."""
+    `run_started` (the summary of a failed run): a cell a job of whose chain failed in this run is
+    an `error` row even where its artifacts of an earlier run are current, and an error row cites
+    only this run's logs. With `slower_margin` (benchmark.slower_margin), cells slower than a
+    higher precision or than PyTorch are flagged (flag_slower_cells)."""
     rows, latency, profiles, seen = [], [], [], set()
     for cell in cells:
+        logs = cell.get("logs", [])
+        failed_now = logged_error(logs, run_started) if run_started is not None else None
         artifacts, broken = cell_artifacts(cell)
-        if artifacts is None:
-            rows.append(error_row(cell, broken or first_error(cell.get("logs", []))))
+        if artifacts is None or failed_now:
+            rows.append(error_row(cell, failed_now or broken or first_error(logs, run_started)))
             profiles.append(None)
             continue
         benchmark, baseline = artifacts["benchmark"], artifacts["baseline"]

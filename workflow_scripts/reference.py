@@ -21,7 +21,7 @@ def main(args) -> None:
     import torch
 
     from trtflow.data import input_set
-    from trtflow.export import check_forward
+    from trtflow.export import EXPORT_BATCH, check_forward
     from trtflow.io import save_npz
     from trtflow.models import eval_wrapper, load_trained_model
     from trtflow.runners.base import infer_in_chunks
@@ -33,10 +33,13 @@ def main(args) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     module = eval_wrapper(load_trained_model(args.model, args.spec, args.weights))
     inputs, names = input_set(args.model, args.spec["inputs"], args.num_samples, "validation")
-    check_forward(module, tuple(torch.from_numpy(v[:1]) for v in inputs.values()), args.model,
-                  args.spec["inputs"], args.spec["outputs"])
-    runner = TorchRunner(module, args.spec["outputs"], device=args.device).load()
     static_batch = args.spec.get("static_batch")
+    # the batch the export traces: a model that takes one sample per call fails here, with the
+    # fix, instead of in the batched run below
+    check_batch = static_batch or EXPORT_BATCH
+    check_forward(module, tuple(torch.from_numpy(v[:check_batch]) for v in inputs.values()),
+                  args.model, args.spec["inputs"], args.spec["outputs"])
+    runner = TorchRunner(module, args.spec["outputs"], device=args.device).load()
     outputs = infer_in_chunks(runner, inputs, static_batch, static_batch or 1)
     arrays = {f"input:{k}": v for k, v in inputs.items()}
     arrays.update({f"output:{k}": v for k, v in outputs.items()})

@@ -17,7 +17,7 @@ def main(args) -> None:
     from trtflow.io import write_json
 
     rows = summary.summarize(args.cells, Path(args.summary), Path(args.latency),
-                             slower_margin=args.slower_margin,
+                             run_started=args.run_started, slower_margin=args.slower_margin,
                              profile_path=Path(args.profile) if args.profile else None)
     if args.latency_plot:
         summary.plot_latency_vs_batch(Path(args.latency), Path(args.latency_plot))
@@ -46,4 +46,7 @@ if __name__ == "__main__":
     p.add_argument("--slower-margin", type=float, required=True,
                    help="benchmark.slower_margin: how much slower a lower precision may be")
     p.add_argument("--partial-marker", help="on-error run: write this marker listing the files")
+    p.add_argument("--run-started", type=float,
+                   help="on-error run: when the run started (a job of a cell's chain that failed "
+                        "since makes its row `error`; only logs written since are cited)")
     cli.run(main, p)

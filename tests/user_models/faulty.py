@@ -17,3 +17,30 @@ def pretrained_classifier(pretrained: bool = True):
         model.load_state_dict(torch.hub.load_state_dict_from_url(
             "https://example.invalid/classifier.pth"))
     return model
+
+
+def returns_a_number():
+    """Returns something that is no model, as a factory with a missing `return model` line
+    returning a count would."""
+    return 42
+
+
+def raises_inside(width: int = 8):
+    """Fails in the user's own code while building the model."""
+    raise ValueError(f"width {width} is not supported by this backbone")
+
+
+def one_sample_at_a_time(features: int = 3 * 8 * 8, classes: int = 5):
+    """A model written for one sample per call (it flattens the whole input, batch axis and
+    all), as many hand-written deployment models are: a batch of 2 fails inside forward()."""
+    import torch
+
+    class OneSample(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(features, classes)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.head(images.reshape(features)).unsqueeze(0)
+
+    return OneSample()

@@ -42,6 +42,7 @@ rule all:
         summary=SUMMARY_CSV,
         latency=LATENCY_CSV,
         plots=PLOTS,
+        overview=OVERVIEW_HTML,
         verdicts=VERDICTS_JSON,
     default_target: True
 
@@ -50,8 +51,10 @@ onstart:
     warn_of_a_cluster_fallback()
 
 
+# every run ends with the report and then the verdict table (rules/common.smk: end_of_run; a run
+# with nothing to do prints the table at exit, as Snakemake calls no hook then)
 onsuccess:
-    write_report()
+    end_of_run()
 
 
 onerror:
@@ -66,6 +69,6 @@ onerror:
                         "--producers", json.dumps(producers),
                         "--summary", SUMMARY_CSV, "--latency", LATENCY_CSV,
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
-                        "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
+                        "--overview", OVERVIEW_HTML, "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
                        check=False)
-    write_report()
+    end_of_run()

@@ -7,10 +7,12 @@ rule summary:
         latency=LATENCY_CSV,
         latency_plot=report(PLOTS[0], caption="../report/latency.rst", category="Plots"),
         accuracy_plot=report(PLOTS[1], caption="../report/accuracy.rst", category="Plots"),
+        # the landing page: the report's first screen includes it (report/workflow.rst)
+        overview=report(OVERVIEW_HTML, caption="../report/overview.rst", category="Summary"),
     params:
         python=TORCH_PY,
         script=str(SCRIPTS / "summary.py"),
-        cells=lambda wc: json.dumps(summary_cells()),
+        cells=summary_cells_json,
         provenance=provenance_of("summary"),
         producers=input_producers,
     log:
@@ -22,7 +24,7 @@ rule summary:
     shell:
         "{params.python:q} {params.script:q} --cells {params.cells:q} --summary {output.summary:q}"
         " --latency {output.latency:q} --latency-plot {output.latency_plot:q}"
-        " --accuracy-plot {output.accuracy_plot:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --accuracy-plot {output.accuracy_plot:q} --overview {output.overview:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
 
 
 rule verdicts:

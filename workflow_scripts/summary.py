@@ -12,7 +12,7 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
-    from trtflow import summary
+    from trtflow import overview, summary
 
     from trtflow.io import write_json
 
@@ -21,8 +21,13 @@ def main(args) -> None:
         summary.plot_latency_vs_batch(Path(args.latency), Path(args.latency_plot))
     if args.accuracy_plot:
         summary.plot_accuracy_vs_speed(Path(args.summary), Path(args.accuracy_plot))
+    if args.overview:
+        plots = [Path(p) for p in (args.latency_plot, args.accuracy_plot) if p]
+        overview.write_overview(Path(args.overview), overview.read_summary(Path(args.summary)),
+                                plots, partial=bool(args.partial_marker))
     if args.partial_marker:
-        written = [p for p in (args.summary, args.latency, args.latency_plot, args.accuracy_plot) if p]
+        written = [p for p in (args.summary, args.latency, args.latency_plot, args.accuracy_plot,
+                               args.overview) if p]
         write_json(args.partial_marker, {"files": written, "verdicts": {
             v: sum(r["verdict"] == v for r in rows) for v in sorted({r["verdict"] for r in rows})}})
 
@@ -36,5 +41,6 @@ if __name__ == "__main__":
     p.add_argument("--latency", required=True)
     p.add_argument("--latency-plot")
     p.add_argument("--accuracy-plot")
+    p.add_argument("--overview", help="the landing page: verdict counts, table and plots (HTML)")
     p.add_argument("--partial-marker", help="on-error run: write this marker listing the files")
     cli.run(main, p)

@@ -71,4 +71,4 @@ onerror:
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
                         "--overview", OVERVIEW_HTML, "--partial-marker", PARTIAL_MARKER, "--log", f"{LOGS}/summary-partial.log"],
                        check=False)
-    end_of_run()
+    end_of_run(failed=True)

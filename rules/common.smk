@@ -318,23 +318,26 @@ def write_report(say=logger.info):
                 + (done.stdout + done.stderr)[-3000:])
 
 
-def summary_of_this_run():
-    """summary.csv when this run made it or asked for it (its targets need the summary), else
-    None: a run of another target (one engine, debug_precision) has no verdict table."""
+def summary_of_this_run(failed=False):
+    """summary.csv when this run made it, or when it succeeded and its targets need the summary
+    (then it is current), else None: a run of another target (one engine, debug_precision) has
+    no verdict table, and a failed run shows no summary of an earlier run."""
     summary = Path(WORKDIR, SUMMARY_CSV)
     if not summary.exists():
         return None
+    if summary.stat().st_mtime >= RUN_STARTED:
+        return summary
     planned = workflow.dag is not None and any(job.rule.name == "summary"
                                                for job in workflow.dag.jobs)
-    return summary if planned or summary.stat().st_mtime >= RUN_STARTED else None
+    return summary if planned and not failed else None
 
 
-def verdict_table():
+def verdict_table(failed=False):
     """The run's last words: every cell's verdict, p50, speed-up, key metric and failure, then
     the counts (trtflow/overview.py)."""
     from trtflow.overview import run_verdict
 
-    summary = summary_of_this_run()
+    summary = summary_of_this_run(failed)
     if summary is None:
         return None
     return run_verdict(summary, [SUMMARY_CSV, OVERVIEW_HTML]
@@ -346,11 +349,11 @@ def verdict_table():
 END_OF_RUN = {"handled": False, "nothing_to_do": False}
 
 
-def end_of_run():
+def end_of_run(failed=False):
     """onsuccess / onerror: the report, then the verdict table last."""
     END_OF_RUN["handled"] = True
     write_report()
-    table = verdict_table()
+    table = verdict_table(failed)
     if table:
         logger.info(table)
 
@@ -370,16 +373,17 @@ def end_of_a_run_with_nothing_to_do():
     if END_OF_RUN["handled"] or not END_OF_RUN["nothing_to_do"] or workflow.dryrun:
         return
 
+    summary = summary_of_this_run()
+    if summary is None:  # the targets do not need the summary: neither report nor table
+        return
+
     def say(message):
         print(message, file=sys.stderr, flush=True)
 
-    report_file, summary_file = Path(WORKDIR, REPORT_HTML), Path(WORKDIR, SUMMARY_CSV)
-    if summary_file.exists() and (not report_file.exists()
-                                  or report_file.stat().st_mtime < summary_file.stat().st_mtime):
+    report_file = Path(WORKDIR, REPORT_HTML)
+    if not report_file.exists() or report_file.stat().st_mtime < summary.stat().st_mtime:
         write_report(say)
-    table = verdict_table()
-    if table:
-        say(table)
+    say(verdict_table())
 
 
 WORKDIR = os.getcwd()  # Snakemake's --directory; it changes back before the exit handlers run

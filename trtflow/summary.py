@@ -273,8 +273,15 @@ def latency_series(rows: Sequence[Mapping[str, str]]) -> Dict[str, List[Series]]
         label = row["backend"] if baseline else f"{row['backend']} {row['precision']}"
         key = (row["model"], label, row["batch_profile"], row["precision"])
         points.setdefault(key, {})[int(row["batch"])] = latency
+    def legend_order(key: Tuple[str, str, str, str]) -> Tuple[Any, ...]:
+        """Engines fp32, fp16, int8, then PyTorch; each precision's profiles together."""
+        model, label, profile, precision = key
+        rank = list(PRECISION_COLORS).index(precision) if precision in PRECISION_COLORS else 99
+        return model, label.startswith("torch"), rank, label, profile
+
     series: Dict[str, List[Series]] = {}
-    for (model, label, profile, precision), by_batch in sorted(points.items()):
+    for (model, label, profile, precision), by_batch in sorted(points.items(),
+                                                               key=lambda kv: legend_order(kv[0])):
         baseline = label.startswith("torch")
         color = (BASELINE_COLORS.get(label, "gray") if baseline
                  else PRECISION_COLORS.get(precision, "tab:purple"))

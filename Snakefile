@@ -51,6 +51,7 @@ rule all:
         latency=LATENCY_CSV,
         profile=LAYER_PROFILE_CSV,
         plots=PLOTS,
+        overview=OVERVIEW_HTML,
         verdicts=VERDICTS_JSON,
         planned=plan_remade,
     default_target: True
@@ -60,8 +61,10 @@ onstart:
     warn_of_a_cluster_fallback()
 
 
+# every run ends with the report and then the verdict table (rules/common.smk: end_of_run; a run
+# with nothing to do prints the table at exit, as Snakemake calls no hook then)
 onsuccess:
-    write_report()
+    end_of_run()
 
 
 onerror:
@@ -78,11 +81,11 @@ onerror:
                         "--latency-plot", PLOTS[0], "--accuracy-plot", PLOTS[1],
                         "--profile", LAYER_PROFILE_CSV, "--profile-plot", PLOTS[2],
                         "--slower-margin", str(CONFIG["benchmark"]["slower_margin"]),
-                        "--partial-marker", PARTIAL_MARKER, "--run-started", str(RUN_STARTED),
-                        "--log", f"{LOGS}/summary-partial.log"],
+                        "--overview", OVERVIEW_HTML, "--partial-marker", PARTIAL_MARKER,
+                        "--run-started", str(RUN_STARTED), "--log", f"{LOGS}/summary-partial.log"],
                        check=False)
     # the verdicts of an earlier run must not stand beside this failed run's summary
     if os.path.exists(VERDICTS_JSON) and os.path.getmtime(VERDICTS_JSON) < RUN_STARTED:
         os.remove(VERDICTS_JSON)
         logger.info(f"trtflow: removed {VERDICTS_JSON} of an earlier run")
-    write_report()
+    end_of_run(failed=True)

@@ -1,4 +1,5 @@
 # Path and matrix helpers shared by every stage. Parse time only: nothing heavy is imported here.
+import atexit
 import functools
 import json
 import os
@@ -310,6 +311,14 @@ def plan_remade(wildcards):
     return []
 
 
+def summary_cells_json(wildcards, input=None):
+    """params.cells: every cell's paths, expected provenance and logs, i.e. what the summary's
+    inputs are and which jobs made them. Taking `input` makes it a param derived from the input
+    for Snakemake, which then leaves it out of its params record and out of `reason:` lines (they
+    printed all 20 kB of it when one cell changed); params.provenance records its digest."""
+    return json.dumps(summary_cells())
+
+
 def set_aside_partial_summary():
     """A partial summary (written after a failed run) must not pass for a current one: move it to
     results/last-failed-run/ so that Snakemake makes the summary, and what it needs, again. A dry
@@ -355,12 +364,98 @@ def recover_corrupt_artifacts():
 set_aside_partial_summary()
 
 
-def write_report():
+REPORT_HTML = f"{R}/report.html"
+# trtflow's landing page (rules/summary.smk): the report's first screen includes it
+OVERVIEW_HTML = f"{R}/index.html"
+
+
+def write_report(say=logger.info):
     """The HTML report (snakemake --report), with the same command line so that the same config
     and targets are reported; only when Snakemake itself was run (not the API in a test)."""
     launched_by_cli = "snakemake" in Path(sys.argv[0]).as_posix()
     if CONFIG["report"]["html"] and launched_by_cli and "--report" not in sys.argv:
-        report_html = f"{R}/report.html"
-        logger.info(f"trtflow: writing {report_html} (snakemake --report)")
-        subprocess.run([sys.executable, "-m", "snakemake", *sys.argv[1:], "--report", report_html],
-                       check=False)
+        say(f"trtflow: writing {REPORT_HTML} (snakemake --report)")
+        # its own parse of the Snakefile prints the backend line again and a line per file it
+        # adds: shown only when it fails, so a run says its backend once
+        done = subprocess.run([sys.executable, "-m", "snakemake", *sys.argv[1:], "--report",
+                               REPORT_HTML], capture_output=True, text=True, check=False,
+                              cwd=WORKDIR)
+        if done.returncode != 0:
+            say(f"trtflow: snakemake --report failed ({done.returncode}):\n"
+                + (done.stdout + done.stderr)[-3000:])
+
+
+def summary_of_this_run(failed=False):
+    """summary.csv when this run made it, or when it succeeded and its targets need the summary
+    (then it is current), else None: a run of another target (one engine, debug_precision) has
+    no verdict table, and a failed run shows no summary of an earlier run."""
+    summary = Path(WORKDIR, SUMMARY_CSV)
+    if not summary.exists():
+        return None
+    if summary.stat().st_mtime >= RUN_STARTED:
+        return summary
+    planned = workflow.dag is not None and any(job.rule.name == "summary"
+                                               for job in workflow.dag.jobs)
+    return summary if planned and not failed else None
+
+
+def verdict_table(failed=False):
+    """The run's last words: every cell's verdict, p50, speed-up, key metric and failure, then
+    the counts (trtflow/overview.py)."""
+    from trtflow.overview import run_verdict
+
+    summary = summary_of_this_run(failed)
+    if summary is None:
+        return None
+    return run_verdict(summary, [SUMMARY_CSV, OVERVIEW_HTML]
+                       + ([REPORT_HTML] if CONFIG["report"]["html"] else []))
+
+
+# what the end-of-run handlers saw: whether onsuccess/onerror ran, whether Snakemake had nothing
+# to do
+END_OF_RUN = {"handled": False, "nothing_to_do": False}
+
+
+def end_of_run(failed=False):
+    """onsuccess / onerror: the report, then the verdict table last."""
+    END_OF_RUN["handled"] = True
+    write_report()
+    table = verdict_table(failed)
+    if table:
+        logger.info(table)
+
+
+def note_nothing_to_do(record):
+    """A logging filter: Snakemake says 'Nothing to be done' and returns without calling
+    onsuccess (snakemake/workflow.py), so that is how a no-op run is recognised."""
+    if NOTHING_TO_BE_DONE_MSG in str(record.msg):
+        END_OF_RUN["nothing_to_do"] = True
+    return True
+
+
+def end_of_a_run_with_nothing_to_do():
+    """At exit of a no-op run (not a dry run): the verdict table all the same, and the report
+    written when it is missing or older than the summary. Snakemake has closed its logger by
+    now, so this prints to stderr, where its log went."""
+    if END_OF_RUN["handled"] or not END_OF_RUN["nothing_to_do"] or workflow.dryrun:
+        return
+
+    summary = summary_of_this_run()
+    if summary is None:  # the targets do not need the summary: neither report nor table
+        return
+
+    def say(message):
+        print(message, file=sys.stderr, flush=True)
+
+    report_file = Path(WORKDIR, REPORT_HTML)
+    if not report_file.exists() or report_file.stat().st_mtime < summary.stat().st_mtime:
+        write_report(say)
+    say(verdict_table())
+
+
+WORKDIR = os.getcwd()  # Snakemake's --directory; it changes back before the exit handlers run
+if workflow.is_main_process and "--report" not in sys.argv:
+    from snakemake.common import NOTHING_TO_BE_DONE_MSG
+
+    logger.addFilter(note_nothing_to_do)
+    atexit.register(end_of_a_run_with_nothing_to_do)

@@ -9,10 +9,12 @@ rule summary:
         accuracy_plot=report(PLOTS[1], caption="../report/accuracy.rst", category="Plots"),
         profile=LAYER_PROFILE_CSV,
         profile_plot=report(PLOTS[2], caption="../report/layer_time.rst", category="Plots"),
+        # the landing page: the report's first screen includes it (report/workflow.rst)
+        overview=report(OVERVIEW_HTML, caption="../report/overview.rst", category="Summary"),
     params:
         python=TORCH_PY,
         script=str(SCRIPTS / "summary.py"),
-        cells=lambda wc: json.dumps(summary_cells()),
+        cells=summary_cells_json,
         slower_margin=CONFIG["benchmark"]["slower_margin"],
         provenance=provenance_of("summary"),
         producers=input_producers,
@@ -27,7 +29,8 @@ rule summary:
         " --latency {output.latency:q} --latency-plot {output.latency_plot:q}"
         " --accuracy-plot {output.accuracy_plot:q} --profile {output.profile:q}"
         " --profile-plot {output.profile_plot:q} --slower-margin {params.slower_margin}"
-        " --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --overview {output.overview:q} --provenance {params.provenance:q}"
+        " --producers {params.producers:q} --log {log:q}"
 
 
 rule verdicts:

@@ -510,3 +510,20 @@ def test_vanishing_activations_calibrate_with_minmax(tmp_path: Path, caplog) -> 
     assert method == "minmax" and path.is_file() and "calibrating with minmax" in caplog.text
     assert activation_ranges(source, feed, "percentile", True, 99.99, tmp_path, "tiny") == (
         path, "minmax")  # the cache says what made it
+
+
+def test_int8_quantisation_leaves_out_the_preprocessing_advice(resnet_patched, calibration,
+                                                              tmp_path: Path, caplog) -> None:
+    """ONNX Runtime's "Please consider to run pre-processing before quantization" (twice per
+    graph) is dropped while trtflow quantises, and only then: its pre-processing changes nothing
+    in these graphs (trtflow.precision.without_preprocessing_advice)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        make_precision("resnet", "int8", resnet_patched["onnxruntime"], tmp_path / "int8.onnx",
+                       tmp_path / "int8.json", "onnxruntime", calibration,
+                       calibration_options(tmp_path / "ranges"))
+        assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+        logging.getLogger().warning("Please consider pre-processing before quantization")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Please consider pre-processing before quantization"]

@@ -84,7 +84,7 @@ def test_summary_row_values_at_the_opt_batch(summarized: Path) -> None:
     # no fp16 baseline on a CPU: empty, not zero
     assert fp32["torch_fp16_latency_p50_ms"] == "" and fp32["speedup_vs_torch_fp16"] == ""
     assert fp32["validation_passed"] == "True" and int8["validation_passed"] == "False"
-    assert float(fp32["max_abs"]) == 0.012346 and float(fp32["top5_agreement"]) == 0.9
+    assert float(fp32["max_abs"]) == 0.0123457 and float(fp32["top5_agreement"]) == 0.9
     assert fp32["failures"] == ""
     assert int8["failures"] == ("output 'logits': rel_l2 = 0.3 is above the allowed 0.25 | "
                                 "sample 'coffee' should be espresso")
@@ -290,3 +290,95 @@ def test_layer_time_plot_is_written(tmp_path: Path) -> None:
     empty.write_text("model,precision,batch_profile,backend,batch,category,ms,share,layers\n")
     plot_layer_profile(empty, tmp_path / "none.png")
     assert (tmp_path / "none.png").exists()
+
+
+def latency_row(precision: str, profile: str, batch: int, p50: float,
+                backend: str = "onnxruntime") -> Dict[str, str]:
+    return {"model": "net", "precision": precision, "batch_profile": profile, "backend": backend,
+            "batch": str(batch), "latency_p50_ms": str(p50), "latency_p99_ms": str(p50),
+            "throughput": "1"}
+
+
+def test_latency_plot_has_one_line_per_precision_and_profile() -> None:
+    """Two profiles share batch 1: each is its own line, never the batch-1 point of one joined
+    to batch 4 of the other; PyTorch's baselines, timed per profile, likewise."""
+    from trtflow.summary import latency_series
+
+    rows = [latency_row("fp32", "latency", 1, 1.0), latency_row("fp32", "latency", 4, 3.0),
+            latency_row("fp32", "throughput", 1, 1.2), latency_row("fp32", "throughput", 8, 5.0),
+            latency_row("int8", "latency", 1, 0.5), latency_row("int8", "latency", 4, 1.5),
+            latency_row("fp32", "latency", 1, 2.0, "torch-eager-fp32"),
+            latency_row("fp32", "latency", 4, 6.0, "torch-eager-fp32"),
+            latency_row("fp32", "throughput", 1, 2.1, "torch-eager-fp32"),
+            latency_row("fp32", "throughput", 8, 9.0, "torch-eager-fp32")]
+    lines = {(s.label, s.profile): (s.batches, s.latencies) for s in latency_series(rows)["net"]}
+    assert lines == {("onnxruntime fp32", "latency"): ([1, 4], [1.0, 3.0]),
+                     ("onnxruntime fp32", "throughput"): ([1, 8], [1.2, 5.0]),
+                     ("onnxruntime int8", "latency"): ([1, 4], [0.5, 1.5]),
+                     ("torch-eager-fp32", "latency"): ([1, 4], [2.0, 6.0]),
+                     ("torch-eager-fp32", "throughput"): ([1, 8], [2.1, 9.0])}
+    series = latency_series(rows)["net"]
+    # profiles by marker, precisions by colour
+    assert len({s.marker for s in series if s.profile == "latency"}) == 1
+    assert {s.marker for s in series if s.profile == "latency"} != {
+        s.marker for s in series if s.profile == "throughput"}
+    assert len({s.color for s in series if not s.baseline}) == 2
+
+
+def summary_rows(*cells: Dict[str, str]) -> List[Dict[str, str]]:
+    base = {"model": "net", "precision": "fp32", "batch_profile": "small", "verdict": "passed",
+            "speedup_vs_torch": "2.0", "rel_l2": "0.001"}
+    return [{**base, **cell} for cell in cells]
+
+
+def test_an_exact_zero_is_marked_exact_and_profiles_get_their_own_marker() -> None:
+    from trtflow.summary import accuracy_points, profile_markers
+
+    rows = summary_rows({"rel_l2": "0.0"}, {"precision": "fp16", "rel_l2": "0.0004"},
+                        {"batch_profile": "big", "rel_l2": "3.7e-07"})
+    points, not_drawn = accuracy_points(rows)
+    assert [(p.rel_l2, p.exact) for p in points] == [(0.0, True), (0.0004, False), (3.7e-07, False)]
+    assert not_drawn == 0
+    markers = profile_markers([p.profile for p in points])
+    assert markers["small"] != markers["big"]
+
+
+def test_a_tiny_error_is_not_rounded_to_an_exact_zero(tmp_path: Path) -> None:
+    """Six significant digits: an fp32 rel. L2 of 3.7e-7 was written as 0.0 and drawn as exact."""
+    cell = make_cell(tmp_path, "fp32", 2.0)
+    validation = json.loads(Path(cell["validation"]).read_text())
+    validation["outputs"]["logits"]["rel_l2"] = 3.66295334e-07
+    Path(cell["validation"]).write_text(json.dumps(validation))
+    summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv")
+    assert float(read_csv(tmp_path / "s.csv")[0]["rel_l2"]) == 3.66295e-07
+
+
+def nan_cell(directory: Path, precision: str, verdict: str, rel_l2: float) -> Dict[str, str]:
+    """A cell of a model whose outputs are NaN: validation says vacuous, its metrics are NaN."""
+    (directory / precision).mkdir()
+    cell = make_cell(directory / precision, precision, 1.0)
+    validation = json.loads(Path(cell["validation"]).read_text())
+    validation["verdict"] = verdict
+    validation["reference_problems"] = ["output 'logits' is non-finite in the reference"]
+    validation["outputs"]["logits"].update(rel_l2=rel_l2, max_abs=rel_l2, cosine=rel_l2)
+    Path(cell["validation"]).write_text(json.dumps(validation))
+    return cell
+
+
+@pytest.mark.parametrize("verdicts", [
+    [("fp32", "vacuous", float("nan"))],                                    # one cell, NaN
+    [("fp32", "vacuous", float("nan")), ("fp16", "vacuous", float("nan"))],  # all vacuous
+    [("fp32", "failed", float("inf")), ("fp16", "passed", 0.0)],            # Inf and an exact 0
+    [("fp32", "passed", 0.0)],                                              # one exact cell
+    [("fp32", "vacuous", float("nan")), ("fp16", "passed", 0.002)],         # a mix
+], ids=["one-nan", "all-vacuous", "inf-and-zero", "one-exact", "mixed"])
+def test_summary_and_plots_survive_any_mix_of_verdicts(tmp_path: Path, verdicts) -> None:
+    """Issue 24, case 11: `max(nan, 1e-9)` is NaN, and an all-NaN matrix crashed the log
+    scaling of the accuracy plot (`Data cannot be log-scaled`), so the verdicts never printed."""
+    cells = [nan_cell(tmp_path, precision, verdict, rel_l2) for precision, verdict, rel_l2 in verdicts]
+    rows = summarize(cells, tmp_path / "s.csv", tmp_path / "l.csv")
+    assert [r["verdict"] for r in rows] == [v for _, v, _ in verdicts]
+    plot_latency_vs_batch(tmp_path / "l.csv", tmp_path / "latency.png")
+    plot_accuracy_vs_speed(tmp_path / "s.csv", tmp_path / "accuracy.png")
+    for png in ("latency.png", "accuracy.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

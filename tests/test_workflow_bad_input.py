@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import csv
 import random
+import shlex
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -313,12 +315,18 @@ def test_a_torchvision_factory_is_built_without_its_default_weights(workflow: Wo
 
 
 def test_an_interpreter_in_a_folder_with_a_space_runs(workflow: Workflow, tmp_path):
-    """Quoted where it reaches the shell: a real path with a space works."""
-    import sys
-
+    """Quoted where it reaches the shell: a real path with a space works. The interpreter there
+    is a wrapper that execs this test's Python, not a symlink to it: a symlink to a venv's
+    python starts the base interpreter (Python finds its venv from the path it was started by),
+    which has none of the venv's packages."""
     folder = tmp_path / "my pythons"
     folder.mkdir()
-    (folder / "python3").symlink_to(sys.executable)
+    python = folder / "python3"
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    prefix = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert prefix == sys.prefix  # this test's environment, venv or not
     config = tiny_config(models={"tok": token_entry({"random": True})}, precisions=["fp32"])
     config["python"] = str(folder / "python3")
     workflow.write_config(config)

@@ -1,6 +1,10 @@
 """The SLURM profile on a real single-node SLURM cluster (slurmctld, slurmd, slurmdbd with
 MariaDB, munge; Debian's packages, started by tests/slurm/cluster.sh and stopped by PID).
 
+Only when asked: TRTFLOW_TEST_SLURM=1 (.ci/run sets it), since cluster.sh apt-installs those
+packages as root and starts their daemons; without it the cluster tests skip and say so. With it,
+the `slurm` extra must be installed (snakemake-executor-plugin-slurm).
+
 Every job goes through sbatch (sacct lists it), the partitions and GPU requests follow the
 backend resolved on the submit host, and the results equal a local run's. The heterogeneous case
 (a submit host with a GPU, CPU nodes for the CPU rules) uses a stand-in TensorRT Python whose
@@ -9,6 +13,7 @@ and the GPU jobs, on a node that has no real GPU, fail with the node's name and 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -40,8 +45,16 @@ class Submission(NamedTuple):
     sbatch: str
 
 
+OPT_IN = "TRTFLOW_TEST_SLURM"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Dict[str, str]]:
+    if os.environ.get(OPT_IN) != "1":
+        pytest.skip(f"{OPT_IN}=1 not set: tests/slurm/cluster.sh would apt-install slurm-wlm, "
+                    "slurmdbd, munge and mariadb-server (as root) and start their daemons")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.fail(f"{OPT_IN}=1 but no SLURM executor plugin: pip install -e '.[slurm]'")
     state = tmp_path_factory.mktemp("slurm")
     done = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(state)],
                           capture_output=True, text=True, timeout=900)

@@ -94,6 +94,12 @@ def test_the_run_fails_but_summary_and_report_cover_every_cell(verdict_run):
     assert "summary.csv" in html
     for plot in ("latency_vs_batch.png", "accuracy_vs_speed.png"):
         assert flow.path(f"results/plots/{plot}").read_bytes()[:4] == b"\x89PNG"
+    # the run ends with the table of the partial summary, which the landing page says it is
+    output = done.stdout + done.stderr
+    table = output[output.rindex("trtflow verdicts ("):]
+    assert "9 cells: 5 passed, 1 failed, 2 vacuous, 1 error" in table, table
+    assert re.search(r"\nno_int8 +int8 +small +error +\S", table), table
+    assert "A job failed" in flow.path("results/index.html").read_text()
 
 
 def test_gates_apply_without_any_tolerance_in_the_config(verdict_run):

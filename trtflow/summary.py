@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import TrtflowError
 from .io import atomic_path, read_json
@@ -178,7 +179,9 @@ def cell_artifacts(cell: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], s
 
 
 def _round(value: Any) -> Any:
-    return "" if value is None else round(float(value), 6)
+    """Six significant digits, not six decimals: an fp32 rel. L2 of 3.7e-7 stays 3.7e-7 instead of
+    becoming 0.0, which the table and the accuracy plot would show as an exact match."""
+    return "" if value is None else float(f"{float(value):.6g}")
 
 
 def _format_counts(counts: Optional[Mapping[str, int]]) -> str:
@@ -327,66 +330,169 @@ def precision_debug_hint(rows: Sequence[Mapping[str, Any]],
             "<that file>`")
 
 
-def _empty_plot(output: Path, title: str) -> None:
+def _empty_plot(output: Path, title: str, why: str = "no cell finished") -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off")
-    ax.text(0.5, 0.5, f"{title}: no cell finished", ha="center", va="center")
+    ax.text(0.5, 0.5, f"{title}: {why}", ha="center", va="center")
     _save(fig, output)
+
+
+def _positive(value: str) -> Optional[float]:
+    """A value a log axis can show: finite and above zero (a NaN, an empty cell or an exact zero
+    is not; `max(nan, floor)` is NaN, which crashed the log scaling of an all-NaN matrix)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+# one colour per precision and per PyTorch variant, one marker per batch profile: a line or a
+# point says its precision by colour and its profile by marker in both plots
+PRECISION_COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+BASELINE_COLORS = {"torch-eager-fp32": "black", "torch-eager-fp16": "dimgray"}
+PROFILE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def profile_markers(profiles: Sequence[str]) -> Dict[str, str]:
+    return {p: PROFILE_MARKERS[i % len(PROFILE_MARKERS)] for i, p in enumerate(sorted(set(profiles)))}
+
+
+class Series(NamedTuple):
+    """One line of the latency plot: one engine precision (or PyTorch variant) in one profile."""
+    label: str
+    profile: str
+    batches: List[int]
+    latencies: List[float]
+    color: str
+    marker: str
+    baseline: bool
+
+
+def latency_series(rows: Sequence[Mapping[str, str]]) -> Dict[str, List[Series]]:
+    """Per model, one series per backend/precision (or PyTorch variant) and batch profile: points
+    of different profiles are never joined (the batch-1 point of one profile and batch 4 of
+    another are different engines, or baselines timed in different jobs)."""
+    markers = profile_markers([r["batch_profile"] for r in rows])
+    points: Dict[Tuple[str, str, str, str], Dict[int, float]] = {}
+    for row in rows:
+        latency = _positive(row["latency_p50_ms"])
+        if latency is None:
+            continue
+        baseline = row["backend"].startswith("torch")
+        label = row["backend"] if baseline else f"{row['backend']} {row['precision']}"
+        key = (row["model"], label, row["batch_profile"], row["precision"])
+        points.setdefault(key, {})[int(row["batch"])] = latency
+    def legend_order(key: Tuple[str, str, str, str]) -> Tuple[Any, ...]:
+        """Engines fp32, fp16, int8, then PyTorch; each precision's profiles together."""
+        model, label, profile, precision = key
+        rank = list(PRECISION_COLORS).index(precision) if precision in PRECISION_COLORS else 99
+        return model, label.startswith("torch"), rank, label, profile
+
+    series: Dict[str, List[Series]] = {}
+    for (model, label, profile, precision), by_batch in sorted(points.items(),
+                                                               key=lambda kv: legend_order(kv[0])):
+        baseline = label.startswith("torch")
+        color = (BASELINE_COLORS.get(label, "gray") if baseline
+                 else PRECISION_COLORS.get(precision, "tab:purple"))
+        batches = sorted(by_batch)
+        series.setdefault(model, []).append(Series(
+            label, profile, batches, [by_batch[b] for b in batches], color, markers[profile],
+            baseline))
+    return series
 
 
 def plot_latency_vs_batch(latency_csv: Path, output: Path) -> None:
-    rows = _read_csv(latency_csv)
-    if not rows:
+    series = latency_series(_read_csv(latency_csv))
+    if not series:
         return _empty_plot(output, "Latency vs batch")
     plt = _pyplot()
-    models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    models = sorted(series)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.6), squeeze=False)
     for ax, model in zip(axes[0], models):
-        series: Dict[str, Dict[int, float]] = {}
-        for row in rows:
-            if row["model"] != model:
-                continue
-            label = (row["backend"] if row["backend"].startswith("torch")
-                     else f"{row['backend']} {row['precision']}")
-            series.setdefault(label, {})[int(row["batch"])] = float(row["latency_p50_ms"])
-        for label, points in sorted(series.items()):
-            batches = sorted(points)
-            style = "--" if label.startswith("torch") else "-"
-            ax.plot(batches, [points[b] for b in batches], style, marker="o", label=label)
-        ax.set(title=model, xlabel="batch", ylabel="p50 latency (ms)", xscale="log", yscale="log")
+        for line in series[model]:
+            ax.plot(line.batches, line.latencies, "--" if line.baseline else "-",
+                    color=line.color, marker=line.marker, label=f"{line.label} · {line.profile}")
+        ax.set(title=model, xlabel="batch", ylabel="p50 latency (ms)", yscale="log")
         ax.set_xscale("log", base=2)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Latency vs batch (median)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Latency vs batch (median; one line per precision and batch profile, "
+                 "PyTorch dashed)")
     _save(fig, output)
 
 
-def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
-    """Speed-up vs error per cell: colour = model, marker = precision, hollow = failed validation."""
-    rows = [r for r in _read_csv(summary_csv) if r["rel_l2"] and r["speedup_vs_torch"]]
-    if not rows:
-        return _empty_plot(output, "Accuracy vs speed")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
-    models = sorted({r["model"] for r in rows})
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    seen = set()
+class AccuracyPoint(NamedTuple):
+    """One cell in the accuracy plot; `exact`: its rel. L2 is exactly 0, drawn on the floor."""
+    model: str
+    precision: str
+    profile: str
+    speedup: float
+    rel_l2: float
+    exact: bool
+    passed: bool
+
+
+def accuracy_points(rows: Sequence[Mapping[str, str]]) -> Tuple[List[AccuracyPoint], int]:
+    """The cells with a speed-up and a rel. L2 to draw, and how many others have a rel. L2 that
+    a log axis cannot show (NaN, Inf: a vacuous or broken cell). An exact 0 is kept, flagged."""
+    points, not_drawn = [], 0
     for row in rows:
-        error = max(float(row["rel_l2"]), 1e-9)  # log axis: an exact match sits at the floor
-        passed = row["verdict"] == "passed"
-        label = f"{row['model']} {row['precision']}"
-        ax.scatter(float(row["speedup_vs_torch"]), error, marker=markers.get(row["precision"], "x"),
-                   s=70, edgecolors=colors[row["model"]],
-                   facecolors=colors[row["model"]] if passed else "none",
-                   label=None if label in seen else label)
-        seen.add(label)
-    ax.set(xlabel="speed-up vs PyTorch eager fp32 (each batch profile's opt batch)",
-           ylabel="relative L2 error vs PyTorch (log)", yscale="log",
-           title="Accuracy vs speed (hollow marker: not passed)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+        speedup = _positive(row["speedup_vs_torch"])
+        if not row["rel_l2"] or speedup is None:
+            continue  # an error row, a detector (no tensor rel. L2) or no baseline
+        rel_l2 = float(row["rel_l2"])
+        if not math.isfinite(rel_l2) or rel_l2 < 0:
+            not_drawn += 1
+            continue
+        points.append(AccuracyPoint(row["model"], row["precision"], row["batch_profile"],
+                                    speedup, rel_l2, rel_l2 == 0, row["verdict"] == "passed"))
+    return points, not_drawn
+
+
+def plot_accuracy_vs_speed(summary_csv: Path, output: Path) -> None:
+    """Speed-up vs error per cell, one panel per model: colour = precision, marker = batch
+    profile, hollow = not passed; an exact 0 sits on a dotted floor line labelled as exact."""
+    points, not_drawn = accuracy_points(_read_csv(summary_csv))
+    if not points:
+        why = (f"{not_drawn} cell(s) with a non-finite rel. L2, none to draw" if not_drawn
+               else "no cell with a rel. L2 and a speed-up")
+        return _empty_plot(output, "Accuracy vs speed", why)
+    plt = _pyplot()
+    markers = profile_markers([p.profile for p in points])
+    nonzero = [p.rel_l2 for p in points if not p.exact]
+    # the floor an exact 0 is drawn at: a decade below the smallest error, so it reads as "less
+    # than anything measured" and the dotted line says it is exact
+    floor = min(nonzero) / 10 if nonzero else 1e-9
+    models = sorted({p.model for p in points})
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models) + 1.0, 4.6),
+                             squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for p in (p for p in points if p.model == model):
+            color = PRECISION_COLORS.get(p.precision, "tab:purple")
+            ax.scatter(p.speedup, floor if p.exact else p.rel_l2, marker=markers[p.profile], s=80,
+                       edgecolors=color, facecolors=color if p.passed else "none", linewidths=1.5)
+            if p.exact:
+                ax.annotate("0 (exact)", (p.speedup, floor), textcoords="offset points",
+                            xytext=(6, 6), fontsize=7)
+        if any(p.exact for p in points if p.model == model):
+            ax.axhline(floor, color="gray", linestyle=":", linewidth=1)
+            ax.text(0.99, floor, "rel. L2 = 0: exact match ", transform=ax.get_yaxis_transform(),
+                    ha="right", va="top", fontsize=7, color="gray")
+        drawn = {floor if p.exact else p.rel_l2 for p in points if p.model == model}
+        if len(drawn) == 1:  # one height (one cell): a decade either side, not a singular axis
+            ax.set_ylim(min(drawn) / 10, min(drawn) * 10)
+        ax.set(title=model, xlabel="speed-up vs PyTorch eager fp32 (opt batch)",
+               ylabel="relative L2 error vs PyTorch (log)", yscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+    precisions = {p.precision for p in points}
+    ordered = [p for p in PRECISION_COLORS if p in precisions] + sorted(precisions - set(PRECISION_COLORS))
+    _accuracy_legend(fig, axes[0][-1], ordered, markers)
+    title = "Accuracy vs speed (hollow: not passed)"
+    if not_drawn:
+        title += f"; {not_drawn} cell(s) with a non-finite rel. L2 not drawn"
+    fig.suptitle(title)
     _save(fig, output)
 
 
@@ -420,6 +526,17 @@ def plot_layer_profile(profile_csv: Path, output: Path) -> None:
     _save(fig, output)
 
 
+def _accuracy_legend(fig, ax, precisions: Sequence[str], markers: Mapping[str, str]) -> None:
+    """Two keys, colour = precision and marker = profile, instead of one entry per point."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="", marker="o", color=PRECISION_COLORS.get(p, "tab:purple"),
+                      label=p) for p in precisions]
+    handles += [Line2D([], [], linestyle="", marker=m, color="gray", markerfacecolor="none",
+                       label=f"profile {profile}") for profile, m in markers.items()]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+
+
 def _read_csv(path: Path) -> List[Dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -437,5 +554,5 @@ def _pyplot():
 def _save(fig, output: Path) -> None:
     with atomic_path(output) as tmp:
         fig.tight_layout()
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")  # legends beside the axes
     fig.clear()

@@ -12,7 +12,7 @@ from trtflow import cli  # noqa: E402
 
 
 def main(args) -> None:
-    from trtflow import summary
+    from trtflow import overview, summary
 
     from trtflow.io import write_json
 
@@ -25,9 +25,13 @@ def main(args) -> None:
         summary.plot_accuracy_vs_speed(Path(args.summary), Path(args.accuracy_plot))
     if args.profile and args.profile_plot:
         summary.plot_layer_profile(Path(args.profile), Path(args.profile_plot))
+    if args.overview:
+        plots = [Path(p) for p in (args.latency_plot, args.accuracy_plot, args.profile_plot) if p]
+        overview.write_overview(Path(args.overview), overview.read_summary(Path(args.summary)),
+                                plots, partial=bool(args.partial_marker))
     if args.partial_marker:
         written = [p for p in (args.summary, args.latency, args.latency_plot, args.accuracy_plot,
-                               args.profile, args.profile_plot) if p]
+                               args.profile, args.profile_plot, args.overview) if p]
         write_json(args.partial_marker, {"files": written, "verdicts": {
             v: sum(r["verdict"] == v for r in rows) for v in sorted({r["verdict"] for r in rows})}})
 
@@ -45,6 +49,7 @@ if __name__ == "__main__":
     p.add_argument("--profile-plot")
     p.add_argument("--slower-margin", type=float, required=True,
                    help="benchmark.slower_margin: how much slower a lower precision may be")
+    p.add_argument("--overview", help="the landing page: verdict counts, table and plots (HTML)")
     p.add_argument("--partial-marker", help="on-error run: write this marker listing the files")
     p.add_argument("--run-started", type=float,
                    help="on-error run: when the run started (a job of a cell's chain that failed "

@@ -4,7 +4,6 @@ one row per cell whose benchmark exists; cells of an interrupted run are left ou
   python3 benchmarks/gpu/int8_vs_fp16_table.py RESULTS [RESULTS_WARM] > benchmarks/gpu/int8-vs-fp16.csv
 """
 import csv
-import glob
 import json
 import sys
 from pathlib import Path

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from trtflow.benchmark import latency_stats, measure, profile_batches
+from trtflow.config import section_defaults
 from trtflow.runners.onnxruntime import OnnxRuntimeRunner, build_engine
 from unit_helpers import exported, token_batch, token_spec
+
+BENCHMARK = section_defaults("benchmark")
 
 
 def test_latency_stats_on_a_known_list() -> None:
@@ -56,7 +59,7 @@ def token_engine(tmp_path_factory) -> Path:
 
 def test_measure_times_a_real_engine_at_each_batch(token_engine: Path) -> None:
     inputs = token_batch(3)  # shorter than the largest batch: repeated to fill it
-    settings = {"warmup": 1, "iterations": 6, "max_seconds": 30}
+    settings = {**BENCHMARK, "warmup": 1, "iterations": 6, "max_seconds": 30}
     with OnnxRuntimeRunner(token_engine, token_engine.with_suffix(".json"), threads=1) as runner:
         results = measure(runner, inputs, [1, 2, 5], settings)
     assert [r["batch"] for r in results] == [1, 2, 5]
@@ -64,11 +67,12 @@ def test_measure_times_a_real_engine_at_each_batch(token_engine: Path) -> None:
         assert row["iterations"] == 6
         assert 0 < row["latency_min_ms"] <= row["latency_p50_ms"] <= row["latency_p99_ms"]
         assert row["throughput"] == pytest.approx(row["batch"] * 1e3 / row["latency_p50_ms"])
-        assert np.isfinite(list(row.values())).all()
+        numbers = [v for v in row.values() if isinstance(v, (int, float))] + row["window_p50_ms"]
+        assert np.isfinite(numbers).all() and len(row["window_p50_ms"]) == BENCHMARK["windows"]
 
 
 def test_measure_respects_max_seconds(token_engine: Path) -> None:
-    settings = {"warmup": 0, "iterations": 100000, "max_seconds": 0.05}
+    settings = {**BENCHMARK, "warmup": 0, "iterations": 100000, "max_seconds": 0.05}
     with OnnxRuntimeRunner(token_engine) as runner:
         (row,) = measure(runner, token_batch(2), [2], settings)
     assert 3 <= row["iterations"] < 100000
@@ -93,3 +97,46 @@ def test_hard_models_table_takes_each_cell_from_the_last_run_that_built_it() -> 
     assert "| pass (" in table[("rtdetr_r18", "rtdetr_r18_shapes.pt", "a", "fp16")]
     assert "roialign_to_gridsample" in table[(*mask, "b", "fp32")]
     assert len(table) == 15  # 5 models x 3 precisions
+
+
+def test_windows_agree_within_the_tolerance_or_the_noise_floor() -> None:
+    from trtflow.benchmark import window_agreement
+
+    steady = window_agreement([10.0, 10.2, 9.9, 10.1, 10.3, 10.0], windows=3, tolerance=0.1)
+    assert steady["stable"] and steady["window_p50_ms"] == [10.1, 10.0, 10.15]
+    jumped = window_agreement([10.0, 10.1, 10.0, 10.2, 14.0, 15.0], windows=3, tolerance=0.1)
+    assert not jumped["stable"] and jumped["spread"] == pytest.approx(14.5 / 10.05 - 1)
+    tiny = window_agreement([0.001, 0.001, 0.003, 0.003, 0.002, 0.002], windows=3, tolerance=0.1)
+    assert tiny["stable"]  # 2 microseconds apart: under the timer's noise floor
+    assert not window_agreement([1.0, 1.0], windows=3, tolerance=0.1)["stable"]  # too few
+
+
+class Contended:
+    """A runner whose first blocks are disturbed: block k takes the k-th list of times."""
+
+    name = "contended"
+
+    def __init__(self, blocks):
+        self.blocks = list(blocks)
+        self.budgets = []
+
+    def time_modes(self):
+        return ["default"]
+
+    def time(self, feed, warmup, iterations, max_seconds, mode=None):
+        self.budgets.append(max_seconds)
+        return self.blocks.pop(0) if len(self.blocks) > 1 else self.blocks[0]
+
+
+def test_an_unstable_block_is_measured_again_until_its_windows_agree() -> None:
+    runner = Contended([[5.0, 5.0, 9.0, 9.0, 5.0, 5.0], [5.0, 5.1, 5.0, 5.0, 5.1, 5.0]])
+    (row,) = measure(runner, token_batch(2), [2], {**BENCHMARK, "iterations": 6})
+    assert row["stable"] and row["blocks"] == 2 and row["latency_p50_ms"] == 5.0
+    assert runner.budgets[0] == BENCHMARK["max_seconds"] and runner.budgets[1] < runner.budgets[0]
+
+
+def test_a_block_that_never_agrees_is_reported_unstable_when_the_budget_ends() -> None:
+    runner = Contended([[5.0, 5.0, 9.0, 9.0, 5.0, 5.0]])
+    (row,) = measure(runner, token_batch(2), [2], {**BENCHMARK, "max_seconds": 0.05})
+    assert not row["stable"] and row["blocks"] >= 1 and row["window_p50_ms"] == [5.0, 9.0, 5.0]
+    assert row["spread"] == pytest.approx(0.8)

@@ -9,11 +9,14 @@ from typing import Any, Dict, List
 import pytest
 
 from trtflow.benchmark import layer_profile, measure
+from trtflow.config import section_defaults
 from trtflow.profiling import (CATEGORIES, CONVOLUTION, REFORMAT, categorize, explain_slower,
                                profile_columns, summarize_profile)
 from trtflow.runners.base import Runner, TimingModeUnavailable
 from trtflow.runners.onnxruntime import OnnxRuntimeRunner, build_engine, node_times
 from unit_helpers import exported, image_batch, resnet_spec
+
+BENCHMARK = section_defaults("benchmark")
 
 
 @pytest.mark.parametrize("layer_type, name, category", [
@@ -145,7 +148,7 @@ class GraphlessRunner(Runner):
 
 def test_benchmark_falls_back_to_the_next_timing_mode_and_records_why() -> None:
     (row,) = measure(GraphlessRunner(), image_batch(2), [2],
-                     {"warmup": 0, "iterations": 3, "max_seconds": 1})
+                     {**BENCHMARK, "warmup": 0, "iterations": 3, "max_seconds": 1})
     assert row["timing_mode"] == "eager" and row["latency_p50_ms"] == 2.0
     assert row["eager_latency_p50_ms"] == 2.0 and "cuda_graph_latency_p50_ms" not in row
     assert "plugin syncs" in row["timing_unavailable"]["cuda_graph"]
@@ -153,6 +156,6 @@ def test_benchmark_falls_back_to_the_next_timing_mode_and_records_why() -> None:
 
 def test_a_runner_with_one_timing_mode_adds_no_mode_columns(resnet_engine: Path) -> None:
     with OnnxRuntimeRunner(resnet_engine, threads=1) as runner:
-        (row,) = measure(runner, image_batch(2), [2], {"warmup": 0, "iterations": 3,
+        (row,) = measure(runner, image_batch(2), [2], {**BENCHMARK, "warmup": 0, "iterations": 3,
                                                        "max_seconds": 1})
     assert "timing_mode" not in row and "eager_latency_p50_ms" not in row

@@ -382,3 +382,24 @@ def test_summary_and_plots_survive_any_mix_of_verdicts(tmp_path: Path, verdicts)
     plot_accuracy_vs_speed(tmp_path / "s.csv", tmp_path / "accuracy.png")
     for png in ("latency.png", "accuracy.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timing_columns_say_how_sure_and_an_unstable_cell_is_flagged(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, "fp32", 2.0)
+    benchmark = json.loads(Path(cell["benchmark"]).read_text())
+    benchmark["batches"][1].update(stable=False, spread=0.5, window_p50_ms=[2.0, 3.0, 2.0], blocks=4)
+    Path(cell["benchmark"]).write_text(json.dumps(benchmark))
+    baseline = json.loads(Path(cell["baseline"]).read_text())
+    baseline["variants"][0]["batches"][1].update(stable=True, spread=0.02,
+                                                 window_p50_ms=[4.0, 4.08, 4.0], blocks=1)
+    Path(cell["baseline"]).write_text(json.dumps(baseline))
+    summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv", slower_margin=0.03)
+    (row,) = read_csv(tmp_path / "s.csv")
+    assert row["timing_stable"] == "False" and row["timing_spread"] == "0.5"
+    assert row["speedup_interval"] == "1.33-2.04"  # 4.0 / 3.0 .. 4.08 / 2.0
+    assert row["speed_flags"] == "unstable timing (windows spread 50%; speed-up 1.33-2.04)"
+    (tmp_path / "old").mkdir()
+    old = make_cell(tmp_path / "old", "fp16", 1.0)
+    summarize([old], tmp_path / "s2.csv", tmp_path / "l2.csv", slower_margin=0.03)
+    (row,) = read_csv(tmp_path / "s2.csv")  # measured before timings had windows
+    assert row["timing_stable"] == row["speedup_interval"] == "" and row["speed_flags"] == ""

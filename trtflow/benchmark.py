@@ -3,6 +3,7 @@ engine's per-layer profile at the opt batch."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -30,22 +31,61 @@ def profile_batches(profile: Mapping[str, int]) -> List[int]:
     return sorted({int(profile["min"]), int(profile["opt"]), int(profile["max"])})
 
 
+# windows whose medians differ by less than this agree whatever their ratio: timer resolution
+NOISE_FLOOR_MS = 0.005
+
+
+def window_agreement(times_ms: Sequence[float], windows: int, tolerance: float) -> Dict[str, Any]:
+    """Split a block of timings (in measurement order) into `windows` consecutive windows: the
+    block is stable if their medians agree within `tolerance` (a fraction of the smallest)."""
+    chunks = [chunk for chunk in np.array_split(np.asarray(times_ms, dtype=np.float64), windows)
+              if chunk.size]
+    medians = [float(np.median(chunk)) for chunk in chunks]
+    low, high = min(medians), max(medians)
+    spread = (high - low) / low if low > 0 else float("inf")
+    return {"stable": len(chunks) == windows and (spread <= tolerance
+                                                  or high - low <= NOISE_FLOOR_MS),
+            "spread": spread, "window_p50_ms": medians}
+
+
+def stable_times(measure_block, settings: Mapping[str, Any]) -> tuple:
+    """Blocks of timings until one is stable (window_agreement) or `max_seconds` is spent; the
+    last block and its agreement, with the number of blocks measured. `measure_block(seconds)`
+    times one block within that budget."""
+    budget = float(settings["max_seconds"])
+    deadline = time.perf_counter() + budget
+    blocks = 0
+    while True:
+        times = measure_block(max(deadline - time.perf_counter(), 0.0) if blocks else budget)
+        blocks += 1
+        agreement = window_agreement(times, int(settings["windows"]),
+                                     float(settings["stability_tolerance"]))
+        if agreement["stable"] or time.perf_counter() >= deadline:
+            return times, {**agreement, "blocks": blocks}
+
+
 def time_batch(runner, feed: Mapping[str, np.ndarray], batch: int,
                settings: Mapping[str, Any]) -> Dict[str, Any]:
     """The batch's statistics in the runner's preferred timing mode that works, with each mode's
     p50 beside it (TensorRT: `cuda_graph_latency_p50_ms` and `eager_latency_p50_ms`) and why a
-    mode could not run."""
+    mode could not run. The reported mode is timed in blocks until its windows agree
+    (stable_times): `stable`, `spread` and the windows' medians say how sure the number is."""
     modes = runner.time_modes()
-    timings, unavailable = {}, {}
+    timings, unavailable, agreement = {}, {}, {}
     for mode in modes:
+        def block(seconds: float, mode: str = mode) -> List[float]:
+            return runner.time(feed, int(settings["warmup"]), int(settings["iterations"]),
+                               seconds, mode=mode)
         try:
-            timings[mode] = runner.time(feed, int(settings["warmup"]), int(settings["iterations"]),
-                                        float(settings["max_seconds"]), mode=mode)
+            if not timings:  # the mode reported: until stable
+                timings[mode], agreement = stable_times(block, settings)
+            else:  # the others, beside it: one block
+                timings[mode] = block(float(settings["max_seconds"]))
         except TimingModeUnavailable as exc:
             log.warning("%s batch %d: %s; timing the next mode", runner.name, batch, exc)
             unavailable[mode] = str(exc)
     used = next(mode for mode in modes if mode in timings)
-    stats: Dict[str, Any] = latency_stats(timings[used], batch)
+    stats: Dict[str, Any] = {**latency_stats(timings[used], batch), **agreement}
     if len(modes) > 1:
         stats["timing_mode"] = used
         for mode, times in timings.items():
@@ -61,10 +101,13 @@ def measure(runner, inputs: Mapping[str, np.ndarray], batches: Sequence[int],
     results = []
     for batch in batches:
         stats = time_batch(runner, batch_of(inputs, batch), batch, settings)
-        log.info("%s batch %d: p50 %.3f ms, p99 %.3f ms, %.1f samples/s (%d iterations%s)",
-                 runner.name, batch, stats["latency_p50_ms"], stats["latency_p99_ms"],
-                 stats["throughput"], stats["iterations"],
-                 f", {stats['timing_mode']}" if "timing_mode" in stats else "")
+        log.info("%s batch %d: p50 %.3f ms, p99 %.3f ms, %.1f samples/s (%d iterations%s; %s, "
+                 "windows %s ms, spread %.1f%%, %d block(s))", runner.name, batch,
+                 stats["latency_p50_ms"], stats["latency_p99_ms"], stats["throughput"],
+                 stats["iterations"], f", {stats['timing_mode']}" if "timing_mode" in stats else "",
+                 "stable" if stats["stable"] else "UNSTABLE",
+                 "/".join(f"{m:.3g}" for m in stats["window_p50_ms"]), 100 * stats["spread"],
+                 stats["blocks"])
         results.append(stats)
     return results
 

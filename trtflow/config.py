@@ -346,6 +346,13 @@ def model_opset(config: Dict[str, Any], model: str) -> int:
     return int(opset or DEFAULT_OPSET)
 
 
+def section_defaults(section: str, schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
+    """The defaults of one top-level config block, from the schema (for code that runs outside
+    a workflow run: the speed placement's own timings, tests)."""
+    properties = load_schema(schema_path)["properties"][section]["properties"]
+    return {key: spec["default"] for key, spec in properties.items() if "default" in spec}
+
+
 def builtin_tolerances(schema_path: Path = SCHEMA_PATH) -> Dict[str, Dict[str, Dict[str, float]]]:
     """task -> precision -> gates that apply whatever config file is used (from the schema)."""
     return load_schema(schema_path)["definitions"]["builtin_tolerances"]["default"]

@@ -17,7 +17,8 @@ SUMMARY_COLUMNS = [
     "model", "precision", "batch_profile", "verdict", "backend", "backend_version", "device",
     "batch", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
     "throughput", "timing_mode", "eager_latency_p50_ms", "torch_latency_p50_ms",
-    "speedup_vs_torch", "torch_fp16_latency_p50_ms", "speedup_vs_torch_fp16", "speed_flags",
+    "speedup_vs_torch", "timing_stable", "timing_spread", "speedup_interval",
+    "torch_fp16_latency_p50_ms", "speedup_vs_torch_fp16", "speed_flags",
     "speed_why", "validation_passed", "max_abs", "rel_l2", "cosine",
     "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
     "detection_precision", "box_iou", "score_diff", "mask_iou", "keypoint_distance", "failures",
@@ -38,12 +39,33 @@ def _at_batch(batches: Sequence[Mapping[str, Any]], batch: int) -> Optional[Mapp
     return next((b for b in batches if int(b["batch"]) == int(batch)), None)
 
 
-def _baseline(baseline: Mapping[str, Any], variant: str, batch: int) -> Optional[float]:
+def _baseline_point(baseline: Mapping[str, Any], variant: str,
+                    batch: int) -> Optional[Mapping[str, Any]]:
     for entry in baseline["variants"]:
         if entry["variant"] == variant:
-            point = _at_batch(entry["batches"], batch)
-            return float(point["latency_p50_ms"]) if point else None
+            return _at_batch(entry["batches"], batch)
     return None
+
+
+def _baseline(baseline: Mapping[str, Any], variant: str, batch: int) -> Optional[float]:
+    point = _baseline_point(baseline, variant, batch)
+    return float(point["latency_p50_ms"]) if point else None
+
+
+def timing_columns(point: Mapping[str, Any], torch: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """How sure the timings are (trtflow.benchmark.stable_times): `timing_stable` (the engine's
+    and PyTorch's windows both agreed), their spreads, and the speed-up's interval from the
+    windows' medians (PyTorch's slowest over the engine's fastest, and the reverse). Empty for
+    measurements made before timings had windows."""
+    if "stable" not in point:
+        return {"timing_stable": "", "timing_spread": "", "speedup_interval": ""}
+    columns = {"timing_stable": bool(point["stable"] and (torch or {}).get("stable", True)),
+               "timing_spread": _round(point["spread"]), "speedup_interval": ""}
+    if torch and "window_p50_ms" in torch:
+        low = min(torch["window_p50_ms"]) / max(point["window_p50_ms"])
+        high = max(torch["window_p50_ms"]) / min(point["window_p50_ms"])
+        columns["speedup_interval"] = f"{low:.3g}-{high:.3g}"
+    return columns
 
 
 # the accuracy columns of a cell's task: tensor metrics of its first output, or, for detectors,
@@ -71,7 +93,8 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
     sidecar = benchmark["sidecar"]
     opt = int(sidecar["profile"]["opt"])
     point = _at_batch(benchmark["batches"], opt) or benchmark["batches"][-1]
-    torch32 = _baseline(baseline, "torch-eager-fp32", point["batch"])
+    torch32_point = _baseline_point(baseline, "torch-eager-fp32", point["batch"])
+    torch32 = float(torch32_point["latency_p50_ms"]) if torch32_point else None
     torch16 = _baseline(baseline, "torch-eager-fp16", point["batch"])
     p50 = float(point["latency_p50_ms"])
     return {
@@ -87,6 +110,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "eager_latency_p50_ms": _round(point.get("eager_latency_p50_ms")),
         "torch_latency_p50_ms": round(torch32, 4) if torch32 else "",
         "speedup_vs_torch": round(torch32 / p50, 3) if torch32 else "",
+        **timing_columns(point, torch32_point),
         "torch_fp16_latency_p50_ms": round(torch16, 4) if torch16 else "",
         "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 else "",
         "verdict": validation["verdict"],
@@ -287,6 +311,9 @@ def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Ma
                              f"{faster / p50:.2f}x)")
                 why.append(f"vs {other['precision']}: " + explain_slower(
                     profile, other_profile, row["precision"], other["precision"]))
+        if row.get("timing_stable") is False:
+            flags.append(f"unstable timing (windows spread {float(row['timing_spread']):.0%}; "
+                         f"speed-up {row['speedup_interval'] or 'unknown'})")
         torch = row.get("torch_latency_p50_ms")
         if torch and p50 > float(torch) * (1 + margin):
             flags.append(f"slower than PyTorch eager fp32 ({p50:.4g} vs {float(torch):.4g} ms)")

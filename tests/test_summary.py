@@ -397,7 +397,8 @@ def test_timing_columns_say_how_sure_and_an_unstable_cell_is_flagged(tmp_path: P
     (row,) = read_csv(tmp_path / "s.csv")
     assert row["timing_stable"] == "False" and row["timing_spread"] == "0.5"
     assert row["speedup_interval"] == "1.33-2.04"  # 4.0 / 3.0 .. 4.08 / 2.0
-    assert row["speed_flags"] == "unstable timing (windows spread 50%; speed-up 1.33-2.04)"
+    assert row["speed_flags"] == ("unstable timing (windows spread 50%, PyTorch's 2%; speed-up "
+                                  "1.33-2.04)")
     (tmp_path / "old").mkdir()
     old = make_cell(tmp_path / "old", "fp16", 1.0)
     summarize([old], tmp_path / "s2.csv", tmp_path / "l2.csv", slower_margin=0.03)

@@ -17,7 +17,8 @@ SUMMARY_COLUMNS = [
     "model", "precision", "batch_profile", "verdict", "backend", "backend_version", "device",
     "batch", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
     "throughput", "timing_mode", "eager_latency_p50_ms", "torch_latency_p50_ms",
-    "speedup_vs_torch", "timing_stable", "timing_spread", "speedup_interval",
+    "speedup_vs_torch", "timing_stable", "timing_spread", "torch_timing_spread",
+    "speedup_interval",
     "torch_fp16_latency_p50_ms", "speedup_vs_torch_fp16", "speed_flags",
     "speed_why", "validation_passed", "max_abs", "rel_l2", "cosine",
     "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
@@ -58,9 +59,11 @@ def timing_columns(point: Mapping[str, Any], torch: Optional[Mapping[str, Any]])
     windows' medians (PyTorch's slowest over the engine's fastest, and the reverse). Empty for
     measurements made before timings had windows."""
     if "stable" not in point:
-        return {"timing_stable": "", "timing_spread": "", "speedup_interval": ""}
+        return {"timing_stable": "", "timing_spread": "", "torch_timing_spread": "",
+                "speedup_interval": ""}
     columns = {"timing_stable": bool(point["stable"] and (torch or {}).get("stable", True)),
-               "timing_spread": _round(point["spread"]), "speedup_interval": ""}
+               "timing_spread": _round(point["spread"]),
+               "torch_timing_spread": _round((torch or {}).get("spread")), "speedup_interval": ""}
     if torch and "window_p50_ms" in torch:
         low = min(torch["window_p50_ms"]) / max(point["window_p50_ms"])
         high = max(torch["window_p50_ms"]) / min(point["window_p50_ms"])
@@ -312,8 +315,10 @@ def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Ma
                 why.append(f"vs {other['precision']}: " + explain_slower(
                     profile, other_profile, row["precision"], other["precision"]))
         if row.get("timing_stable") is False:
-            flags.append(f"unstable timing (windows spread {float(row['timing_spread']):.0%}; "
-                         f"speed-up {row['speedup_interval'] or 'unknown'})")
+            torch_spread = row.get("torch_timing_spread")
+            flags.append(f"unstable timing (windows spread {float(row['timing_spread']):.0%}"
+                         + (f", PyTorch's {float(torch_spread):.0%}" if torch_spread != "" else "")
+                         + f"; speed-up {row['speedup_interval'] or 'unknown'})")
         torch = row.get("torch_latency_p50_ms")
         if torch and p50 > float(torch) * (1 + margin):
             flags.append(f"slower than PyTorch eager fp32 ({p50:.4g} vs {float(torch):.4g} ms)")

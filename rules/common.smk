@@ -24,6 +24,11 @@ from trtflow.summary import CELL_ARTIFACTS
 
 BASEDIR = Path(workflow.basedir)
 SCRIPTS = BASEDIR / "workflow_scripts"
+# what a command printed for the user (trtflow.commands) needs to see this run's config: the
+# --configfile files (absolute), the config files read, and the --config overrides
+RERUN = {"configfiles": [str(f) for f in workflow.config_settings.configfiles],
+         "default_config": [str(f) for f in workflow.configfiles],
+         "config": list(workflow.config_settings.config_args or [])}
 
 try:
     _files = ", ".join(str(f) for f in workflow.configfiles) or "config/config.yaml"
@@ -179,6 +184,7 @@ GRAPH_PARTS = [BACKEND.name] + ([BACKEND.info["int8_form"]] if "int8_form" in BA
 GRAPHS = os.path.join(*GRAPH_PARTS)
 GRAPHS_LABEL = "-".join(GRAPH_PARTS)
 PRECISION_ONNX = f"{R}/onnx/{{model}}/{GRAPHS}/{{precision}}.onnx"
+PRECISION_REPORT = f"{R}/onnx/{{model}}/{GRAPHS}/{{precision}}.json"
 ENGINE_EXT = "engine" if ON_GPU else "ort.onnx"
 ENGINE = f"{R}/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.{ENGINE_EXT}"
 ENGINE_META = f"{R}/engines/{{model}}/{TAG}/{{precision}}-{{profile}}.json"
@@ -268,7 +274,8 @@ def cell_paths(cell):
     wildcards = dict(model=cell.model, precision=cell.precision, profile=cell.batch_profile)
     return {"model": cell.model, "precision": cell.precision, "batch_profile": cell.batch_profile,
             "benchmark": BENCHMARK.format(**wildcards), "validation": VALIDATION.format(**wildcards),
-            "baseline": BASELINE.format(**wildcards), "weights": WEIGHTS_META.format(**wildcards)}
+            "baseline": BASELINE.format(**wildcards), "weights": WEIGHTS_META.format(**wildcards),
+            "precision_report": PRECISION_REPORT.format(**wildcards)}
 
 
 def summary_cells():

@@ -56,6 +56,7 @@ rule debug_precision_cell:
                                           sort_keys=True),
         int8_form=lambda wc: BACKEND.info.get("int8_form", "") if wc.precision == "int8" else "",
         configfiles=[str(f) for f in workflow.configfiles],
+        config_overrides=RERUN["config"],
         provenance=provenance_of("debug_precision_cell"),
         producers=input_producers,
     threads: all_cores
@@ -74,5 +75,6 @@ rule debug_precision_cell:
         " --calibration {params.calibration:q} --int8-form={params.int8_form:q}"
         " --patched {input.patched:q} --graph {input.graph:q} --reference {input.reference:q}"
         " --validations {input.validations:q} --configfiles {params.configfiles:q}"
+        " --config-overrides {params.config_overrides:q}"
         " --job-threads {threads} --output {output.report:q} --fallback {output.fallback:q}"
         " --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

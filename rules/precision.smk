@@ -6,7 +6,7 @@ rule precision:
         images=calibration_images,
     output:
         onnx=PRECISION_ONNX,
-        report=f"{R}/onnx/{{model}}/{GRAPHS}/{{precision}}.json",
+        report=PRECISION_REPORT,
     params:
         python=TORCH_PY,
         script=str(SCRIPTS / "precision.py"),

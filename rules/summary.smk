@@ -47,6 +47,8 @@ rule verdicts:
         # named in the hint for failed int8/fp16 cells (rules/debug.smk)
         debug_fallbacks=json.dumps({f"{m} {p}": DEBUG_FALLBACK.format(model=m, precision=p)
                                     for m, p in DEBUG_CELLS}, sort_keys=True),
+        # the hint's commands carry this run's config (trtflow.commands)
+        rerun=json.dumps(RERUN, sort_keys=True),
         provenance=provenance_of("verdicts"),
         producers=input_producers,
     log:
@@ -57,4 +59,4 @@ rule verdicts:
         "../envs/torch.yaml"
     shell:
         "{params.python:q} {params.script:q} --summary {input:q} --on-failure {params.on_failure:q}"
-        " --debug-fallbacks {params.debug_fallbacks:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --debug-fallbacks {params.debug_fallbacks:q} --rerun {params.rerun:q} --output {output:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -314,6 +314,83 @@ def test_fold_known_dims_keeps_a_reshape_defined_for_zero_boxes() -> None:
         assert np.array_equal(boxes, pairs.reshape(count, 4))
 
 
+def _retinanet_level_graph(path: Path) -> Path:
+    """A RetinaNet level's post-processing as torchvision writes it, exported: the regression
+    head's N x -1 x 4 reshape (the 4 a constant, N read with Shape), the candidates above the
+    threshold, torchvision's BoxCoder.decode_single (Slices every 4th column, Flatten) and
+    clip_boxes_to_image (reshape to the decoded boxes' shape). ONNX shape inference knows no
+    dim of the reshaped regression, so not the Flatten's 4 that clip_boxes reads back."""
+    import torch
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.ops import boxes as box_ops
+
+    class Level(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+        def forward(self, features, anchors, scores):
+            n, _, height, width = features.shape
+            regression = features.view(n, -1, 4, height, width).permute(0, 3, 4, 1, 2)
+            regression = regression.reshape(n, -1, 4)[0]
+            keep = torch.where(scores > 0.5)[0]
+            boxes = self.coder.decode_single(regression[keep], anchors[keep])
+            return box_ops.clip_boxes_to_image(boxes, (64, 64))
+
+    anchors = torch.rand(2 * 3 * 3, 4) * 32
+    anchors[:, 2:] += anchors[:, :2]
+    torch.onnx.export(Level().eval(), (torch.randn(1, 8, 3, 3), anchors, torch.rand(18)), str(path),
+                      input_names=["features", "anchors", "scores"], output_names=["boxes"],
+                      dynamic_axes={"features": {0: "n", 2: "h", 3: "w"}, "anchors": {0: "a"},
+                                    "scores": {0: "a"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def test_fold_known_dims_reads_dims_through_the_reshapes_shape_inference_misses(tmp_path: Path) -> None:
+    """Issue 22: retinanet_resnet50_fpn_v2 failed in ONNX Runtime on every image where a level
+    kept no box (`Reshape ... Input shape:{0,2,2}, requested shape:{0,-1}`): the 4 clip_boxes
+    reads comes through a computed reshape, a Slice, box arithmetic, Concat and Flatten, none
+    of which shape inference resolves there. fold_known_dims follows them and folds the 4; the
+    graph then runs for zero kept boxes, and unpatched ONNX Runtime's failure is one trtflow
+    error naming the node and the pass to keep."""
+    import onnxruntime as ort
+
+    from trtflow.runners.onnxruntime import run_failure
+
+    source = _retinanet_level_graph(tmp_path / "level.onnx")
+    rng = np.random.default_rng(0)
+    anchors = (rng.random((18, 4)) * 32).astype(np.float32)
+    anchors[:, 2:] += anchors[:, :2]
+    feed = {"features": rng.normal(size=(1, 8, 3, 3)).astype(np.float32), "anchors": anchors}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # ReshapeFusion
+
+    def run(model: bytes, scores: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return session.run(None, {**feed, "scores": scores})[0]
+
+    def patched(passes: List[str]) -> bytes:
+        model, reports = apply_passes(onnx.load(str(source)), passes,
+                                      PatchContext("retina", "onnxruntime", {}))
+        return model.SerializeToString(), reports
+
+    none_kept = np.zeros(18, np.float32)
+    # the workflow's passes without fold_known_dims: infer_shapes' value_info (no dims for the
+    # reshaped regression) lets ReshapeFusion write {0, -1}
+    unfolded, _ = patched(["fold_constants", "infer_shapes"])
+    with pytest.raises(Exception) as failed:
+        run(unfolded, none_kept)
+    error = run_failure(failed.value, source, "retina")
+    assert "ONNX Runtime failed at run time in Reshape node '" in str(error)
+    assert "requested shape:{0,-1}" in str(error) and "fold_known_dims" in error.fix
+
+    folded, reports = patched(["fold_constants", "fold_known_dims", "infer_shapes"])
+    assert any(example.endswith("[1] = 4") for example in reports[1]["examples"]), reports[1]
+    assert run(folded, none_kept).shape == (0, 4)
+    some = (rng.random(18) > 0.5).astype(np.float32)
+    assert np.allclose(run(folded, some), run(source.read_bytes(), some))
+
+
 def _level_topk_graph() -> onnx.ModelProto:
     """A level's top min(3, n) scores, n the scores above the threshold (K from the data)."""
     from onnx import TensorProto, helper

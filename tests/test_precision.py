@@ -360,7 +360,7 @@ def test_calibration_ranges_are_cached_by_graph_and_data(resnet_patched, calibra
 
     def ranges(arrays) -> Path:
         return activation_ranges(resnet_patched["tensorrt"], arrays, "percentile", True, 99.99,
-                                 tmp_path, "resnet")[0]
+                                 tmp_path, "resnet").path
 
     first = ranges(calibration)
     stamp = first.stat().st_mtime_ns
@@ -383,16 +383,17 @@ def test_a_corrupt_calibration_cache_is_named_removed_and_made_again(
 
     from trtflow.calibration import activation_ranges
 
-    def ranges() -> Tuple[Path, str]:
+    def ranges():
         return activation_ranges(resnet_patched["tensorrt"], calibration, "minmax", True, 99.99,
                                  tmp_path, "resnet")
 
-    path, method = ranges()
+    made = ranges()
+    path = made.path
     intact = path.read_bytes()
     path.write_bytes(damage(intact))
     with caplog.at_level(logging.INFO, logger="trtflow.calibration"):
-        again, method_again = ranges()
-    assert (again, method_again) == (path, method)
+        again = ranges()
+    assert again == made
     assert f"the cached ranges {path} are corrupt" in caplog.text and "calibrating again" in caplog.text
     assert "minmax over 8 samples" in caplog.text  # recomputed
     assert load_tensors_data(path).data.keys() == json_ranges(intact)
@@ -411,9 +412,9 @@ def test_percentile_calibration_clips_outliers_that_minmax_keeps(resnet_patched,
     from trtflow.calibration import activation_ranges
 
     def highest(method: str) -> Dict[str, float]:
-        path, made_by = activation_ranges(resnet_patched["tensorrt"], calibration, method,
-                                          method != "minmax", 99.0, tmp_path, "resnet")
-        assert made_by == method
+        path, made_by, fallback = activation_ranges(resnet_patched["tensorrt"], calibration, method,
+                                                    method != "minmax", 99.0, tmp_path, "resnet")
+        assert made_by == method and fallback == {} and f"-{method}-" in path.name
         return {k: float(np.abs(np.asarray(v.range_value, dtype=np.float64)).max())
                 for k, v in load_tensors_data(path).data.items()}
 
@@ -488,28 +489,65 @@ def test_box_arithmetic_adds_stay_float_residual_adds_do_not(tmp_path: Path) -> 
         assert not fed["Mul"] and not fed["Slice"] and not fed["Where"], backend
 
 
-def test_vanishing_activations_calibrate_with_minmax(tmp_path: Path, caplog) -> None:
-    """A layer whose outputs all but vanish has no 2048-bin histogram: percentile calibration
-    says so and falls back to min/max instead of failing the model."""
+def test_vanishing_activations_fall_back_to_minmax_for_that_tensor_only(tmp_path: Path, caplog) -> None:
+    """A layer whose outputs all but vanish has no 2048-bin histogram: that tensor, and only it,
+    gets its min/max range; the others keep percentile (issue 22: the whole model used to switch
+    to min/max, in a cache named -percentile-). The cache is named by the methods really used
+    and says which tensors fell back when it is read again."""
     import logging
 
+    import torch
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from trtflow.calibration import activation_ranges
+
+    class VanishingBranch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wide, self.tiny = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+            with torch.no_grad():
+                self.tiny.weight.mul_(1e-17)  # outputs 1e-11 apart by ~1e-17: below float32 bins
+                self.tiny.bias.fill_(1e-11)
+
+        def forward(self, x):
+            return self.wide(x), self.tiny(x)
+
+    source = tmp_path / "branches.onnx"
+    torch.onnx.export(VanishingBranch().eval(), (torch.rand(1, 3, 4, 4),), str(source),
+                      input_names=["x"], output_names=["wide", "tiny"], opset_version=17,
+                      dynamo=False)
+    feed = {"x": np.random.default_rng(0).random((4, 3, 4, 4), dtype=np.float32) * 4}
+    with caplog.at_level(logging.WARNING, logger="trtflow.calibration"):
+        ranges = activation_ranges(source, feed, "percentile", True, 90.0, tmp_path, "branches")
+    assert ranges.method == "percentile" and ranges.fallback == {"tiny": "minmax"}
+    assert ranges.methods == "percentile+minmax" and "-percentile+minmax-" in ranges.path.name
+    assert "1 tensors have no percentile histogram" in caplog.text and "tiny" in caplog.text
+    data = load_tensors_data(ranges.path).data
+    assert np.isclose(float(data["tiny"].range_value[1]), 1e-11, rtol=1e-3)  # its min/max
+    assert hasattr(data["wide"], "hist") and hasattr(data["x"], "hist")  # percentile
+    # percentile 90 clips the wide layer below its maximum: not min/max
+    wide = np.einsum("oc,nchw->nochw", np.ones((1, 3)), feed["x"])  # a bound, not the values
+    assert float(data["wide"].range_value[1]) < float(np.abs(wide).max()) * 10
+    assert activation_ranges(source, feed, "percentile", True, 90.0, tmp_path, "branches") == ranges
+    assert len(list(tmp_path.glob("branches-*.json"))) == 1
+
+
+def test_a_model_with_no_histogram_anywhere_is_calibrated_with_minmax(tmp_path: Path) -> None:
     import torch
 
     from trtflow.calibration import activation_ranges
 
-    conv = torch.nn.Conv2d(3, 4, 1)
-    with torch.no_grad():
-        conv.weight.mul_(1e-17)  # outputs 1e-11 apart by ~1e-17: below float32 bins
-        conv.bias.fill_(1e-11)
+    conv = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():  # the identity: its output vanishes as its input does
+        conv.weight.copy_(torch.eye(3)[:, :, None, None])
+        conv.bias.zero_()
     source = tmp_path / "tiny.onnx"
-    torch.onnx.export(conv.eval(), (torch.rand(1, 3, 4, 4),), str(source), input_names=["x"],
-                      output_names=["y"], opset_version=17, dynamo=False)
-    feed = {"x": np.random.default_rng(0).random((4, 3, 4, 4), dtype=np.float32)}
-    with caplog.at_level(logging.WARNING, logger="trtflow.calibration"):
-        path, method = activation_ranges(source, feed, "percentile", True, 99.99, tmp_path, "tiny")
-    assert method == "minmax" and path.is_file() and "calibrating with minmax" in caplog.text
-    assert activation_ranges(source, feed, "percentile", True, 99.99, tmp_path, "tiny") == (
-        path, "minmax")  # the cache says what made it
+    torch.onnx.export(conv.eval(), (torch.full((1, 3, 4, 4), 1e-11),), str(source),
+                      input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    rng = np.random.default_rng(0)  # the input all but vanishes too
+    feed = {"x": (1e-11 + 1e-17 * rng.random((2, 3, 4, 4))).astype(np.float32)}
+    ranges = activation_ranges(source, feed, "percentile", True, 99.99, tmp_path, "tiny")
+    assert ranges.method == "minmax" and ranges.fallback == {} and "-minmax-" in ranges.path.name
 
 
 def test_int8_quantisation_leaves_out_the_preprocessing_advice(resnet_patched, calibration,

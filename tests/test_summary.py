@@ -41,7 +41,13 @@ def make_cell(directory: Path, precision: str, p50_at_opt: float, passed: bool =
         {"variant": "torch-eager-fp32", "precision": "fp32", "compiled": False,
          "batches": [point(1, 2.0), point(2, 4.0), point(4, 8.0)]}]}
     weights = {"weights": "random", "seed": 0, "model": "net"}
+    report = {"precision": precision}
+    if precision == "int8":  # two tensors had no percentile histogram
+        report["calibration"] = {"method": "percentile", "methods": "percentile+minmax",
+                                 "fallback": {"method": "minmax", "count": 2,
+                                              "tensors": ["/conv/Conv_output_0", "/fc/Gemm_output_0"]}}
     return {"model": "net", "precision": precision, "batch_profile": "small",
+            "precision_report": write(directory / f"precision-{precision}.json", report),
             "benchmark": write(directory / f"bench-{precision}.json", benchmark),
             "validation": write(directory / f"val-{precision}.json", validation),
             "baseline": write(directory / "baseline.json", baseline),
@@ -70,6 +76,13 @@ def test_summary_csv_has_the_summary_columns_and_one_row_per_cell(summarized: Pa
     rows = read_csv(summarized / "summary.csv")
     assert [(r["model"], r["precision"], r["batch_profile"]) for r in rows] == [
         ("net", "fp32", "small"), ("net", "int8", "small")]
+
+
+def test_the_calibration_column_names_the_tensors_that_fell_back(summarized: Path) -> None:
+    fp32, int8 = read_csv(summarized / "summary.csv")
+    assert fp32["calibration"] == ""
+    assert int8["calibration"] == ("percentile; minmax for 2 tensors without a histogram "
+                                   "(/conv/Conv_output_0, /fc/Gemm_output_0)")
 
 
 def test_summary_row_values_at_the_opt_batch(summarized: Path) -> None:

@@ -327,18 +327,26 @@ def test_detection_validation_with_no_confident_reference_detection_is_vacuous()
     assert "lower validation.detection_min_score" in result["reference_problems"][0]
 
 
+def _images(*images):
+    """Several images' detections, each a list of rows as _detections takes them."""
+    parts = [_detections(rows) for rows in images]
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+
+
 def test_detection_with_only_classification_gates_is_unchecked_not_passed() -> None:
     """Gates that measure nothing of this task (rel_l2 on detections) check nothing."""
-    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])
-    engine = _detections([(1, 0, 0, 10, 10, 0.9), (0, 0, 0, 0, 0, 0.0)])  # padding row
+    reference = _images([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)],
+                        [(3, 50, 50, 90, 90, 0.9), (3, 0, 0, 30, 30, 0.8)])
+    engine = _images([(1, 0, 0, 10, 10, 0.9), (0, 0, 0, 0, 0, 0.0)],  # padding row
+                     [(3, 50, 50, 90, 90, 0.9), (3, 0, 0, 30, 30, 0.8)])
     names = ("labels", "boxes", "scores")
     result = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
-                     {"rel_l2": 1e-4, "top1_agreement_min": 1.0}, ["img"])
+                     {"rel_l2": 1e-4, "top1_agreement_min": 1.0}, ["a", "b"])
     assert result["verdict"] == "unchecked" and result["gates"] == []
     gated = compare(dict(zip(names, engine)), dict(zip(names, reference)), "detection",
-                    {"detection_recall_min": 0.9}, ["img"])
+                    {"detection_recall_min": 0.9}, ["a", "b"])
     assert gated["verdict"] == "failed"
-    assert any("detection_recall = 0.5" in f for f in gated["failures"])
+    assert any("detection_recall = 0.75" in f for f in gated["failures"])
 
 
 # --- verdicts: what the reference can prove, and which gates applied ---------------------------
@@ -349,19 +357,127 @@ def _logits(seed: int = 0, scale: float = 1.0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(4, 10)).astype(np.float32) * scale
 
 
+MEAN_NULL = "passes every gate: one that returns the reference's mean over the samples for every sample"
+
+
 @pytest.mark.parametrize("reference,precision,needle", [
-    (np.zeros((4, 10), np.float32), "fp32", "all zero"),
-    (np.full((4, 10), 0.5, np.float32), "fp32", "constant (0.5)"),
-    (np.tile(_logits()[:1], (4, 1)), "fp32", "same for every sample"),
-    (np.where(np.eye(4, 10) > 0, np.nan, _logits()).astype(np.float32), "fp32", "NaN/Inf"),
-    (_logits(scale=1e-13), "fp16", "below float16's smallest normal"),
+    (np.zeros((4, 10), np.float32), "fp32", MEAN_NULL),
+    (np.full((4, 10), 0.5, np.float32), "fp32", MEAN_NULL),
+    (np.tile(_logits()[:1], (4, 1)), "fp32", MEAN_NULL),
+    (np.where(np.eye(4, 10) > 0, np.nan, _logits()).astype(np.float32), "fp32", "output 'logits' has 4 NaN/Inf"),
+    (_logits(scale=1e-13), "fp16", "output 'logits' peaks at |x| = "),
 ])
 def test_a_reference_that_cannot_tell_engines_apart_is_vacuous(reference, precision, needle) -> None:
     result = compare({"logits": reference.copy()}, {"logits": reference}, "classification",
                      {"rel_l2": 1e-4, "cosine_min": 0.999}, [f"s{i}" for i in range(4)],
                      precision=precision)
     assert result["verdict"] == "vacuous" and not result["passed"]
-    assert needle in result["reference_problems"][0] and "output 'logits'" in result["reference_problems"][0]
+    assert needle in result["reference_problems"][0]
+
+
+def _near_constant_logits(samples: int = 8, spread: float = 1e-5) -> np.ndarray:
+    """A random-weight classifier as issue 22 met them: one logit vector for every input, the
+    input's part 1e-5 of it (every argmax the same class)."""
+    rng = np.random.default_rng(3)
+    common = rng.normal(size=(1, 1000)) * 3.0
+    return (common + spread * 3.0 * rng.normal(size=(samples, 1000))).astype(np.float32)
+
+
+BUILTIN_CLASSIFICATION = {
+    "fp32": {"rel_l2": 1.0e-4, "cosine_min": 0.99999, "top1_agreement_min": 1.0},
+    "fp16": {"rel_l2": 1.0e-2, "cosine_min": 0.9999, "top1_agreement_min": 1.0},
+    "int8": {"rel_l2": 0.25, "cosine_min": 0.97, "top1_agreement_min": 0.75, "top5_agreement_min": 0.6},
+}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_an_engine_as_good_as_one_that_ignores_its_input_is_vacuous(precision: str) -> None:
+    """The engine reproduces the reference exactly, but a null engine that returns the mean of
+    the reference for every sample passes the same gates: the cell proves nothing (issue 22).
+    The old exact-constant checks let this pass."""
+    reference = _near_constant_logits()
+    names = [f"s{i}" for i in range(8)]
+    result = compare({"logits": reference.copy()}, {"logits": reference}, "classification",
+                     BUILTIN_CLASSIFICATION[precision], names, precision=precision)
+    assert result["verdict"] == "vacuous", result
+    assert result["reference_problems"][0].startswith(
+        "the gates cannot tell this engine from one that ignores its input: a null engine " + MEAN_NULL)
+    assert "fix: use trained weights" in result["reference_problems"][0]
+    mean = result["nulls"]["mean"]
+    assert mean["passes_every_gate"] and mean["failures"] == []
+    assert mean["outputs"]["logits"]["rel_l2"] < 1e-4 and mean["outputs"]["logits"]["top1_agreement"] == 1.0
+    # the same check with outputs that depend on the input: every null fails, the engine passes
+    informative = _near_constant_logits(spread=1.0)
+    passed = compare({"logits": informative.copy()}, {"logits": informative}, "classification",
+                     BUILTIN_CLASSIFICATION[precision], names, precision=precision)
+    assert passed["verdict"] == "passed", passed
+    assert set(passed["nulls"]) == {"mean", "rolled"}
+    assert not any(null["passes_every_gate"] for null in passed["nulls"].values())
+
+
+def test_a_null_engine_is_judged_by_the_cells_own_gates_only() -> None:
+    """With only a top-1 gate, an output whose argmax is one class for every sample is vacuous,
+    though its logits differ a lot; a rel_l2 gate tells the engines apart again."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(6, 10)).astype(np.float32)
+    reference[:, 4] += 20.0  # class 4 wins everywhere
+    names = [f"s{i}" for i in range(6)]
+    top1 = compare({"logits": reference.copy()}, {"logits": reference}, "classification",
+                   {"top1_agreement_min": 1.0}, names)
+    assert top1["verdict"] == "vacuous" and top1["nulls"]["rolled"]["passes_every_gate"]
+    both = compare({"logits": reference.copy()}, {"logits": reference}, "classification",
+                   {"top1_agreement_min": 1.0, "rel_l2": 0.01}, names)
+    assert both["verdict"] == "passed"
+    assert "rel_l2" in both["nulls"]["mean"]["failures"][0]
+
+
+def test_a_one_class_segmenter_is_vacuous() -> None:
+    """Every reference pixel one class: pixel agreement and mIoU are 1.0 for the null that
+    predicts that class everywhere; with a second class in the reference they are not."""
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(3, 4, 8, 8)).astype(np.float32)
+    reference[:, 2] += 10.0
+    names = ["a", "b", "c"]
+    gates = {"pixel_agreement_min": 0.9, "miou_min": 0.7}
+    result = compare({"out": reference.copy()}, {"out": reference}, "segmentation", gates, names)
+    assert result["verdict"] == "vacuous"
+    majority = result["nulls"]["majority_class"]
+    assert majority["passes_every_gate"]
+    assert majority["outputs"]["out"]["pixel_agreement"] == 1.0
+    two_classes = reference.copy()
+    two_classes[0, 1, :, :4] += 30.0  # class 1 in another half of each image
+    two_classes[1, 1, :4, :] += 30.0
+    two_classes[2, 1, :, 4:] += 30.0
+    mixed = compare({"out": two_classes.copy()}, {"out": two_classes}, "segmentation", gates, names)
+    assert mixed["verdict"] == "passed", mixed["reference_problems"]
+    assert not any(null["passes_every_gate"] for null in mixed["nulls"].values())
+    assert mixed["nulls"]["majority_class"]["outputs"]["out"]["pixel_agreement"] == pytest.approx(0.5)
+
+
+def test_a_detector_that_finds_the_same_on_every_image_is_vacuous() -> None:
+    """The null that returns another image's detections is reproduced when every image gets
+    the same ones (a random head firing at fixed anchors); not when the images differ."""
+    same = _images(*[[(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)]] * 3)
+    names = ("labels", "boxes", "scores")
+    gates = {"detection_recall_min": 0.9, "box_iou_min": 0.9}
+    result = compare(dict(zip(names, same)), dict(zip(names, same)), "detection", gates,
+                     ["a", "b", "c"])
+    assert result["verdict"] == "vacuous"
+    assert set(result["nulls"]) == {"rolled"} and result["nulls"]["rolled"]["detections"]["detection_recall"] == 1.0
+    assert "the next sample" in result["reference_problems"][0]
+    varied = _images([(1, 0, 0, 10, 10, 0.9)], [(2, 20, 20, 40, 40, 0.8)], [(1, 50, 50, 70, 70, 0.7)])
+    passed = compare(dict(zip(names, varied)), dict(zip(names, varied)), "detection", gates,
+                     ["a", "b", "c"])
+    assert passed["verdict"] == "passed"
+    assert passed["nulls"]["rolled"]["detections"]["detection_recall"] == 0.0
+
+
+def test_one_validation_sample_cannot_tell_an_engine_from_a_null() -> None:
+    reference = _logits()[:1]
+    result = compare({"logits": reference.copy()}, {"logits": reference}, "classification",
+                     {"rel_l2": 1e-4}, ["only"])
+    assert result["verdict"] == "vacuous"
+    assert "set validation.num_samples to 2 or more" in result["reference_problems"][0]
 
 
 def test_tiny_outputs_are_vacuous_only_for_fp16() -> None:

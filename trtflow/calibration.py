@@ -2,10 +2,14 @@
 
 Ranges are computed with ONNX Runtime's own calibrators over every float tensor of the graph and
 saved in ONNX Runtime's calibration-cache form (`quantize_static(calibration_cache_path=...)`).
-The cache file is named after what the ranges depend on (the graph's bytes, the samples' bytes,
+The cache file is keyed by what the ranges depend on (the graph's bytes, the samples' bytes,
 the method and its settings), so a rerun that only changes Q/DQ placement, a keep_precision
 list or the quantiser's code does not calibrate again, and a changed graph or data set never
-reuses stale ranges.
+reuses stale ranges; its name also says the method that really made the ranges.
+
+Percentile and entropy need a histogram of each tensor; numpy cannot make one over a range
+too narrow for its bins (a layer whose outputs all but vanish). Such a tensor, and only it,
+gets its min/max range instead; the others keep the method asked for (`Ranges.fallback`).
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ import hashlib
 import io
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -99,42 +104,82 @@ def cache_key(graph: Path, arrays: Mapping[str, np.ndarray], settings: Mapping[s
     return digest.hexdigest()[:24]
 
 
+class Ranges(NamedTuple):
+    """A calibration cache and how it was made: `method` made every tensor's range but those in
+    `fallback` (tensor -> the method that made its range instead: minmax)."""
+
+    path: Path
+    method: str
+    fallback: Dict[str, str]
+
+    @property
+    def methods(self) -> str:
+        """The methods really used, as the cache file is named: 'percentile', 'minmax',
+        'percentile+minmax' (some tensors min/max)."""
+        return f"{self.method}+minmax" if self.fallback and self.method != "minmax" else self.method
+
+
 def activation_ranges(graph: Path, arrays: Mapping[str, np.ndarray], method: str,
                       symmetric: bool, percentile: float, cache_dir: Path,
-                      model: str) -> Tuple[Path, str]:
+                      model: str) -> Ranges:
     """ONNX Runtime's calibration cache (a JSON of per-tensor ranges) for `graph` on `arrays`,
-    computed once per graph, data and settings and reused from `cache_dir` after that; and the
-    method that made it (min/max where a histogram cannot be made, see _calibrate)."""
+    computed once per graph, data and settings and reused from `cache_dir` after that, named
+    `<model>-<methods really used>-<key>.json`; and how its ranges were made."""
     settings = {"method": method, **_calibrator_options(method, symmetric, percentile)}
-    path = Path(cache_dir) / f"{model}-{method}-{cache_key(graph, arrays, settings)}.json"
+    key = cache_key(graph, arrays, settings)
     count = next(iter(arrays.values())).shape[0]
-    cached = cached_method(path)
-    if cached is not None:
-        log.info("calibration: %s, %d samples: cached ranges %s", method, count, path)
-        return path, cached
-    log.info("calibration: %s over %d samples of %s (every float tensor; cached as %s)",
-             method, count, graph.name, path)
+    for candidate in sorted(Path(cache_dir).glob(f"{model}-*-{key}.json")):
+        ranges = cached_ranges(candidate)
+        if ranges is not None:
+            log.info("calibration: %s, %d samples: cached ranges %s", method, count, candidate)
+            _log_fallback(ranges)
+            return ranges
+    log.info("calibration: %s over %d samples of %s (every float tensor; cached in %s)",
+             method, count, graph.name, cache_dir)
     start = time.perf_counter()
-    ranges = _calibrate(graph, arrays, method, symmetric, percentile, model)
+    data = _calibrate(graph, arrays, method, symmetric, percentile, model)
+    made = _described(Path(cache_dir) / "unnamed.json", data)
+    path = Path(cache_dir) / f"{model}-{made.methods}-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         from onnxruntime.quantization.calibrate import save_tensors_data
 
-        save_tensors_data(ranges, tmp)
-    log.info("calibration: %d tensors in %.1f s", len(ranges.data), time.perf_counter() - start)
-    return path, _method_name(ranges.calibration_method)
+        save_tensors_data(data, tmp)
+    log.info("calibration: %d tensors in %.1f s, cached as %s", len(data.data),
+             time.perf_counter() - start, path)
+    ranges = made._replace(path=path)
+    _log_fallback(ranges)
+    return ranges
 
 
-def cached_method(path: Path) -> Optional[str]:
-    """The method of the cache entry `path`; None when there is none, or when it does not decode
-    (truncated, edited, a full disk): then it is named, removed and made again, rather than failing
-    every run that reads it."""
+def _described(path: Path, data) -> Ranges:
+    """What made a cache's ranges: its method, and the tensors of a histogram method that have
+    no histogram (their range is min/max)."""
+    method = _method_name(data.calibration_method)
+    fallback = {} if method == "minmax" else {
+        name: "minmax" for name, tensor in data.data.items() if not hasattr(tensor, "hist")}
+    return Ranges(path, method, fallback)
+
+
+def _log_fallback(ranges: Ranges) -> None:
+    if ranges.fallback:
+        names = sorted(ranges.fallback)
+        log.warning("calibration: %d tensors have no %s histogram (their range is too narrow "
+                    "for %d bins) and got min/max ranges; the other tensors kept %s: %s%s",
+                    len(names), ranges.method, HISTOGRAM_BINS, ranges.method,
+                    ", ".join(names[:5]), " ..." if len(names) > 5 else "")
+
+
+def cached_ranges(path: Path) -> Optional[Ranges]:
+    """The ranges of the cache entry `path` and how they were made; None when there is none, or
+    when it does not decode (truncated, edited, a full disk): then it is named, removed and made
+    again, rather than failing every run that reads it."""
     if not path.is_file():
         return None
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     try:
-        return _method_name(load_tensors_data(path).calibration_method)
+        return _described(path, load_tensors_data(path))
     except Exception as exc:  # json, a missing key, a wrong type: every decoder has its own
         log.warning("calibration: the cached ranges %s are corrupt (%s: %s); removed, "
                     "calibrating again", path, type(exc).__name__, str(exc)[:200])
@@ -153,6 +198,8 @@ def _calibrate(graph: Path, arrays: Mapping[str, np.ndarray], method: str, symme
                                            calibrate_method=method_enum(method),
                                            extra_options=_calibrator_options(method, symmetric,
                                                                              percentile))
+            if method != "minmax":
+                calibrator.collector = _fallback_collector(calibrator, symmetric)
             skipped = _skip_non_finite(calibrator)
             count = next(iter(arrays.values())).shape[0]
             # one sample per pass: ONNX Runtime stacks the intermediate outputs of a pass, which
@@ -168,17 +215,67 @@ def _calibrate(graph: Path, arrays: Mapping[str, np.ndarray], method: str, symme
                 log.info("calibration: no range for %d tensors with inf/nan values or none "
                          "at all for some sample (they stay float): %s", len(skipped), ", ".join(sorted(skipped)[:5]))
             with contextlib.redirect_stdout(io.StringIO()):
+                if method != "minmax":
+                    return calibrator.collector.tensors_data()
                 return calibrator.compute_data()
         except ValueError as exc:
-            # numpy cannot make 2048 float32 bins over a range of ~1e-11 (a layer whose outputs
-            # all but vanish): such a tensor has no histogram, but it has a min and a max
-            if method == "minmax" or "bins" not in str(exc):
-                raise TrtflowError(f"int8 calibration ({method}) failed: {exc}", model=model,
-                                   path=str(graph), fix="check the calibration inputs "
-                                   "(calibration.images, the model's inputs)") from exc
-            log.warning("calibration: %s needs a histogram of every tensor, and %s; calibrating "
-                        "with minmax instead", method, exc)
-            return _calibrate(graph, arrays, "minmax", symmetric, percentile, model)
+            raise TrtflowError(f"int8 calibration ({method}) failed: {exc}", model=model,
+                               path=str(graph), fix="check the calibration inputs "
+                               "(calibration.images, the model's inputs)") from exc
+
+
+def _fallback_collector(calibrator, symmetric: bool):
+    """ONNX Runtime's histogram collector, one tensor at a time: a tensor numpy cannot
+    histogram (a range of ~1e-11 has no 2048 float32 bins) keeps its running min/max instead,
+    and only it; the others keep their histograms (the method asked for)."""
+    from onnxruntime.quantization.calibrate import (CalibrationMethod, HistogramCollector,
+                                                    TensorData, TensorsData)
+
+    class PerTensorFallback(HistogramCollector):
+        def __init__(self) -> None:
+            super().__init__(method=calibrator.method, symmetric=calibrator.symmetric,
+                             num_bins=calibrator.num_bins,
+                             num_quantized_bins=getattr(calibrator, "num_quantized_bins", None),
+                             percentile=getattr(calibrator, "percentile", None),
+                             scenario=getattr(calibrator, "scenario", "same"))
+            self.minmax: Dict[str, List[float]] = {}  # the fallback tensors' running range
+
+        def collect(self, name_to_arr) -> None:
+            for tensor, data in name_to_arr.items():
+                if tensor not in self.minmax:
+                    try:
+                        super().collect({tensor: data})
+                        continue
+                    except ValueError as exc:
+                        log.info("calibration: %s: no histogram (%s): min/max range", tensor, exc)
+                        earlier = self.histogram_dict.pop(tensor, None)
+                        self.minmax[tensor] = ([float(earlier[2]), float(earlier[3])] if earlier
+                                               else [math.inf, -math.inf])
+                values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in
+                                         (data if isinstance(data, list) else [data])])
+                if values.size:
+                    span = self.minmax[tensor]
+                    span[0] = min(span[0], float(np.nanmin(values)))
+                    span[1] = max(span[1], float(np.nanmax(values)))
+
+        def forget(self, tensor: str) -> None:
+            self.histogram_dict.pop(tensor, None)
+            self.minmax.pop(tensor, None)
+
+        def tensors_data(self):
+            """The calibrator's compute_data, with the fallback tensors' min/max ranges
+            (symmetric as ONNX Runtime's MinMax calibrator makes them for this form)."""
+            data: Dict[str, Any] = (dict(self.compute_collection_result()) if self.histogram_dict
+                                    else {})
+            for tensor, (low, high) in self.minmax.items():
+                if symmetric:
+                    low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
+                data[tensor] = TensorData(lowest=np.array(low, dtype=np.float32),
+                                          highest=np.array(high, dtype=np.float32))
+            kind = method_enum(calibrator.method) if self.histogram_dict else CalibrationMethod.MinMax
+            return TensorsData(kind, data)
+
+    return PerTensorFallback()
 
 
 class _FiniteSession:
@@ -200,8 +297,8 @@ class _FiniteSession:
                     and (value.size == 0 or not np.isfinite(value).all())):
                 self._calibrator.tensors_to_calibrate.discard(name)
                 collector = getattr(self._calibrator, "collector", None)
-                if collector is not None and hasattr(collector, "histogram_dict"):
-                    collector.histogram_dict.pop(name, None)
+                if hasattr(collector, "forget"):  # histogram methods (_fallback_collector)
+                    collector.forget(name)
                 self._skipped.add(name)
         return outputs
 

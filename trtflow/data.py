@@ -2,7 +2,7 @@
 
 `imagenet_samples` uses the photos that ship inside scikit-image (no download), preprocessed the
 way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1]; `shapes` renders
-the synthetic scenes of `trtflow.shapes` (RGB in [0, 1], for detectors trained on them);
+the synthetic scenes of `trtflow.scenes` (RGB in [0, 1], for detectors trained on them);
 `synthetic` draws seeded random values of the input's dtype. Calibration takes seeded random
 crops and flips, validation the standard centre crop, so the two sets differ.
 """
@@ -173,7 +173,7 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
             arrays[spec["name"]] = np.stack([chw(i) for i in images]).astype(
                 NUMPY_DTYPES[spec["dtype"]])
         elif spec.get("data") == "shapes":
-            from .shapes import scene_images
+            from .scenes import scene_images
 
             height, width = _image_shape(spec, model)
             stream = (seed, 0 if purpose == "validation" else 1)

@@ -378,10 +378,13 @@ def _int8(model: str, source: Path, output: Path, backend: str,
     calibration = adapt_feed(calibration, graph_inputs(load_onnx(source).graph), f"graph {source}")
     # histogram methods calibrate |x| (one range for both signs, TensorRT's form); min/max is
     # symmetrised by the quantiser where the form wants it
-    ranges, method = activation_ranges(source, calibration, method,
-                                       symmetric=method != "minmax",
-                                       percentile=float(options["percentile"]),
-                                       cache_dir=Path(options["cache_dir"]), model=model)
-    to_int8(source, output, backend, ranges, method, form, keep_float)
-    return {"method": method, "percentile": options["percentile"] if method == "percentile" else None,
-            "samples": int(next(iter(calibration.values())).shape[0]), "ranges": str(ranges)}
+    ranges = activation_ranges(source, calibration, method, symmetric=method != "minmax",
+                               percentile=float(options["percentile"]),
+                               cache_dir=Path(options["cache_dir"]), model=model)
+    to_int8(source, output, backend, ranges.path, ranges.method, form, keep_float)
+    # `method` made every range but the fallback tensors' (no histogram: min/max)
+    return {"method": ranges.method, "methods": ranges.methods,
+            "percentile": options["percentile"] if ranges.method == "percentile" else None,
+            "fallback": {"method": "minmax", "count": len(ranges.fallback),
+                         "tensors": sorted(ranges.fallback)} if ranges.fallback else None,
+            "samples": int(next(iter(calibration.values())).shape[0]), "ranges": str(ranges.path)}

@@ -23,11 +23,11 @@ SUMMARY_COLUMNS = [
     "speed_why", "validation_passed", "max_abs", "rel_l2", "cosine",
     "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
     "detection_precision", "box_iou", "score_diff", "mask_iou", "keypoint_distance", "failures",
-    "weights",
+    "weights", "calibration",
     "build_seconds", "kept_for_speed", "layer_precisions", *PROFILE_COLUMNS, "provenance",
 ]
 # the per-cell artifacts a summary row is made of (paths and expected provenance in each cell)
-CELL_ARTIFACTS = ("benchmark", "validation", "baseline", "weights")
+CELL_ARTIFACTS = ("benchmark", "validation", "baseline", "weights", "precision_report")
 LATENCY_COLUMNS = ["model", "precision", "batch_profile", "backend", "batch", "latency_p50_ms",
                    "latency_p99_ms", "throughput"]
 LAYER_PROFILE_COLUMNS = ["model", "precision", "batch_profile", "backend", "batch", "category",
@@ -90,9 +90,23 @@ def accuracy_columns(validation: Mapping[str, Any]) -> Dict[str, Any]:
     return {column: _round(metrics.get(key)) for column, key in columns.items()}
 
 
+def calibration_column(precision_report: Mapping[str, Any]) -> str:
+    """An int8 cell's calibration: the method, and the tensors that fell back to min/max."""
+    calibration = precision_report.get("calibration")
+    if not calibration:
+        return ""
+    fallback = calibration.get("fallback")
+    if not fallback:
+        return calibration["method"]
+    names = fallback["tensors"]
+    return (f"{calibration['method']}; {fallback['method']} for {fallback['count']} tensors "
+            f"without a histogram ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+
+
 def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
                 validation: Mapping[str, Any], baseline: Mapping[str, Any],
-                weights: Mapping[str, Any]) -> Dict[str, Any]:
+                weights: Mapping[str, Any],
+                precision_report: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     sidecar = benchmark["sidecar"]
     opt = int(sidecar["profile"]["opt"])
     point = _at_batch(benchmark["batches"], opt) or benchmark["batches"][-1]
@@ -122,6 +136,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "failures": " | ".join(validation.get("reference_problems", [])
                                + validation.get("failures", [])),
         "weights": weights.get("weights", ""),
+        "calibration": calibration_column(precision_report or {}),
         "build_seconds": sidecar.get("build_seconds", ""),
         "kept_for_speed": kept_for_speed(sidecar),
         "layer_precisions": _format_counts(sidecar.get("layer_precisions")),
@@ -260,7 +275,7 @@ def summarize(cells: Sequence[Mapping[str, Any]], summary_path: Path, latency_pa
             continue
         benchmark, baseline = artifacts["benchmark"], artifacts["baseline"]
         rows.append(summary_row(cell, benchmark, artifacts["validation"], baseline,
-                                artifacts["weights"]))
+                                artifacts["weights"], artifacts["precision_report"]))
         profiles.append(benchmark.get("layer_profile"))
         for row in latency_rows(cell, benchmark, baseline):
             key = tuple(row[c] for c in ("model", "precision", "batch_profile", "backend", "batch"))
@@ -346,20 +361,24 @@ def verdict_failures(rows: Sequence[Mapping[str, Any]]) -> List[str]:
             f"({r['backend']}): {r['failures']}" for r in rows if r["verdict"] in FAILING_VERDICTS]
 
 
-def precision_debug_hint(rows: Sequence[Mapping[str, Any]],
-                         fallback_files: Mapping[str, str]) -> Optional[str]:
+def precision_debug_hint(rows: Sequence[Mapping[str, Any]], fallback_files: Mapping[str, str],
+                         rerun: Optional[Mapping[str, Sequence[str]]] = None) -> Optional[str]:
     """For the failed cells a fallback list can help (`fallback_files`: '<model> <precision>' ->
-    its debug_precision overlay): the target that names the layers losing the accuracy and writes
-    a keep_precision list, and how to apply that list."""
+    its debug_precision overlay): the command that names the layers losing the accuracy and
+    writes a keep_precision list, and the one that applies it; both with the run's config
+    (`rerun`, trtflow.commands), so that they run as printed."""
+    from .commands import snakemake_command
+
     files = sorted({fallback_files[key] for key in (f"{r['model']} {r['precision']}" for r in rows
                                                      if r["verdict"] == "failed")
                     if key in fallback_files})
     if not files:
         return None
-    return (f"for the failed int8/fp16 cells, `snakemake {' '.join(files)}` (or `snakemake "
-            "debug_precision`) names the layers that lose the accuracy and writes a "
-            "keep_precision list; apply it with `snakemake all --configfile <your config files> "
-            "<that file>`")
+    rerun = rerun or {}
+    return (f"for the failed int8/fp16 cells, `{snakemake_command(files, rerun)}` (or "
+            f"`{snakemake_command(['debug_precision'], rerun)}`) names the layers that lose the "
+            "accuracy and writes a keep_precision list; apply it with "
+            f"`{snakemake_command(['all'], rerun, overlays=files)}`")
 
 
 def _empty_plot(output: Path, title: str, why: str = "no cell finished") -> None:

@@ -35,38 +35,38 @@ FAILING_VERDICTS = ("failed", "vacuous", "error")
 # float16's smallest normal number: a reference whose every value is below it cannot be told
 # apart from zero by an fp16 engine
 FP16_TINY = float(np.finfo(np.float16).tiny)
-VACUOUS_FIX = ("the reference (PyTorch with these weights) gives nothing to compare against: use "
-               "trained weights (weights: {path: ...}) or check the model's initialisation and "
-               "output scale; for fp16, keep such an output in float32 or scale it up")
+VACUOUS_FIX = ("use trained weights (weights: {path: ...}), or inputs the model tells apart "
+               "(data: imagenet_samples, photos or shapes, or more validation.num_samples); for "
+               "random weights, an initialisation whose outputs depend on the input")
+# The null engines every cell is also gated as (null_predictions): engines that ignore their
+# input. If one passes every gate, the gates cannot tell the cell's engine from it.
+NULL_ENGINES = {
+    "mean": "returns the reference's mean over the samples for every sample",
+    "rolled": "returns each sample's reference output for the next sample (the samples rolled by one)",
+    "majority_class": "predicts the reference's most common class at every pixel",
+}
 
 
 def reference_problems(reference: Mapping[str, np.ndarray], precision: str,
                        names: Optional[Sequence[str]] = None) -> List[str]:
-    """Why a reference cannot tell a right engine from a wrong one, per float output: non-finite,
-    all zero, constant, the same for every sample, or (fp16) below float16's normal range."""
+    """What makes a reference unusable whatever the gates, per float output: empty, non-finite,
+    or (fp16) below float16's normal range. A reference that hardly depends on its input (zero,
+    constant, the same for every sample) is found by the null engines instead (null_results)."""
     problems = []
     for name in names or list(reference):
         ref = np.asarray(reference[name])
         if not np.issubdtype(ref.dtype, np.floating):
             continue
         values = ref.astype(np.float64)
-        peak = float(np.max(np.abs(values))) if values.size and np.all(np.isfinite(values)) else 0.0
         if values.size == 0:
             problems.append(f"output '{name}' is empty")
         elif not np.all(np.isfinite(values)):
             problems.append(f"output '{name}' has {int(np.count_nonzero(~np.isfinite(values)))} "
                             "NaN/Inf values in the reference")
-        elif peak == 0:
-            problems.append(f"output '{name}' is all zero in the reference")
-        elif np.ptp(values) == 0:
-            problems.append(f"output '{name}' is constant ({values.flat[0]:.6g}) in the reference")
-        elif values.shape[0] > 1 and np.all(values == values[:1]):
-            problems.append(f"output '{name}' is the same for every sample in the reference: it "
-                            "does not depend on the input")
-        elif precision == "fp16" and peak < FP16_TINY:
-            problems.append(f"output '{name}' peaks at |x| = {peak:.3g} in the reference, below "
-                            f"float16's smallest normal number {FP16_TINY:.3g}: an fp16 engine "
-                            "cannot represent it")
+        elif precision == "fp16" and 0 < float(np.max(np.abs(values))) < FP16_TINY:
+            problems.append(f"output '{name}' peaks at |x| = {float(np.max(np.abs(values))):.3g} "
+                            f"in the reference, below float16's smallest normal number "
+                            f"{FP16_TINY:.3g}: an fp16 engine cannot represent it")
     return problems
 
 
@@ -356,16 +356,133 @@ def _result(failures: List[str], gates: Sequence[str], problems: Sequence[str],
             "tolerances": dict(tolerances), **extra}
 
 
+def _batched(array: np.ndarray, samples: int) -> bool:
+    """Whether an output has one row per sample (outputs without a batch axis do not)."""
+    return array.ndim > 0 and array.shape[0] == samples
+
+
+def _mean_null(ref: np.ndarray, samples: int) -> np.ndarray:
+    """Every sample's output is the reference's mean over the samples (for integer outputs,
+    which have no mean, the first sample's)."""
+    if not _batched(ref, samples):
+        return ref.copy()
+    row = ref.mean(axis=0) if np.issubdtype(ref.dtype, np.floating) else ref[0]
+    return np.broadcast_to(row.astype(ref.dtype), ref.shape).copy()
+
+
+def _majority_class_null(ref: np.ndarray) -> np.ndarray:
+    """Segmentation logits (N x classes x H x W) whose argmax is the reference's most common
+    class at every pixel: the reference's mean logit per class, that class raised above the
+    others."""
+    classes = ref.argmax(axis=1)
+    majority = int(np.bincount(classes.ravel(), minlength=ref.shape[1]).argmax())
+    mean = ref.astype(np.float64).mean(axis=(0, 2, 3))
+    mean[majority] = mean.max() + max(1.0, float(np.ptp(mean)))
+    return np.broadcast_to(mean.astype(ref.dtype)[None, :, None, None], ref.shape).copy()
+
+
+def null_predictions(reference: Mapping[str, np.ndarray], task: str,
+                     samples: int) -> Dict[str, Dict[str, np.ndarray]]:
+    """Outputs of engines that ignore their input (NULL_ENGINES), made from the reference: for
+    detection another image's detections (rolled); for the other tasks also the mean, and for
+    segmentation the majority class everywhere."""
+    def each(make) -> Dict[str, np.ndarray]:
+        return {name: make(np.asarray(ref)) for name, ref in reference.items()}
+
+    rolled = each(lambda ref: np.roll(ref, 1, axis=0) if _batched(ref, samples) else ref.copy())
+    if task == "detection":
+        return {"rolled": rolled}
+    nulls = {"mean": each(lambda ref: _mean_null(ref, samples)), "rolled": rolled}
+    if task == "segmentation":
+        nulls["majority_class"] = each(lambda ref: _majority_class_null(ref) if ref.ndim == 4
+                                       and np.issubdtype(ref.dtype, np.floating) else
+                                       _mean_null(ref, samples))
+    return nulls
+
+
+def _gated_values(check: Mapping[str, Any]) -> str:
+    """'output 'x': metric = value, ...' of each gated metric of a null's check, for the
+    vacuous message (detectors: the detection metrics)."""
+    keys = set(check["gates"])
+
+    def gated(metrics: Mapping[str, Any]) -> str:
+        return ", ".join(f"{metric} = {metrics[metric]:.4g}" for metric, (_, key) in GATES.items()
+                         if key in keys and metric in metrics)
+
+    if check.get("detections"):
+        return f"detections: {gated(check['detections'])}"
+    return "; ".join(f"output '{where}': {gated(metrics)}"
+                     for where, metrics in (check.get("outputs") or {}).items() if gated(metrics))
+
+
+def null_results(reference: Mapping[str, np.ndarray], task: str, samples: int,
+                 check) -> Tuple[Dict[str, Any], List[str]]:
+    """Each null engine's gate check (`check(outputs)` -> failures, gates, metrics), and one
+    problem per null that passes every gate: the gates cannot tell an engine from it."""
+    if samples < 2:
+        return {}, [f"validation has {samples} sample: an engine that ignores its input cannot "
+                    "be told from one that does not; fix: set validation.num_samples to 2 or more"]
+    recorded: Dict[str, Any] = {}
+    passing: List[str] = []
+    for name, outputs in null_predictions(reference, task, samples).items():
+        failures, gates, metrics = check(outputs)
+        passes = bool(gates) and not failures
+        recorded[name] = {"engine": NULL_ENGINES[name], "passes_every_gate": passes,
+                          "failures": failures, **metrics}
+        if passes:
+            passing.append(f"one that {NULL_ENGINES[name]} "
+                           f"({_gated_values({'gates': gates, **metrics})})")
+    if not passing:
+        return recorded, []
+    return recorded, ["the gates cannot tell this engine from one that ignores its input: a null "
+                      f"engine passes every gate: {'; '.join(passing)}; fix: {VACUOUS_FIX}"]
+
+
 def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], task: str,
             tolerances: Mapping[str, float], sample_names: Sequence[str],
             labels: Optional[Sequence[str]] = None, check_expected: bool = False,
             detection_min_score: float = DETECTION_MIN_SCORE,
             detection_match_fraction: float = DETECTION_MATCH_FRACTION,
-            precision: str = "fp32") -> Dict[str, Any]:
-    """All metrics, the verdict (VERDICTS) and (classification) per-sample predictions."""
+            precision: str = "fp32", with_nulls: bool = True) -> Dict[str, Any]:
+    """All metrics, the verdict (VERDICTS) and (classification) per-sample predictions.
+
+    Before the engine is judged, the same gates judge the null engines (null_predictions); a
+    null that passes them all makes the cell vacuous, and their metrics are kept under `nulls`.
+    with_nulls=False (debug_precision's search, which compares graphs of one cell) skips them."""
     if task == "detection":
-        return _compare_detections(outputs, reference, tolerances, detection_min_score,
-                                   detection_match_fraction, precision)
+        def check(candidate: Mapping[str, np.ndarray]):
+            return _check_detections(candidate, reference, tolerances, detection_min_score,
+                                     detection_match_fraction)
+    else:
+        def check(candidate: Mapping[str, np.ndarray]):
+            return _check_tensors(candidate, reference, task, tolerances, sample_names, labels,
+                                  check_expected)
+    if task == "detection" and len(reference) < 3:
+        return _result([f"task detection needs the outputs labels, boxes, scores first; the "
+                        f"model has {list(reference)}"], [], [], tolerances, outputs={},
+                       predictions=[])
+    failures, gates, metrics = check(outputs)
+    problems = reference_problems(reference, precision,
+                                  list(reference)[1:3] if task == "detection" else None)
+    if task == "detection":
+        problems = [p for p in problems if "NaN/Inf" in p or "below float16" in p]
+        if metrics["detections"]["reference_detections"] == 0:  # nothing compared proves nothing
+            problems.append(f"the reference has no detection with score >= {detection_min_score:g}: "
+                            "lower validation.detection_min_score (or the model's "
+                            "detection_min_score), or use weights whose detections are confident")
+    nulls: Dict[str, Any] = {}
+    if with_nulls and gates and not problems:
+        nulls, null_problems = null_results(reference, task, len(sample_names), check)
+        problems += null_problems
+    metrics.setdefault("predictions", [])
+    return _result(failures, gates, problems, tolerances, nulls=nulls, **metrics)
+
+
+def _check_tensors(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                   task: str, tolerances: Mapping[str, float], sample_names: Sequence[str],
+                   labels: Optional[Sequence[str]], check_expected: bool
+                   ) -> Tuple[List[str], List[str], Dict[str, Any]]:
+    """classification, segmentation, generic: failures, applied gates and metrics per output."""
     per_output: Dict[str, Any] = {}
     failures: List[str] = []
     gates: List[str] = []
@@ -390,21 +507,17 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
         if row.get("reference_ok") is False or row.get("engine_ok") is False:
             failures.append(f"sample '{row['sample']}' should be {row['expected']}: reference says "
                             f"{row['reference']}, engine says {row['engine']}")
-    return _result(failures, gates, reference_problems(reference, precision), tolerances,
-                   outputs=per_output, predictions=rows)
+    return failures, gates, {"outputs": per_output, "predictions": rows}
 
 
-def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-                        tolerances: Mapping[str, float], min_score: float,
-                        match_fraction: float, precision: str = "fp32") -> Dict[str, Any]:
+def _check_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                      tolerances: Mapping[str, float], min_score: float, match_fraction: float
+                      ) -> Tuple[List[str], List[str], Dict[str, Any]]:
     """task: detection. The first three outputs are (labels, boxes, scores) in config order; an
     output named `masks` (per-detection mask probabilities) or `keypoints` (x, y, visibility) is
     compared on the matched detections. Per-tensor metrics are reported but only the detection
     metrics (and NaNs) are gated, since a reordering of near-equal detections is not an error."""
     names = list(reference)
-    if len(names) < 3:
-        return _result([f"task detection needs the outputs labels, boxes, scores first; the "
-                        f"model has {names}"], [], [], tolerances, outputs={}, predictions=[])
     per_output = {name: tensor_metrics(outputs[name], reference[name]) for name in names}
     metrics, pairs = match_detections([outputs[n] for n in names[:3]],
                                       [reference[n] for n in names[:3]], min_score,
@@ -417,16 +530,10 @@ def _compare_detections(outputs: Mapping[str, np.ndarray], reference: Mapping[st
                                         reference[names[1]], pairs))
     failures = [f"output '{n}': {m['nonfinite']} NaN/Inf values" for n, m in per_output.items()
                 if m["nonfinite"]]
-    problems = [p for p in reference_problems(reference, precision, names[1:3])
-                if "NaN/Inf" in p or "below float16" in p]
-    if metrics["reference_detections"] == 0:  # a pass with nothing compared proves nothing
-        problems.append(f"the reference has no detection with score >= {min_score:g}: lower "
-                        "validation.detection_min_score (or the model's detection_min_score), or "
-                        "use weights whose detections are confident")
     # gate() checks only the metrics it is given: the detection ones, not rel_l2 & co.
     failures += gate(metrics, tolerances, "detections")
     per_output[names[1]].update(metrics)  # the boxes output carries the detection metrics
     mismatches = detection_mismatches([outputs[n] for n in names[:3]],
                                       [reference[n] for n in names[:3]], pairs, min_score)
-    return _result(failures, applied_gates(metrics, tolerances), problems, tolerances,
-                   outputs=per_output, detections=metrics, mismatches=mismatches, predictions=[])
+    return failures, applied_gates(metrics, tolerances), {
+        "outputs": per_output, "detections": metrics, "mismatches": mismatches}

@@ -75,8 +75,9 @@ def _stage_build(args):
 
 def _header(args, report) -> list:
     """The overlay's comment: what it is, what the search found, how to apply it."""
+    from trtflow.commands import snakemake_command
+
     final = report["final"]
-    configs = " ".join(args.configfiles) or "config/config.yaml"
     lines = [f"trtflow debug_precision: {args.model} {args.precision} ({args.backend}): "
              f"{report['status']}",
              f"simulated on {len(report['samples'])} validation samples: "
@@ -87,7 +88,9 @@ def _header(args, report) -> list:
                         f"Details: {args.output}"]
     lines += [f"  keep: {node}" for node in report["chosen"]]
     lines += ["Apply it by layering it over the run's config files (Snakemake merges them key by "
-              "key):", f"  snakemake all --configfile {configs} {args.fallback}",
+              "key):", "  " + snakemake_command(["all"], {"default_config": args.configfiles,
+                                                          "config": args.config_overrides},
+                                                overlays=[args.fallback]),
               f"Details: {args.output}"]
     return lines
 
@@ -118,6 +121,8 @@ if __name__ == "__main__":
     p.add_argument("--detection-min-score", type=float, required=True)
     p.add_argument("--detection-match-fraction", type=float, required=True)
     p.add_argument("--pretrained", action="store_true", help="the weights are real, not random")
+    p.add_argument("--config-overrides", nargs="*", default=[],
+                   help="the run's --config key=value overrides, for the command printed")
     p.add_argument("--configfiles", nargs="*", default=[],
                    help="the run's config files, for the overlay's how-to-apply line")
     cli.add_job_threads(p)

@@ -45,6 +45,9 @@ def main(args) -> None:
                    "batch_profile": sidecar["batch_profile"], "backend": args.backend,
                    "engine": args.engine, "provenance": args.provenance})
     log.info("%s: %s (gates: %s)", where, result["verdict"], ", ".join(result["gates"]) or "none")
+    for name, null in result["nulls"].items():
+        log.info("%s: null engine '%s' %s", where, name, "passes every gate" if
+                 null["passes_every_gate"] else "fails: " + "; ".join(null["failures"]))
     for line in result["failures"] + result["reference_problems"]:
         log.warning("%s: %s: %s", where, result["verdict"], line)
     write_json(args.output, result)

@@ -21,7 +21,7 @@ def main(args) -> None:
         rows = list(csv.DictReader(handle))
     counts = dict(Counter(row["verdict"] for row in rows))
     failures = verdict_failures(rows)
-    hint = precision_debug_hint(rows, args.debug_fallbacks)
+    hint = precision_debug_hint(rows, args.debug_fallbacks, args.rerun)
     for line in speed_flag_lines(rows):  # a claim of speed that does not hold: said, not failed
         logging.getLogger("verdicts").warning("%s", line)
     if failures and args.on_failure == "fail":
@@ -44,5 +44,8 @@ if __name__ == "__main__":
     p.add_argument("--debug-fallbacks", type=cli.json_arg, default={},
                    help="JSON: '<model> <precision>' -> its debug_precision overlay, for the "
                         "cells a fallback list can help")
+    p.add_argument("--rerun", type=cli.json_arg, default={},
+                   help="JSON: this run's configfiles, default_config and config overrides, for "
+                        "the commands the hint prints (trtflow.commands)")
     p.add_argument("--output", required=True)
     cli.run(main, p)

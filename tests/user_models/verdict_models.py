@@ -1,5 +1,6 @@
-"""User models whose references test the verdicts: outputs too small for fp16, and a graph with
-nothing int8 can quantise."""
+"""User models whose references test the verdicts: outputs too small for fp16, a graph with
+nothing int8 can quantise, and outputs an engine that ignores its input reproduces (a
+near-constant classifier, a segmenter that predicts one class everywhere)."""
 import torch
 from torch import nn
 
@@ -33,3 +34,43 @@ def scaled_cnn(classes: int = 10, scale: float = 1e-13) -> ScaledCNN:
 
 def elementwise() -> Elementwise:
     return Elementwise()
+
+
+class NearConstant(nn.Module):
+    """A classifier whose logits are one random vector (`offset` times a standard normal) for
+    every input, the input's part `spread` of it, as issue 22 found random-weight classifiers
+    (outputs across very different photos 1e-5 apart, every argmax the same class). The input's
+    part is a random projection of the whole image (no global pooling, which would average the
+    noise inputs away), so with offset 0 and spread 1 the logits depend on the input."""
+
+    def __init__(self, classes: int = 10, spread: float = 1e-5, offset: float = 3.0,
+                 size: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(),
+                                      nn.Flatten())
+        self.head = nn.Linear(8 * (size // 4) ** 2, classes)  # size x size inputs
+        self.offset = nn.Parameter(offset * torch.randn(classes))
+        self.spread = spread
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.offset + self.spread * self.head(self.features(image))
+
+
+class OneClassSegmenter(nn.Module):
+    """Per-pixel logits of `classes` classes whose class 0 wins at every pixel of any input."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(3, classes, 3, padding=1)
+        self.favourite = nn.Parameter(torch.tensor([10.0] + [0.0] * (classes - 1)))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.classifier(image) + self.favourite[None, :, None, None]
+
+
+def near_constant(classes: int = 10, spread: float = 1e-5, offset: float = 3.0) -> NearConstant:
+    return NearConstant(classes, spread, offset)
+
+
+def one_class_segmenter(classes: int = 4) -> OneClassSegmenter:
+    return OneClassSegmenter(classes)

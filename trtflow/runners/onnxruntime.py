@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -130,7 +131,11 @@ class OnnxRuntimeRunner(Runner):
         profile = self.sidecar["profile"] if self.sidecar else None
         check_feed(feed, self.inputs, f"engine {self.engine_path.name}",
                    (profile["min"], profile["max"]) if profile else None)
-        values = self.session.run(None, dict(feed))
+        try:
+            values = self.session.run(None, dict(feed))
+        except Exception as exc:  # ONNX Runtime raises its own pybind types (Fail, RuntimeException...)
+            raise run_failure(exc, self.engine_path,
+                              self.sidecar.get("model") if self.sidecar else None) from exc
         return {spec.name: value for spec, value in zip(self.outputs, values)}
 
 
@@ -176,6 +181,37 @@ def node_times(events: List[Mapping[str, Any]], skip_first_run: bool) -> Dict[st
         for entry in nodes.values():
             entry["times_ms"] = entry["times_ms"][1:] or entry["times_ms"]
     return nodes
+# ONNX Runtime's run-time error: "... while running Reshape node. Name:'/a/Reshape_11' Status
+# Message: <source path>:47 <function> <what failed>. <why>"
+_FAILED_NODE = re.compile(r"while running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.S)
+# what to try per op type whose run-time failure a patch pass exists for
+RUN_FAILURE_FIXES = {
+    "Reshape": "a shape computed from another tensor has no answer for this input (e.g. "
+               "{0, -1} on a tensor with no rows): keep fold_known_dims in the model's "
+               "patch.passes (it makes known dims constants), or set the model's onnxruntime: "
+               "{graph_optimization_level: basic} (ReshapeFusion writes such shapes)",
+    "TopK": "a computed K is 0 or above the input's size: keep guard_empty_topk in patch.passes",
+}
+
+
+def run_failure(exc: Exception, engine: Path, model: Optional[str]) -> TrtflowError:
+    """One trtflow error for an engine that fails while running: the node and op that failed,
+    ONNX Runtime's reason (without its source paths) and what to try."""
+    text = " ".join(str(exc).split())
+    match = _FAILED_NODE.search(text)
+    if not match:
+        return TrtflowError(f"ONNX Runtime failed while running {engine.name}: {text[:400]}",
+                            model=model, path=str(engine),
+                            fix="rerun the job to see whether it repeats; the job's log has the "
+                                "inputs' shapes")
+    op, node, message = match.groups()
+    # keep the sentences after the C++ location ("/src/...h:47 onnxruntime::F(...) ...")
+    reason = re.sub(r"^\S+:\d+ \S+\(.*?\) ", "", message).strip()
+    return TrtflowError(
+        f"ONNX Runtime failed at run time in {op} node '{node}' of {engine.name}: {reason[:400]}",
+        model=model, path=str(engine),
+        fix=RUN_FAILURE_FIXES.get(op, f"the {op} node cannot run on this input: check the "
+                                      "inputs' shapes against the model's, or report the graph"))
 
 
 EngineRunner = OnnxRuntimeRunner

@@ -66,7 +66,8 @@ def test_the_report_opens_on_the_landing_page(first_run) -> None:
     counts, the table and the plots; results/index.html is the same page on its own."""
     flow, _ = first_run
     page = flow.path("results/index.html").read_text()
-    assert "<h1>trtflow: 2 cells: " in page and page.count('src="data:image/png;base64,') == 2
+    # the latency, accuracy and layer-time plots
+    assert "<h1>trtflow: 2 cells: " in page and page.count('src="data:image/png;base64,') == 3
     report = flow.path("results/report.html").read_text(errors="replace")
     description = re.search(r"workflow_desc\s*=\s*(\".*?[^\\]\");", report, flags=re.S)
     assert description, "no workflow description in the report"

@@ -23,8 +23,10 @@ from .io import longest_sibling_name, sha256_file
 from .provenance import code_digest, digest
 
 # params that are not settings of what a job computes: where it runs (the interpreter, the
-# script's path: its code is digested instead), and the provenance machinery itself
-NOT_SETTINGS = ("provenance", "python", "script", "producers")
+# script's path: its code is digested instead), the provenance machinery itself, and how a user
+# reruns the workflow (the printed commands carry this run's config file paths: the same results
+# made from another folder, or by a cluster job, must have the same provenance)
+NOT_SETTINGS = ("provenance", "python", "script", "producers", "rerun")
 WildcardItems = Tuple[Tuple[str, str], ...]
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from trtflow.benchmark import latency_stats, measure, profile_batches
 from trtflow.config import section_defaults
-from trtflow.runners.onnxruntime import OnnxRuntimeRunner, build_engine
-from unit_helpers import exported, token_batch, token_spec
+from trtflow.runners.onnxruntime import OnnxRuntimeRunner
+from unit_helpers import ort_engine, token_batch, token_spec
 
 BENCHMARK = section_defaults("benchmark")
 
@@ -48,13 +48,8 @@ def test_profile_batches_without_repeats_in_order(profile, expected) -> None:
 
 @pytest.fixture(scope="module")
 def token_engine(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("bench")
-    _, onnx_path = exported(directory, "tokens", token_spec())
-    engine = directory / "engine.onnx"
-    build_engine(onnx_path, engine, directory / "engine.json", model="tokens", precision="fp32",
-                 batch_profile={"min": 1, "opt": 2, "max": 5}, profile_name="p",
-                 options={"intra_op_threads": 1, "graph_optimization_level": "all"})
-    return engine
+    return ort_engine(tmp_path_factory.mktemp("bench"), "tokens", token_spec(),
+                      {"min": 1, "opt": 2, "max": 5})
 
 
 def test_measure_times_a_real_engine_at_each_batch(token_engine: Path) -> None:

@@ -13,8 +13,8 @@ from trtflow.config import section_defaults
 from trtflow.profiling import (CATEGORIES, CONVOLUTION, REFORMAT, categorize, explain_slower,
                                profile_columns, summarize_profile)
 from trtflow.runners.base import Runner, TimingModeUnavailable
-from trtflow.runners.onnxruntime import OnnxRuntimeRunner, build_engine, node_times
-from unit_helpers import exported, image_batch, resnet_spec
+from trtflow.runners.onnxruntime import OnnxRuntimeRunner, node_times
+from unit_helpers import image_batch, ort_engine, resnet_spec
 
 BENCHMARK = section_defaults("benchmark")
 
@@ -110,13 +110,8 @@ def test_node_times_reads_onnxruntime_trace_events_and_drops_each_first_run() ->
 
 @pytest.fixture(scope="module")
 def resnet_engine(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("profile")
-    _, onnx_path = exported(directory, "resnet", resnet_spec())
-    engine = directory / "engine.onnx"
-    build_engine(onnx_path, engine, directory / "engine.json", model="resnet", precision="fp32",
-                 batch_profile={"min": 1, "opt": 2, "max": 4}, profile_name="p",
-                 options={"intra_op_threads": 1, "graph_optimization_level": "all"})
-    return engine
+    return ort_engine(tmp_path_factory.mktemp("profile"), "resnet", resnet_spec(),
+                      {"min": 1, "opt": 2, "max": 4})
 
 
 def test_onnxruntime_profile_of_a_real_engine_is_mostly_convolution(resnet_engine: Path) -> None:

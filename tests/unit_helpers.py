@@ -57,6 +57,20 @@ def exported(directory: Path, model: str, spec: Mapping[str, Any],
     return weights, onnx_path
 
 
+def ort_engine(directory: Path, model: str, spec: Mapping[str, Any],
+               profile: Mapping[str, int]) -> Path:
+    """The model exported and built into an fp32 ONNX Runtime engine (one thread) for `profile`;
+    its sidecar beside it (engine.json)."""
+    from trtflow.runners.onnxruntime import build_engine
+
+    _, onnx_path = exported(directory, model, spec)
+    engine = directory / "engine.onnx"
+    build_engine(onnx_path, engine, directory / "engine.json", model=model, precision="fp32",
+                 batch_profile=dict(profile), profile_name="p",
+                 options={"intra_op_threads": 1, "graph_optimization_level": "all"})
+    return engine
+
+
 def reference_module(model: str, spec: Mapping[str, Any], weights: Path):
     """The trained PyTorch model wrapped like the reference stage wraps it (tuple outputs)."""
     from trtflow.models import eval_wrapper, load_trained_model

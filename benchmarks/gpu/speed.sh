@@ -3,8 +3,11 @@
 #   1. why TensorRT 8.6.0 refuses its own timing cache (timing_cache_probe.py);
 #   2. Mask R-CNN 1344 fp16/int8 at level 3 with per-layer profiles (maskrcnn_speed.yaml);
 #   3. ResNet-50 b256 and MobileNetV2 b32, fp16/int8 at level 3 (int8.yaml less efficientnet),
-#      then the same matrix rebuilt with its engines deleted and the timing cache kept (warm).
-#   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm]
+#      then the same matrix rebuilt with its engines deleted and the timing cache kept (warm);
+#   4. gputests: `pytest -m gpu`;
+#   collect: copies what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/ (poll with it).
+#   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
+#   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-/tmp/runs}
@@ -20,6 +23,14 @@ for r in csv.DictReader(open(f"{sys.argv[1]}/summary.csv")):
           "build_seconds", "profile_top_category", "profile_reformat_layers", "speed_flags")))
 PY
 }
+collect() {  # results, small files only, into $OUT (a poll's copy survives a lost machine)
+  for dir in results-maskrcnn results-int8; do
+    [ -d "$dir" ] && find "$dir" -type f \( -name '*.csv' -o -name '*.json' -o -name '*.log' -o -name '*.png' \) \
+      -size -5M -exec cp --parents {} "$OUT/" \;
+  done
+  cp -r "$RUNS" "$OUT/runs" 2>/dev/null
+  return 0
+}
 for step in ${*:-probe maskrcnn int8 warm}; do
   echo "=== $step $(date -u +%T)"
   case $step in
@@ -33,9 +44,13 @@ for step in ${*:-probe maskrcnn int8 warm}; do
       if [ "$step" = warm ]; then rm -f results-int8/engines/*/*/*.engine; fi
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
         --configfile benchmarks/gpu/int8.yaml --config results_dir=results-int8 tensorrt="$TRT" \
-        exclude='[{model: efficientnet_v2_s}]' > "$RUNS/$step.log" 2>&1
+        exclude="${EXCLUDE:-[]}" > "$RUNS/$step.log" 2>&1
       summary results-int8
       python3 -c "import json,glob; [print(p, json.load(open(p))['build_seconds'], json.load(open(p))['timing_cache']) for p in sorted(glob.glob('results-int8/engines/*/*/*.json'))]" | tee "$RUNS/$step-builds.txt" ;;
+    gputests)
+      TRTFLOW_TRT_PYTHON=$TRT_PYTHON python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py > "$RUNS/gputests.log" 2>&1
+      tail -5 "$RUNS/gputests.log" ;;
+    collect) collect; continue ;;
   esac
 done
 echo "=== done $(date -u +%T)"

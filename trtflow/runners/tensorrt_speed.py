@@ -55,10 +55,11 @@ def compute_types(trt) -> Set[Any]:
 def quantised_compute_layers(trt, network) -> Dict[str, Any]:
     """name -> layer of every convolution / MatMul whose data input is dequantised (int8)."""
     producers = _producers(network)
+    compute = compute_types(trt)
     found = {}
     for index in range(network.num_layers):
         layer = network.get_layer(index)
-        if layer.type not in compute_types(trt):
+        if layer.type not in compute:
             continue
         source = producers.get(layer.get_input(0).name)
         if source is not None and source.type == trt.LayerType.DEQUANTIZE:

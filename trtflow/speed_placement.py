@@ -4,9 +4,9 @@ per-layer profiles of the int8 engine and of the same model's fp16 engine (issue
 TensorRT fuses a Q/DQ'd convolution (or MatMul) with what surrounds it into one engine layer
 whose name joins the ONNX node names ("/layer1/conv1/Conv + /layer1/relu/Relu"), and it inserts
 reformat layers ("Reformatting CopyNode for Input Tensor 0 to <layer>") where int8 and fp16
-regions meet. A region here is one int8 engine layer holding quantised compute nodes, with the
-reformats that feed it; its fp16 counterpart is every fp16 engine layer holding those nodes, with
-their reformats. Where the int8 region takes longer, its nodes are kept out of int8 for speed.
+regions meet. A region here is the set of int8 engine layers, grown from one holding quantised
+compute nodes, that hold the same ONNX nodes as a set of fp16 engine layers, each side with the
+reformats that feed it. Where the int8 region takes longer, its nodes are kept out of int8 for speed.
 
 Standard library only: it runs in the TensorRT Python (trtflow.runners.tensorrt_speed applies
 the decision to the network) and is tested on the CPU with profiles given as data.
@@ -14,8 +14,8 @@ the decision to the network) and is tested on the CPU with profiles given as dat
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Set
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Set, Tuple
 
 REFORMAT_TARGET = re.compile(r"^Reformatting CopyNode for (?:Input|Output) Tensor \d+ to (.+)$")
 
@@ -24,11 +24,12 @@ REFORMAT_TARGET = re.compile(r"^Reformatting CopyNode for (?:Input|Output) Tenso
 class RegionCost:
     """One int8 region's time against its fp16 counterpart (ms, medians of the profile runs)."""
 
-    layer: str               # the int8 engine layer
+    layer: str               # the region's first int8 compute layer
     nodes: List[str]         # its quantised compute nodes (ONNX node names)
-    int8_ms: float           # the layer and the reformats into it
+    int8_ms: float           # its int8 engine layers and the reformats into them
     fp16_ms: float           # the fp16 layers holding the same nodes, and their reformats
     fp16_layers: List[str]
+    int8_layers: List[str] = field(default_factory=list)  # every int8-engine layer of the region
 
     @property
     def loses(self) -> bool:
@@ -38,12 +39,19 @@ class RegionCost:
         return {**asdict(self), "loses": self.loses}
 
 
+# TensorRT names a fused pointwise layer after its nodes: "PWN(PWN(/a/Sigmoid), /a/Mul)"
+POINTWISE_WRAPPER = re.compile(r"PWN\(|\)")
+
+
 def layer_nodes(layer_name: str) -> List[str]:
-    """The ONNX node names a fused engine layer is named after. TensorRT joins them with ' + ';
-    a Myelin region ("{ForeignNode[first...last]}") names only its ends and is not split."""
-    if layer_name.startswith("{ForeignNode"):
+    """The ONNX node names a fused engine layer is named after. TensorRT joins them with ' + ',
+    and lists a fused pointwise layer's nodes inside PWN(...); a Myelin region
+    ("{ForeignNode[first...last]}") names only its ends and is not split."""
+    if layer_name.startswith("{ForeignNode") or REFORMAT_TARGET.match(layer_name):
         return []
-    return [part.strip() for part in layer_name.split(" + ") if part.strip()]
+    unwrapped = POINTWISE_WRAPPER.sub("", layer_name)
+    parts = (part.strip() for chunk in unwrapped.split(" + ") for part in chunk.split(", "))
+    return [part for part in parts if part]
 
 
 def layer_times(profile: Mapping[str, Any]) -> Dict[str, float]:
@@ -61,6 +69,36 @@ def reformats_into(times: Mapping[str, float]) -> Dict[str, float]:
     return into
 
 
+def layers_by_node(times: Mapping[str, float]) -> Dict[str, Set[str]]:
+    """ONNX node name -> the engine layers (of one profile) named after it."""
+    holding: Dict[str, Set[str]] = {}
+    for name in times:
+        for node in layer_nodes(name):
+            holding.setdefault(node, set()).add(name)
+    return holding
+
+
+def matched_layers(start: str, int8_holding: Mapping[str, Set[str]],
+                   fp16_holding: Mapping[str, Set[str]]) -> Tuple[Set[str], Set[str]]:
+    """The int8 and fp16 engine layers that hold the same ONNX nodes, grown from one int8 layer.
+
+    The two engines fuse differently: fp16 runs a convolution with its SiLU in one layer
+    ("Conv + PWN(Sigmoid, Mul)") where int8 may need the convolution, a reformat and a separate
+    pointwise layer. Comparing the int8 convolution alone with the fused fp16 layer would leave
+    the pointwise layer and its reformat out of int8's side (efficientnet_v2_s on the H200: 164
+    reformats, 29 % of the int8 engine's time, mostly into such layers). So both sides grow until
+    they cover the same nodes."""
+    int8_side, fp16_side = {start}, set()
+    while True:
+        nodes = {n for layer in int8_side | fp16_side for n in layer_nodes(layer)}
+        more_int8 = {l for n in nodes for l in int8_holding.get(n, ())} - int8_side
+        more_fp16 = {l for n in nodes for l in fp16_holding.get(n, ())} - fp16_side
+        if not more_int8 and not more_fp16:
+            return int8_side, fp16_side
+        int8_side |= more_int8
+        fp16_side |= more_fp16
+
+
 def region_costs(int8_profile: Mapping[str, Any], fp16_profile: Mapping[str, Any],
                  int8_layers: Sequence[Mapping[str, Any]],
                  compute_nodes: Iterable[str]) -> List[RegionCost]:
@@ -68,29 +106,32 @@ def region_costs(int8_profile: Mapping[str, Any], fp16_profile: Mapping[str, Any
 
     `int8_layers`: the int8 engine's inspector table (name, type, precision); `compute_nodes`:
     the ONNX names of the graph's quantised compute nodes (the convolutions and MatMuls whose
-    inputs pass through Q/DQ). A region whose nodes the fp16 profile does not show is skipped:
-    it cannot be compared."""
+    inputs pass through Q/DQ). A region is grown from each int8 layer holding quantised nodes
+    (`matched_layers`); one whose nodes the fp16 profile does not show is skipped: it cannot be
+    compared."""
     quantised: Set[str] = set(compute_nodes)
     int8_times, fp16_times = layer_times(int8_profile), layer_times(fp16_profile)
     int8_reformats, fp16_reformats = reformats_into(int8_times), reformats_into(fp16_times)
-    fp16_by_node: Dict[str, str] = {}
-    for name in fp16_times:
-        for node in layer_nodes(name):
-            fp16_by_node.setdefault(node, name)
-    costs = []
-    for layer in int8_layers:
-        name = str(layer.get("name", ""))
-        nodes = [n for n in layer_nodes(name) if n in quantised]
-        if layer.get("precision") != "int8" or not nodes or name not in int8_times:
+    int8_holding, fp16_holding = layers_by_node(int8_times), layers_by_node(fp16_times)
+    int8_compute = {str(row.get("name", "")) for row in int8_layers
+                    if row.get("precision") == "int8"
+                    and any(n in quantised for n in layer_nodes(str(row.get("name", ""))))}
+    costs, covered = [], set()
+    for row in int8_layers:
+        name = str(row.get("name", ""))
+        if name not in int8_compute or name not in int8_times or name in covered:
             continue
-        fp16_layers = sorted({fp16_by_node[n] for n in nodes if n in fp16_by_node})
-        if len(fp16_layers) == 0 or any(n not in fp16_by_node for n in nodes):
+        int8_side, fp16_side = matched_layers(name, int8_holding, fp16_holding)
+        covered |= int8_side
+        nodes = [n for layer in sorted(int8_side & int8_compute) for n in layer_nodes(layer)
+                 if n in quantised]
+        if not fp16_side or any(n not in fp16_holding for n in nodes):
             continue
         costs.append(RegionCost(
             layer=name, nodes=nodes,
-            int8_ms=int8_times[name] + int8_reformats.get(name, 0.0),
-            fp16_ms=sum(fp16_times[f] + fp16_reformats.get(f, 0.0) for f in fp16_layers),
-            fp16_layers=fp16_layers))
+            int8_ms=sum(int8_times[l] + int8_reformats.get(l, 0.0) for l in int8_side),
+            fp16_ms=sum(fp16_times[f] + fp16_reformats.get(f, 0.0) for f in fp16_side),
+            fp16_layers=sorted(fp16_side), int8_layers=sorted(int8_side)))
     return costs
 
 

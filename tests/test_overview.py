@@ -81,3 +81,11 @@ def test_the_table_reads_the_summary_as_written(tmp_path: Path) -> None:
     message = run_verdict(path, ["results/summary.csv", "results/report.html"])
     assert message.splitlines()[0] == "trtflow verdicts (results/summary.csv, results/report.html):"
     assert message.splitlines()[-1] == "5 cells: 2 passed, 1 failed, 1 vacuous, 1 error"
+
+
+def test_an_unstable_speedup_shows_its_interval_not_a_number() -> None:
+    from trtflow.overview import speedup_text
+    assert speedup_text({"speedup_vs_torch": "5.09012"}) == "5.09x"
+    assert speedup_text({"speedup_vs_torch": "", "speedup_interval": "1.33-2.04"}) == (
+        "1.33-2.04x unstable")
+    assert speedup_text({"speedup_vs_torch": "", "speedup_interval": ""}) == ""

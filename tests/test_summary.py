@@ -410,6 +410,7 @@ def test_timing_columns_say_how_sure_and_an_unstable_cell_is_flagged(tmp_path: P
     (row,) = read_csv(tmp_path / "s.csv")
     assert row["timing_stable"] == "False" and row["timing_spread"] == "0.5"
     assert row["speedup_interval"] == "1.33-2.04"  # 4.0 / 3.0 .. 4.08 / 2.0
+    assert row["speedup_vs_torch"] == row["speedup_vs_torch_fp16"] == ""  # noise is no speed-up
     assert row["speed_flags"] == ("unstable timing (windows spread 50%, PyTorch's 2%; speed-up "
                                   "1.33-2.04)")
     (tmp_path / "old").mkdir()
@@ -417,3 +418,22 @@ def test_timing_columns_say_how_sure_and_an_unstable_cell_is_flagged(tmp_path: P
     summarize([old], tmp_path / "s2.csv", tmp_path / "l2.csv", slower_margin=0.03)
     (row,) = read_csv(tmp_path / "s2.csv")  # measured before timings had windows
     assert row["timing_stable"] == row["speedup_interval"] == "" and row["speed_flags"] == ""
+
+
+def test_an_unstable_cell_is_compared_with_no_other(tmp_path: Path) -> None:
+    """An int8 cell twice as slow as fp16 is flagged only while both timings are stable; when
+    fp16's windows disagree, int8 is not called slower than it (and fp16 is flagged unstable)."""
+    cells = []
+    for precision, ms in (("fp16", 1.0), ("int8", 2.0)):
+        (tmp_path / precision).mkdir()
+        cells.append(make_cell(tmp_path / precision, precision, ms))
+    summarize(cells, tmp_path / "s.csv", tmp_path / "l.csv", slower_margin=0.03)
+    assert "slower than fp16" in read_csv(tmp_path / "s.csv")[1]["speed_flags"]
+    benchmark = json.loads(Path(cells[0]["benchmark"]).read_text())
+    for point in benchmark["batches"]:
+        point.update(stable=False, spread=0.4, window_p50_ms=[1.0, 1.4, 1.0], blocks=3)
+    Path(cells[0]["benchmark"]).write_text(json.dumps(benchmark))
+    summarize(cells, tmp_path / "s2.csv", tmp_path / "l2.csv", slower_margin=0.03)
+    fp16, int8 = read_csv(tmp_path / "s2.csv")
+    assert fp16["speed_flags"].startswith("unstable timing") and fp16["speedup_vs_torch"] == ""
+    assert "slower than fp16" not in int8["speed_flags"]

@@ -10,7 +10,7 @@ import csv
 import html
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # the order counts and table rows are told in: good news first, then what needs a look
 VERDICT_ORDER = ("passed", "unchecked", "failed", "vacuous", "error")
@@ -61,6 +61,16 @@ def _number(value: str) -> str:
         return value
 
 
+
+def speedup_text(row: Mapping[str, Any]) -> str:
+    """The speed-up against PyTorch, or, for a timing whose windows disagreed, its interval
+    marked unstable (the summary gives no single number for noise)."""
+    if row.get("speedup_vs_torch"):
+        return f"{float(row['speedup_vs_torch']):.2f}x"
+    if row.get("speedup_interval"):
+        return f"{row['speedup_interval']}x unstable"
+    return ""
+
 def table_rows(rows: Sequence[Mapping[str, str]], failure_width: Optional[int] = FAILURE_WIDTH
                ) -> List[List[str]]:
     """The table's cells: model, precision, profile, verdict, p50, speed-up, key metric, failure."""
@@ -71,7 +81,7 @@ def table_rows(rows: Sequence[Mapping[str, str]], failure_width: Optional[int] =
         table.append([
             row["model"], row["precision"], row["batch_profile"], row["verdict"],
             _number(row["latency_p50_ms"]) if row.get("latency_p50_ms") else "",
-            f"{float(row['speedup_vs_torch']):.2f}x" if row.get("speedup_vs_torch") else "",
+            speedup_text(row),
             f"{name} {value}" if name else "",
             one_line(failure, failure_width) if failure_width else failure,
         ])

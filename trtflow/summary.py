@@ -114,6 +114,9 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
     torch32 = float(torch32_point["latency_p50_ms"]) if torch32_point else None
     torch16 = _baseline(baseline, "torch-eager-fp16", point["batch"])
     p50 = float(point["latency_p50_ms"])
+    timing = timing_columns(point, torch32_point)
+    # a speed-up from timings whose windows disagree is noise: the interval says what is known
+    sure = timing["timing_stable"] is not False
     return {
         "model": cell["model"], "precision": cell["precision"],
         "batch_profile": cell["batch_profile"], "backend": sidecar["backend"],
@@ -126,10 +129,10 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "timing_mode": point.get("timing_mode", ""),
         "eager_latency_p50_ms": _round(point.get("eager_latency_p50_ms")),
         "torch_latency_p50_ms": round(torch32, 4) if torch32 else "",
-        "speedup_vs_torch": round(torch32 / p50, 3) if torch32 else "",
-        **timing_columns(point, torch32_point),
+        "speedup_vs_torch": round(torch32 / p50, 3) if torch32 and sure else "",
+        **timing,
         "torch_fp16_latency_p50_ms": round(torch16, 4) if torch16 else "",
-        "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 else "",
+        "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 and sure else "",
         "verdict": validation["verdict"],
         "validation_passed": validation["verdict"] == "passed",
         **accuracy_columns(validation),
@@ -311,15 +314,25 @@ def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Ma
                       margin: float) -> None:
     """Fill `speed_flags` and `speed_why`: a cell more than `margin` slower than a cell of a
     higher precision of the same model, batch profile and backend (int8 slower than fp16, fp16
-    than fp32), or than PyTorch eager fp32, says so, with its layer profile's answer to why."""
+    than fp32), or than PyTorch eager fp32, says so, with its layer profile's answer to why.
+    Timings whose windows disagree (`timing_stable` false) are flagged as unstable and compared
+    with nothing: a comparison of noise would read as a finding."""
     for row, profile in zip(rows, profiles):
         row["speed_flags"], row["speed_why"] = "", ""
         if not row.get("latency_p50_ms"):
             continue
         flags, why = [], []
+        if row.get("timing_stable") is False:
+            torch_spread = row.get("torch_timing_spread")
+            row["speed_flags"] = (
+                f"unstable timing (windows spread {float(row['timing_spread']):.0%}"
+                + (f", PyTorch's {float(torch_spread):.0%}" if torch_spread != "" else "")
+                + f"; speed-up {row['speedup_interval'] or 'unknown'})")
+            continue
         p50 = float(row["latency_p50_ms"])
         for other, other_profile in zip(rows, profiles):
             if not (other.get("latency_p50_ms") and _same_series(row, other)
+                    and other.get("timing_stable") is not False
                     and PRECISION_RANK.get(other["precision"], 0)
                     < PRECISION_RANK.get(row["precision"], 0)):
                 continue
@@ -329,11 +342,6 @@ def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Ma
                              f"{faster / p50:.2f}x)")
                 why.append(f"vs {other['precision']}: " + explain_slower(
                     profile, other_profile, row["precision"], other["precision"]))
-        if row.get("timing_stable") is False:
-            torch_spread = row.get("torch_timing_spread")
-            flags.append(f"unstable timing (windows spread {float(row['timing_spread']):.0%}"
-                         + (f", PyTorch's {float(torch_spread):.0%}" if torch_spread != "" else "")
-                         + f"; speed-up {row['speedup_interval'] or 'unknown'})")
         torch = row.get("torch_latency_p50_ms")
         if torch and p50 > float(torch) * (1 + margin):
             flags.append(f"slower than PyTorch eager fp32 ({p50:.4g} vs {float(torch):.4g} ms)")

@@ -184,6 +184,85 @@ def test_int8_for_tensorrt_leaves_silu_float(tmp_path: Path) -> None:
     assert len(fed["Conv"]) == 4 and len(fed["Add"]) == 2
 
 
+def tensorrt_int8(tmp_path: Path, name: str, module, shape: Tuple[int, ...]):
+    """`module` exported and quantised in TensorRT's form, loaded."""
+    import torch
+
+    source = tmp_path / f"{name}.onnx"
+    torch.onnx.export(module.eval(), (torch.rand(1, *shape),), str(source), input_names=["x"],
+                      output_names=["y"], opset_version=17, dynamo=False)
+    make_precision(name, "int8", source, tmp_path / "int8.onnx", tmp_path / "int8.json", "tensorrt",
+                   {"x": np.random.default_rng(0).random((4, *shape), dtype=np.float32)},
+                   calibration_options(tmp_path / "ranges"))
+    return onnx.load(str(tmp_path / "int8.onnx"))
+
+
+def int8_and_float_readers(proto) -> List[str]:
+    """Tensors read both through a Q/DQ pair and in float: TensorRT must write such a tensor twice
+    (a reformat), and cannot fuse its producer's epilogue."""
+    readers: Dict[str, List[str]] = collections.defaultdict(list)
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name].append(node.op_type)
+    made_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    return [name for name, ops in readers.items()
+            if made_by.get(name) not in (None, "QuantizeLinear", "DequantizeLinear")
+            and "QuantizeLinear" in ops and any(op != "QuantizeLinear" for op in ops)]
+
+
+def test_int8_for_tensorrt_quantises_a_squeeze_excitation_gate(tmp_path: Path) -> None:
+    """EfficientNet's block: conv -> SiLU -> squeeze-excitation (pool, fc1, SiLU, fc2, sigmoid)
+    scaling the SiLU's output -> projection conv. The gate Mul is int8 on both inputs, as ModelOpt
+    places it, so the SiLU feeds only int8 readers (TensorRT fuses it into the conv); SiLU's own
+    Mul stays float."""
+    import torch
+    from torchvision.ops import SqueezeExcitation
+
+    class MBConv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.expand = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.excite = SqueezeExcitation(16, 4, activation=torch.nn.SiLU)
+            self.project = torch.nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            return self.project(self.excite(torch.nn.functional.silu(self.expand(x))))
+
+    proto = tensorrt_int8(tmp_path, "mbconv", MBConv(), (3, 16, 16))
+    fed = dequantized_consumers(proto)
+    assert sorted(n.name for n in proto.graph.node if n.op_type == "Mul") == [
+        "/Mul", "/excite/Mul", "/excite/activation/Mul"]
+    assert fed["Mul"] == ["/excite/Mul"] * 2  # both inputs of the gate, neither SiLU Mul
+    assert not fed["Sigmoid"]
+    assert int8_and_float_readers(proto) == []
+
+
+def test_int8_for_tensorrt_fuses_a_residual_add_into_its_own_branch(tmp_path: Path) -> None:
+    """MobileNetV2's x + conv(x), where x is itself a projection conv's output: the Add reads
+    conv(x) in float (the branch's epilogue) and quantises x, which the next block also reads in
+    int8; kept the other way round, x would be written in int8 and in float."""
+    import torch
+
+    class InvertedResidual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.project_in = torch.nn.Conv2d(3, 8, 1)
+            self.branch = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU6(),
+                                              torch.nn.Conv2d(16, 8, 1))
+            self.after = torch.nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            x = self.project_in(x)
+            return self.after(x + self.branch(x)) + self.after(x)
+
+    proto = tensorrt_int8(tmp_path, "inverted", InvertedResidual(), (3, 8, 8))
+    assert int8_and_float_readers(proto) == []
+    made_by = {o: n for n in proto.graph.node for o in n.output}
+    first_add = next(n for n in proto.graph.node if n.op_type == "Add")
+    float_input = [made_by[i] for i in first_add.input if made_by[i].op_type == "Conv"]
+    assert [n.name for n in float_input] == ["/branch/branch.2/Conv"]
+
+
 def test_int8_for_onnxruntime_has_uint8_activations_and_int8_weights(built) -> None:
     proto = onnx.load(str(built[("onnxruntime", "int8")][0]))
     activation_points = zero_points(proto, "QuantizeLinear")

@@ -8,7 +8,7 @@ import pytest
 
 from trtflow.profiling import summarize_profile
 from trtflow.speed_placement import (better_round, layer_nodes, nodes_to_keep_for_speed,
-                                     region_costs, reformats_into)
+                                     region_costs, reformats_into, why_no_rounds)
 
 CONV_A, CONV_B, CONV_C = "/a/Conv", "/b/Conv", "/c/Conv"
 
@@ -98,3 +98,16 @@ def test_nodes_kept_for_speed_are_the_losing_regions_largest_loss_first() -> Non
 def test_a_round_is_kept_only_when_faster_beyond_the_noise_margin(candidate, best, margin,
                                                                    kept) -> None:
     assert better_round(candidate, best, margin) is kept
+
+
+@pytest.mark.parametrize("int8_ms, fp16_ms, when, skipped", [
+    (1.90, 2.50, "slower", True),    # efficientnet_v2_s on the H200: 1.32x, no rebuild
+    (2.49, 2.50, "slower", False),   # within the margin: not faster, the rounds run
+    (2.96, 1.86, "slower", False),   # RT-DETR's int8 at 0.63x: the rounds run
+    (1.90, 2.50, "always", False)])
+def test_rounds_run_only_for_an_int8_engine_not_already_faster(int8_ms, fp16_ms, when,
+                                                              skipped) -> None:
+    reason = why_no_rounds(int8_ms, fp16_ms, 0.02, when)
+    assert (reason is not None) is skipped
+    if skipped:
+        assert "1.32x" in reason and "when: always" in reason

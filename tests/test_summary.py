@@ -437,3 +437,18 @@ def test_an_unstable_cell_is_compared_with_no_other(tmp_path: Path) -> None:
     fp16, int8 = read_csv(tmp_path / "s2.csv")
     assert fp16["speed_flags"].startswith("unstable timing") and fp16["speedup_vs_torch"] == ""
     assert "slower than fp16" not in int8["speed_flags"]
+
+
+def test_kept_for_speed_says_what_the_placement_did() -> None:
+    from trtflow.summary import kept_for_speed
+
+    rounds = [{"round": 0, "ms": 1.97}]
+    skipped = {"fp16_ms": 2.5, "int8_ms": 1.97, "kept_for_speed": [], "rounds": rounds,
+               "skipped": "int8 is already faster"}
+    assert kept_for_speed({"speed_placement": skipped}) == (
+        "0 nodes (int8 1.97 ms, already 1.27x fp16 2.5 ms: no rounds)")
+    kept = {"fp16_ms": 1.86, "int8_ms": 1.5, "kept_for_speed": ["/a/Conv", "/b/MatMul"],
+            "rounds": rounds + [{"round": 1, "ms": 1.5, "kept": True}]}
+    assert kept_for_speed({"speed_placement": kept}) == (
+        "2 nodes: /a/Conv, /b/MatMul (int8 1.97 -> 1.5 ms, fp16 1.86 ms)")
+    assert kept_for_speed({}) == ""

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 # What TensorRT runs in int8 and so gets Q/DQ on its inputs; everything else (activations,
 # Sigmoid/Mul of SiLU, Softmax, TopK, Gather, NMS, shape arithmetic, the outputs) stays float,
 # so that TensorRT can fuse Conv+activation and keep the rest in fp16. Add is quantised for
-# residual connections, reduced to one input by place_qdq.
+# residual connections, reduced to one input by place_qdq; Mul only where it gates an activation
+# (squeeze-excitation: gated_muls).
 TENSORRT_INT8_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
-                     "GlobalAveragePool")
+                     "GlobalAveragePool", "Mul")
 # ops TensorRT moves Q/DQ through: a pair in front of them stays
 QDQ_SHUFFLES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 # ONNX Runtime runs these in int8 on the CPU (QLinearConv, Relu/Clip folded into the range, int8
@@ -36,17 +37,19 @@ QDQ_SHUFFLES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 # Where, Softmax, Sigmoid scores, box arithmetic) and Concat, which joins boxes as often as
 # features: quantising those cost int8 detectors most of their detections.
 INT8_OPS = {"tensorrt": TENSORRT_INT8_OPS,
-            "onnxruntime": TENSORRT_INT8_OPS + ("Relu", "Clip", "LeakyRelu", "Resize", "Pad",
-                                                "Split") + QDQ_SHUFFLES}
+            "onnxruntime": tuple(op for op in TENSORRT_INT8_OPS if op != "Mul") + (
+                "Relu", "Clip", "LeakyRelu", "Resize", "Pad", "Split") + QDQ_SHUFFLES}
 # outputs of these are activations: an Add joining two of them is a residual connection (int8);
 # any other Add (a bias, box decoding's offset + anchor) stays float
-LAYER_OUTPUTS = tuple(op for op in TENSORRT_INT8_OPS if op != "Add") + (
+LAYER_OUTPUTS = tuple(op for op in TENSORRT_INT8_OPS if op not in ("Add", "Mul")) + (
     "Relu", "Clip", "LeakyRelu", "Resize", "BatchNormalization")
 # element-wise ops whose output is an activation when an input is one (SiLU's x * sigmoid(x),
 # residual chains); the same ops on sliced boxes and constants are arithmetic
 ELEMENTWISE = ("Add", "Mul", "Sigmoid")
 # layers whose output TensorRT adds into a following Add in the same kernel
 FUSED_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# a squeeze-excitation gate: sigmoid of a layer's output, scaling another activation
+GATES = ("Sigmoid", "HardSigmoid")
 
 
 def quantization_settings(backend: str, form: str = "u8s8") -> Dict[str, Any]:
@@ -176,7 +179,8 @@ def to_int8(source: Path, output: Path, backend: str, ranges: Path, method: str,
     # ONNX Runtime's form it still reads an input another consumer quantises through that pair,
     # since the quantiser folds a Relu/Clip into the pair's range and the clipped tensor exists
     # nowhere else.
-    excluded = subgraph_node_names(graph) + float_adds(graph) + list(keep_float)
+    excluded = (subgraph_node_names(graph) + float_adds(graph) + float_muls(graph)
+                + list(keep_float))
     settings["op_types_to_quantize"] = list(INT8_OPS[backend])
     settings["nodes_to_exclude"] = sorted(set(excluded))
     with atomic_path(output) as tmp, without_preprocessing_advice():
@@ -262,6 +266,10 @@ def _keep_adds_fusible(graph) -> None:
             continue
         fused = [index for index, source in enumerate(sources)
                  if source.inputs and source.inputs[0].op in FUSED_PRODUCERS]
+        # the Conv that feeds only this Add, not the skip connection's (MobileNetV2's x + conv(x),
+        # where x is the last block's projection): a skip Conv read in float here and in int8 by
+        # the next block would have to write both
+        fused.sort(key=lambda index: len(sources[index].outputs))
         for index in fused[:1]:
             add.inputs[index] = sources[index]
 
@@ -281,8 +289,51 @@ def float_adds(graph) -> List[str]:
     or an input that is not a layer's activation. Box decoding adds a head's output to anchors or
     reference points (RT-DETR's encoder proposals: the anchors' logits, +inf where an anchor is
     invalid); quantised, that Add cost RT-DETR every detection on both backends."""
-    constants = {i.name for i in graph.initializer} | {
+    constants = _constant_names(graph)
+    activation = _activation_test(graph, constants)
+    return [n.name for n in graph.node if n.op_type == "Add" and (
+        any(i in constants for i in n.input) or not all(activation(i) for i in n.input))]
+
+
+def float_muls(graph) -> List[str]:
+    """Every Mul but the squeeze-excitation gates (gated_muls) stays float: SiLU's x * sigmoid(x)
+    fuses into its convolution's epilogue, and the rest is arithmetic (scales, box decoding)."""
+    gates = set(gated_muls(graph))
+    return [n.name for n in graph.node if n.op_type == "Mul" and n.name not in gates]
+
+
+def gated_muls(graph) -> List[str]:
+    """Mul nodes scaling an activation by a gate (GATES) of another layer's output: the
+    squeeze-excitation of EfficientNet, MobileNetV3, RegNetY. TensorRT gets Q/DQ on both inputs, as
+    ModelOpt places them (the Mul follows a Conv partition): the SiLU in front then feeds only int8
+    consumers (this Mul and the pooling of the excitation) and TensorRT fuses it into the int8
+    convolution. Left float, each such SiLU ran as its own pointwise layer behind a reformat
+    (efficientnet_v2_s: 164 reformats, 29 % of its int8 layer time; benchmarks/gpu/int8-vs-fp16.md)."""
+    constants = _constant_names(graph)
+    activation = _activation_test(graph, constants)
+    made_by = {o: n for n in graph.node for o in n.output}
+
+    def gate_of_layer(name: str, other: str) -> bool:
+        gate = made_by.get(name)
+        if gate is None or gate.op_type not in GATES or gate.input[0] == other:
+            return False  # x * sigmoid(x) is SiLU, not a gate
+        layer = made_by.get(gate.input[0])
+        return layer is not None and layer.op_type in FUSED_PRODUCERS
+
+    return [n.name for n in graph.node if n.op_type == "Mul" and len(n.input) == 2
+            and not any(i in constants for i in n.input)
+            and any(gate_of_layer(a, b) and activation(b)
+                    for a, b in (n.input, tuple(reversed(n.input))))]
+
+
+def _constant_names(graph) -> set:
+    return {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def _activation_test(graph, constants: set):
+    """A test of whether a tensor is a layer's activation (LAYER_OUTPUTS, or element-wise ops of
+    one), memoised over the graph."""
     made_by = {o: n for n in graph.node for o in n.output}
     memo: Dict[str, bool] = {}
 
@@ -295,8 +346,7 @@ def float_adds(graph) -> List[str]:
                 and any(activation(i) for i in node.input if i not in constants)))
         return memo[name]
 
-    return [n.name for n in graph.node if n.op_type == "Add" and (
-        any(i in constants for i in n.input) or not all(activation(i) for i in n.input))]
+    return activation
 
 
 def kept_nodes(graph, selection: Optional[Mapping[str, Sequence[str]]], model: str,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 REFORMAT_TARGET = re.compile(r"^Reformatting CopyNode for (?:Input|Output) Tensor \d+ to (.+)$")
 
@@ -153,3 +153,17 @@ def better_round(candidate_ms: float, best_ms: float, margin: float) -> bool:
     """A placement round is kept only if its engine is faster than the best so far by more than
     the timing noise `margin` (a fraction): otherwise the earlier engine stays."""
     return candidate_ms < best_ms * (1.0 - margin)
+
+
+def why_no_rounds(int8_ms: float, fp16_ms: float, margin: float, when: str) -> Optional[str]:
+    """Why the placement rounds are skipped, or None to run them. With `when: slower` (the default)
+    they run only for an int8 engine that is not faster than the fp16 engine by `margin`: on the
+    H200, every round tried on an engine already faster overall was slower (ResNet-50, MobileNetV2,
+    efficientnet_v2_s: the float regions' reformats cost more than their int8 loss) and cost a
+    rebuild (efficientnet_v2_s: 153 s; benchmarks/gpu/int8-vs-fp16.md)."""
+    if when == "always" or not int8_ms or not fp16_ms:
+        return None
+    if int8_ms < fp16_ms * (1.0 - margin):
+        return (f"int8 {int8_ms:.4g} ms is already {fp16_ms / int8_ms:.2f}x its fp16 engine "
+                f"({fp16_ms:.4g} ms): no rebuild (tensorrt.int8_speed.when: always runs the rounds)")
+    return None

@@ -157,6 +157,9 @@ def kept_for_speed(sidecar: Mapping[str, Any], shown: int = 5) -> str:
         return ""
     nodes = report.get("kept_for_speed") or []
     first = report["rounds"][0].get("ms")
+    if report.get("skipped"):
+        return (f"0 nodes (int8 {first:.4g} ms, already {report['fp16_ms'] / first:.2f}x fp16 "
+                f"{report['fp16_ms']:.4g} ms: no rounds)")
     names = ", ".join(nodes[:shown]) + (", ..." if len(nodes) > shown else "")
     return (f"{len(nodes)} nodes{': ' + names if nodes else ''} (int8 {first:.4g} -> "
             f"{report['int8_ms']:.4g} ms, fp16 {report['fp16_ms']:.4g} ms)")

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """benchmarks/gpu/int8-vs-fp16.csv from a results folder of `speed.sh int8` (issue 21's columns),
-one row per cell whose benchmark exists; cells of an interrupted run are left out.
-  python3 benchmarks/gpu/int8_vs_fp16_table.py RESULTS [RESULTS_WARM] > benchmarks/gpu/int8-vs-fp16.csv
+one row per cell whose benchmark exists; cells of an interrupted run are left out. `run` names
+the run (its date) so that the rows of several runs can share the file, each ratio within one run.
+  RUN=2026-12-03 python3 benchmarks/gpu/int8_vs_fp16_table.py RESULTS [RESULTS_WARM] > rows.csv
 """
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
 COLUMNS = ["model", "precision", "batch", "throughput", "latency_p50_ms", "eager_latency_p50_ms",
            "build_seconds", "build_seconds_warm", "timing_cache", "verdict", "rel_l2",
-           "top1_agreement", "kept_for_speed", "speed_placement_rounds_ms"]
+           "top1_agreement", "kept_for_speed", "speed_placement_rounds_ms", "run"]
 
 
 def rows(results: Path, warm: Path = None):
@@ -36,7 +38,8 @@ def rows(results: Path, warm: Path = None):
                "timing_cache": sidecar["timing_cache"]["state"], "verdict": verdict,
                "rel_l2": round(metrics.get("rel_l2", 0), 5), "top1_agreement": metrics.get("top1_agreement", ""),
                "kept_for_speed": " ".join(speed.get("kept_for_speed", [])),
-               "speed_placement_rounds_ms": " ".join(f"{r['ms']:.4g}" for r in speed.get("rounds", []) if "ms" in r)}
+               "speed_placement_rounds_ms": " ".join(f"{r['ms']:.4g}" for r in speed.get("rounds", []) if "ms" in r),
+               "run": os.environ.get("RUN", "")}
 
 
 if __name__ == "__main__":

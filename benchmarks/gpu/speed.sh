@@ -5,7 +5,7 @@
 #   3. ResNet-50 b256 and MobileNetV2 b32, fp16/int8 at level 3 (int8.yaml less efficientnet),
 #      then the same matrix rebuilt with its engines deleted and the timing cache kept (warm);
 #   4. gputests: `pytest -m gpu`;
-#   collect: copies what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/ (poll with it).
+#   collect: tars what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/results.tgz (poll with it).
 #   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
 #   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out.
 set -uo pipefail
@@ -23,12 +23,12 @@ for r in csv.DictReader(open(f"{sys.argv[1]}/summary.csv")):
           "build_seconds", "profile_top_category", "profile_reformat_layers", "speed_flags")))
 PY
 }
-collect() {  # results, small files only, into $OUT (a poll's copy survives a lost machine)
-  for dir in results-maskrcnn results-int8; do
-    [ -d "$dir" ] && find "$dir" -type f \( -name '*.csv' -o -name '*.json' -o -name '*.log' -o -name '*.png' \) \
-      -size -5M -exec cp --parents {} "$OUT/" \;
-  done
-  cp -r "$RUNS" "$OUT/runs" 2>/dev/null
+collect() {  # results, small files only, into $OUT/results.tgz (a poll's copy survives a lost
+  # machine; a tar, because the transfer back drops files more than a few folders deep)
+  local dirs=()
+  for dir in results-maskrcnn results-int8 "$RUNS"; do [ -d "$dir" ] && dirs+=("$dir"); done
+  [ ${#dirs[@]} -gt 0 ] && find "${dirs[@]}" -type f \( -name '*.csv' -o -name '*.json' -o -name '*.log' \
+    -o -name '*.txt' -o -name '*.png' \) -size -5M -print0 | tar czf "$OUT/results.tgz" --null -T -
   return 0
 }
 for step in ${*:-probe maskrcnn int8 warm}; do

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
-from ..speed_placement import better_round, nodes_to_keep_for_speed, region_costs
+from ..speed_placement import (better_round, nodes_to_keep_for_speed, region_costs,
+                               why_no_rounds)
 
 log = logging.getLogger(__name__)
 # the placement's own side-by-side timings: shorter than the benchmark stage's, and fixed, so
@@ -198,6 +199,11 @@ def place_for_speed(trt, network, rebuild: Callable[[], Tuple[Any, List[Dict[str
     report: Dict[str, Any] = {"fp16_ms": fp16_ms, "rounds": [{"round": 0, "ms": best_ms,
                                                               "dropped": []}],
                               "kept_for_speed": []}
+    skipped = why_no_rounds(best_ms, fp16_ms, margin, str(settings.get("when", "slower")))
+    if skipped:
+        log.info("speed placement: %s", skipped)
+        report["skipped"] = skipped
+        rounds = 0
     quantised = quantised_compute_layers(trt, network)
     keepalive: List[np.ndarray] = []
     best = (serialized, layers)

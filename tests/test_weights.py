@@ -43,7 +43,12 @@ def test_random_weights_metadata_is_written_and_matches_the_file(tmp_path: Path)
     assert meta == {"weights": "random", "seed": 0, "source": "random", "source_sha256": None,
                     "reinitialised_zero_layers": [], "model": "tok", "architecture": "user_models.token_classifier:build",
                     "num_parameters": meta["num_parameters"],
+                    "informative_init": meta["informative_init"],
                     "sha256": sha256_file(tmp_path / "w.pt")}
+    # the token classifier's output layer is its last Linear: rescaled to unit spread
+    informative = meta["informative_init"]
+    assert informative["output_layer"]["adjusted"], informative
+    assert abs(informative["after"]["relative_spread"] - 1.0) < 0.05, informative
 
 
 def test_checkpoint_path_is_loaded_and_resaved(tmp_path: Path, resnet18_checkpoint: Path) -> None:

@@ -28,18 +28,23 @@ def detector_config(**models) -> dict:
     return tiny_config(models=models, batch_profiles={"single": {"min": 1, "opt": 1, "max": 1}})
 
 
+def run_detectors(workflow: Workflow, **models) -> dict:
+    """The workflow run on these detectors: summary rows by (model, precision)."""
+    workflow.write_config(detector_config(**models))
+    workflow.run("all")
+    with open(workflow.path("results/summary.csv")) as handle:
+        return {(r["model"], r["precision"]): r for r in csv.DictReader(handle)}
+
+
 def test_torchvision_detectors_validate_on_every_image(workflow: Workflow) -> None:
     """FCOS (one-stage) and Faster R-CNN (two-stage) with random weights: confident detections to
     compare (initialised for validation), no download of their default ImageNet backbones, one
     image per call with outputs padded to max_detections, and no crash on an image where a
     pyramid level keeps no box (FCOS on ONNX Runtime: `Reshape ... Input shape:{0,2,2},
     requested shape:{0,-1}` before fold_known_dims)."""
-    workflow.write_config(detector_config(
-        fcos=detector_entry("torchvision.models.detection:fcos_resnet50_fpn"),
-        frcnn=detector_entry("torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn")))
-    workflow.run("all")
-    with open(workflow.path("results/summary.csv")) as handle:
-        rows = {(r["model"], r["precision"]): r for r in csv.DictReader(handle)}
+    rows = run_detectors(
+        workflow, fcos=detector_entry("torchvision.models.detection:fcos_resnet50_fpn"),
+        frcnn=detector_entry("torchvision.models.detection:fasterrcnn_mobilenet_v3_large_fpn"))
     for model in ("fcos", "frcnn"):
         for precision in ("fp32", "fp16"):
             row = rows[(model, precision)]
@@ -61,6 +66,25 @@ def test_torchvision_detectors_validate_on_every_image(workflow: Workflow) -> No
     assert frcnn_init["classifiers"] == ["rpn.head.cls_logits", "roi_heads.box_predictor.cls_score"]
     patch = json.loads(next(workflow.path("results/onnx/fcos").rglob("patch.json")).read_text())
     assert next(p for p in patch["passes"] if p["pass"] == "fold_known_dims")["folded"] > 0
+
+
+def test_ssdlite_and_retinanet_v2_random_weights_detect_on_every_image(workflow: Workflow) -> None:
+    """Issue 22: SSDlite (its classifiers are `classification_head.module_list.N`, softmax with a
+    background class) and RetinaNet v2 (a GroupNorm tower, sigmoid classifier) with random
+    weights, through every stage on ONNX Runtime, with confident detections on every validation
+    photo (before: SSD stopped in the weights stage, RetinaNet v2 at export)."""
+    rows = run_detectors(
+        workflow, ssdlite=detector_entry("torchvision.models.detection:ssdlite320_mobilenet_v3_large"),
+        retinanet=detector_entry("torchvision.models.detection:retinanet_resnet50_fpn_v2"))
+    for model in ("ssdlite", "retinanet"):
+        for precision in ("fp32", "fp16"):
+            assert rows[(model, precision)]["verdict"] == "passed", rows[(model, precision)]
+        validation = json.loads(next(workflow.path(f"results/validation/{model}").rglob(
+            "fp32-single.json")).read_text())
+        per_image = validation["detections"]["reference_detections_per_image"]
+        assert len(per_image) == 4 and min(per_image) >= 3, (model, per_image)
+    init = json.loads(workflow.path("results/weights/retinanet.json").read_text())["detection_init"]
+    assert 0.0 < init["calibration"] < 1.0, init  # the threshold's share, inside its range
 
 
 def test_a_detector_config_that_cannot_work_says_why(workflow: Workflow) -> None:

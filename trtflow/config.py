@@ -7,7 +7,6 @@ Used by the Snakefile at parse time, so it imports only yaml and jsonschema.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .errors import TrtflowError
+from .schema import SCHEMA_PATH, load_schema
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 # ONNX opset 17 is the newest every supported backend parses: ONNX Runtime, and TensorRT 8.6 to 11.
 DEFAULT_OPSET = 17
 
@@ -74,15 +73,6 @@ def coerce_scalars(value: Any, schema: Dict[str, Any], root: Dict[str, Any]) -> 
                 except (ValueError, KeyError):
                     pass
     return value
-
-
-@functools.lru_cache(maxsize=None)
-def load_schema(schema_path: Path = SCHEMA_PATH) -> Dict[str, Any]:
-    """The schema, read once per process (every validate job's gates come from it; callers only
-    read it)."""
-    import yaml
-
-    return yaml.safe_load(schema_path.read_text())
 
 
 def name_regex(schema_path: Path = SCHEMA_PATH) -> str:
@@ -153,6 +143,10 @@ def validate_config(config: Dict[str, Any], config_file: str = "config",
     check_semantics(resolved, config_file)
     check_results_dir(resolved, config_file)
     check_weight_files(resolved, config_file)
+    from .preprocess import resolve_model
+
+    for entry in resolved.get("models", {}).values():  # every stage makes its inputs alike
+        resolve_model(entry)
     return resolved
 
 

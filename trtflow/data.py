@@ -1,7 +1,8 @@
 """Input sets for calibration, validation and benchmarking.
 
 `imagenet_samples` uses the photos that ship inside scikit-image (no download), preprocessed the
-way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1]; `shapes` renders
+way torchvision's ImageNet models expect; `photos` the same crops as RGB in [0, 1] (an input's
+`preprocess` block, or a timm model's pretrained config, changes either: trtflow.preprocess); `shapes` renders
 the synthetic scenes of `trtflow.scenes` (RGB in [0, 1], for detectors trained on them);
 `synthetic` draws seeded random values of the input's dtype. Calibration takes seeded random
 crops and flips, validation the standard centre crop, so the two sets differ.
@@ -13,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import TrtflowError
+from .preprocess import PHOTO_KINDS
+from .preprocess import of_spec as preprocess_of
 
 # Photos bundled in the scikit-image wheel (skimage.data needs no network for these).
 SAMPLE_PHOTOS: Tuple[str, ...] = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field",
@@ -79,23 +82,30 @@ def photos_in_folder(folder: str, model: str) -> Dict[str, np.ndarray]:
     return photos
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def _resize(image: np.ndarray, height: int, width: int, interpolation: str = "bilinear"
+            ) -> np.ndarray:
     from skimage.transform import resize
 
-    return resize(image, (height, width), order=1, anti_aliasing=True, preserve_range=True)
+    from .preprocess import INTERPOLATION_ORDER
+
+    return resize(image, (height, width), order=INTERPOLATION_ORDER[interpolation],
+                  anti_aliasing=True, preserve_range=True)
 
 
-def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """torchvision's eval transform: resize the short side to 256/224 of the crop, crop the centre."""
-    scale = (256.0 / 224.0) * max(height / image.shape[0], width / image.shape[1])
+def center_crop(image: np.ndarray, height: int, width: int, crop_pct: float = 0.875,
+                interpolation: str = "bilinear") -> np.ndarray:
+    """The evaluation transform of torchvision and timm: resize so that the crop is `crop_pct`
+    of the short side (torchvision's 224 of 256: 0.875), crop the centre."""
+    scale = max(height / image.shape[0], width / image.shape[1]) / crop_pct
     resized = _resize(image, max(height, round(image.shape[0] * scale)),
-                      max(width, round(image.shape[1] * scale)))
+                      max(width, round(image.shape[1] * scale)), interpolation)
     top = (resized.shape[0] - height) // 2
     left = (resized.shape[1] - width) // 2
     return resized[top:top + height, left:left + width]
 
 
-def random_crop(image: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop(image: np.ndarray, height: int, width: int, rng: np.random.Generator,
+                interpolation: str = "bilinear") -> np.ndarray:
     """A random-resized crop (scale 0.35-1 of the area) with a random horizontal flip."""
     area = image.shape[0] * image.shape[1] * rng.uniform(0.35, 1.0)
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -103,21 +113,15 @@ def random_crop(image: np.ndarray, height: int, width: int, rng: np.random.Gener
     crop_w = int(min(image.shape[1], round(np.sqrt(area * aspect))))
     top = int(rng.integers(0, image.shape[0] - crop_h + 1))
     left = int(rng.integers(0, image.shape[1] - crop_w + 1))
-    patch = _resize(image[top:top + crop_h, left:left + crop_w], height, width)
+    patch = _resize(image[top:top + crop_h, left:left + crop_w], height, width, interpolation)
     return patch[:, ::-1] if rng.random() < 0.5 else patch
 
 
-def normalize_chw(image: np.ndarray) -> np.ndarray:
-    return ((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
-
-
-# data kinds made from the sample photos: ImageNet-normalised, or RGB in [0, 1] (detectors that
-# normalise inside the model)
-PHOTO_DATA = {"imagenet_samples": True, "photos": False}
-
-
-def unit_chw(image: np.ndarray) -> np.ndarray:
-    return np.clip(image, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32)
+def normalize_chw(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """HxWx3 RGB in [0, 1] (resizing's overshoot clipped) -> 3xHxW, (x - mean) / std."""
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    return ((np.clip(image, 0.0, 1.0) - mean) / std).transpose(2, 0, 1).astype(np.float32)
 
 
 def _image_shape(spec: Mapping[str, Any], model: str) -> Tuple[int, int]:
@@ -154,23 +158,26 @@ def input_set(model: str, specs: Sequence[Mapping[str, Any]], count: int, purpos
     arrays: Dict[str, np.ndarray] = {}
     names = [f"sample{i}" for i in range(count)]
     for spec in specs:
-        if spec.get("data") in PHOTO_DATA:
+        if spec.get("data") in PHOTO_KINDS:
             height, width = _image_shape(spec, model)
+            steps = preprocess_of(spec)
             source = photos or {name: load_photo(name) for name in SAMPLE_PHOTOS}
             order = list(source)
             images = []
             for index in range(count):
                 name = order[index % len(order)]
                 if purpose == "validation":
-                    crop = center_crop(source[name], height, width)
+                    crop = center_crop(source[name], height, width, steps["crop_pct"],
+                                       steps["interpolation"])
                     flipped = (index // len(order)) % 2 == 1
                     images.append(crop[:, ::-1] if flipped else crop)
                     names[index] = name + ("_flipped" if flipped else "")
                 else:
-                    images.append(random_crop(source[name], height, width, rng))
+                    images.append(random_crop(source[name], height, width, rng,
+                                              steps["interpolation"]))
                     names[index] = f"{name}_crop{index}"
-            chw = normalize_chw if PHOTO_DATA[spec["data"]] else unit_chw
-            arrays[spec["name"]] = np.stack([chw(i) for i in images]).astype(
+            arrays[spec["name"]] = np.stack(
+                [normalize_chw(i, steps["mean"], steps["std"]) for i in images]).astype(
                 NUMPY_DTYPES[spec["dtype"]])
         elif spec.get("data") == "shapes":
             from .scenes import scene_images

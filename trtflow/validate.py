@@ -203,6 +203,8 @@ def match_detections(out: Sequence[np.ndarray], ref: Sequence[np.ndarray],
     crossings = (sum(scores[i][m] < min_score for i, _, m in pairs)
                  + sum(ref_scores[i][r] < min_score for i, _, r, _ in confirmed))
     metrics = {"reference_detections": wanted, "engine_detections": offered,
+               # per image: an image with none is one the comparison says nothing about
+               "reference_detections_per_image": [int((s >= min_score).sum()) for s in ref_scores],
                "detection_recall": len(found) / wanted if wanted else 1.0,
                "detection_precision": len(confirmed) / offered if offered else 1.0,
                "matched_box_iou": (float(np.mean([m[3] for m in found])) if found

@@ -114,6 +114,25 @@ def sample_images(model: str, spec: Mapping[str, Any]) -> List[Any]:
     return list(torch.from_numpy(next(iter(arrays.values()))))
 
 
+def informative_init(model: str, spec: Mapping[str, Any], module) -> Dict[str, Any]:
+    """trtflow.random_init on calibration samples (never the validation samples). A model that
+    cannot run a batch of them keeps its initialisation as it is, and the record says why."""
+    import torch
+
+    from .data import input_set
+    from .random_init import make_informative
+
+    arrays, _ = input_set(model, spec["inputs"], INIT_SAMPLES, "calibration")
+    feed = [torch.from_numpy(arrays[item["name"]]) for item in spec["inputs"]]
+    try:
+        return make_informative(module, feed, spec.get("task", "classification"))
+    except Exception as exc:  # any user architecture: the weights stay usable as initialised
+        log.warning("weights: %s keeps its random initialisation as it is: it did not run %d "
+                    "calibration samples at once (%s: %s)", model, INIT_SAMPLES,
+                    type(exc).__name__, str(exc)[:200])
+        return {"skipped": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
 def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output: Path,
                     metadata_output: Path) -> Dict[str, Any]:
     """Resolve the model's weights, check them against the architecture, save a state_dict."""
@@ -136,6 +155,8 @@ def prepare_weights(model: str, spec: Mapping[str, Any], cache_dir: Path, output
         if detection.is_adapted(module):
             meta["detection_init"] = detection.initialise_for_validation(
                 module.detector, sample_images(model, spec), seed)
+        else:
+            meta["informative_init"] = informative_init(model, spec, module)
     else:
         if "builtin" in weights:
             path = fetch_builtin(weights["builtin"], cache_dir, model)

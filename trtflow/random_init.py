@@ -4,8 +4,10 @@ A network initialised by its own code, with no training, often gives outputs tha
 cannot learn from: logits of 1e-9 (torchvision's MobileNets), far below float16's smallest normal
 number, or one class for every image because one bias outweighs what the image changes
 (ResNet-18, RegNet), or outputs equal to 4e-5 relative whatever the input (ShuffleNetV2: its
-BatchNorm statistics are the defaults, not the data's). Two fixes, both recorded in the weights
-JSON:
+BatchNorm statistics are the defaults, not the data's). Where the outputs on sample inputs show
+one of these (what_is_needed), two fixes, both recorded in the weights JSON; a model whose outputs
+already follow their input keeps its own initialisation (a user's design, such as the debug
+tests' EdgeCNN, is not rescaled behind their back):
 1. Each batch norm given one scale for its whole layer, the size of what it sees on sample
    inputs (mean 0), so that activations keep unit size at every depth instead of fading to 1e-9.
    Not per channel and centred, as the detectors' initialisation (trtflow.detection) does: that
@@ -159,9 +161,31 @@ def recentre_output_layer(module, run, name: str, head_output) -> Dict[str, Any]
     return {"layer": name, "adjusted": True, "scale": scale, "centred": layer.bias is not None}
 
 
+# outputs that need no fix: far from fp16's subnormals and overflow, varying with the input by
+# far more than fp16 or int8 rounding, and (classification) not one class for every sample
+RMS_RANGE = (1e-2, 1e3)
+MIN_RELATIVE_SPREAD = 0.1
+MIN_DISTINCT_ARGMAX = 2
+
+
+def what_is_needed(stats: Mapping[str, Any]) -> List[str]:
+    """Why outputs with these statistics say too little about their input (empty: nothing)."""
+    reasons = []
+    if not RMS_RANGE[0] <= stats["rms"] <= RMS_RANGE[1]:
+        reasons.append(f"rms {stats['rms']:.3g} outside {RMS_RANGE[0]:g}-{RMS_RANGE[1]:g}")
+    if stats["relative_spread"] < MIN_RELATIVE_SPREAD:
+        reasons.append(f"outputs {stats['relative_spread']:.3g} apart relative to their size "
+                       f"(< {MIN_RELATIVE_SPREAD:g})")
+    if stats.get("distinct_argmax", MIN_DISTINCT_ARGMAX) < MIN_DISTINCT_ARGMAX:
+        reasons.append("one class for every sample")
+    return reasons
+
+
 def make_informative(module, feed: Sequence[Any], task: str) -> Dict[str, Any]:
     """Apply both fixes to a freshly initialised `module` on the sample inputs `feed` (tensors in
-    the model's input order); what was done and the output statistics before and after."""
+    the model's input order) when its outputs need them (what_is_needed); a module whose outputs
+    already follow their input keeps its initialisation. Returns what was done and why, with the
+    output statistics before and after."""
     classification = task == "classification"
 
     def run():
@@ -172,15 +196,21 @@ def make_informative(module, feed: Sequence[Any], task: str) -> Dict[str, Any]:
     module.eval()
     with torch.no_grad():
         before = output_statistics(first_tensor(run()), classification)
-    record: Dict[str, Any] = {"before": before,
-                              "batch_norms": normalise_batch_norms(module, run, centre=False)}
+    record: Dict[str, Any] = {"before": before, "needed": what_is_needed(before)}
+    if not record["needed"]:
+        record.update(batch_norms=0, after=before,
+                      output_layer={"adjusted": False, "why": "its outputs already follow the input"})
+        log.info("weights: random initialisation kept as it is: %s", summary_line(record))
+        return record
+    record["batch_norms"] = normalise_batch_norms(module, run, centre=False)
     name, head_output = last_output_layer(module, run)
     record["output_layer"] = (recentre_output_layer(module, run, name, head_output)
                               if name is not None and first_tensor(head_output) is not None
                               else {"adjusted": False, "why": "no Linear/Conv layer"})
     with torch.no_grad():
         record["after"] = output_statistics(first_tensor(run()), classification)
-    log.info("weights: random initialisation made informative: %s", summary_line(record))
+    log.info("weights: random initialisation made informative (%s): %s",
+             "; ".join(record["needed"]), summary_line(record))
     return record
 
 

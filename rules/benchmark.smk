@@ -16,7 +16,7 @@ rule baseline:
         model_code=model_code,
         profile=profile_json,
         device=BACKEND.device,
-        settings=TIMING_SETTINGS,
+        settings=timing_settings("side_by_side_pairs"),
         torch_threads=CONFIG["onnxruntime"]["intra_op_threads"],
         requires=REQUIRES_TORCH,
         provenance=provenance_of("baseline"),
@@ -38,11 +38,13 @@ rule baseline:
 
 
 rule benchmark:
-    """Engine latency (p50/p90/p99/mean) and throughput at the profile's min/opt/max batch."""
+    """Engine latency (p50/p90/p99/mean) and throughput at the profile's min/opt/max batch, and
+    the engine and its PyTorch model timed in turn at the opt batch (trtflow/side_by_side.py)."""
     input:
         engine=ENGINE,
         sidecar=ENGINE_META,
         reference=REFERENCE,
+        weights=WEIGHTS,
     output:
         BENCHMARK,
     params:
@@ -51,6 +53,8 @@ rule benchmark:
         backend=BACKEND.name,
         settings=TIMING_SETTINGS,
         options=runner_options(),
+        timer=torch_timer_json,
+        timer_python=TORCH_PY,
         requires=REQUIRES_BACKEND,
         provenance=provenance_of("benchmark"),
         producers=input_producers,
@@ -66,4 +70,6 @@ rule benchmark:
     shell:
         "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
         " --sidecar {input.sidecar:q} --reference {input.reference:q} --settings {params.settings:q}"
-        " --options {params.options:q} --job-threads {threads} --output {output:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"
+        " --options {params.options:q} --timer {params.timer:q} --timer-python {params.timer_python:q}"
+        " --timer-weights {input.weights:q}"
+        " --job-threads {threads} --output {output:q} --requires {params.requires:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

@@ -203,8 +203,20 @@ TIMES = f"{R}/timing"
 
 # The benchmark settings the timing jobs read (slower_margin is the summary's: changing it
 # re-times nothing).
-TIMING_SETTINGS = json.dumps({k: v for k, v in CONFIG["benchmark"].items() if k != "slower_margin"},
-                             sort_keys=True)
+def timing_settings(*unread):
+    """The benchmark block a timing job reads (the summary reads slower_margin)."""
+    return json.dumps({k: v for k, v in CONFIG["benchmark"].items()
+                       if k not in ("slower_margin",) + unread}, sort_keys=True)
+
+
+TIMING_SETTINGS = timing_settings()
+
+
+def torch_timer_json(wildcards):
+    """The PyTorch model the benchmark times beside its engine (what the baseline job times)."""
+    return json.dumps({"model": wildcards.model, "spec": json.loads(spec_json("baseline")(wildcards)),
+                       "device": BACKEND.device,
+                       "threads": CONFIG["onnxruntime"]["intra_op_threads"]}, sort_keys=True)
 
 
 # Backend options and flags the engine, timing and validation rules pass to their scripts.

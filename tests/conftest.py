@@ -18,14 +18,16 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_config(**overrides) -> dict:
-    """A fast matrix: small inputs, few iterations, no HTML report."""
+    """A fast matrix: small inputs, few iterations, no HTML report, and no side-by-side PyTorch
+    timing (its worker loads PyTorch in every benchmark job: tests/test_side_by_side.py and the
+    default matrix's test cover it)."""
     config = {
         "backend": "onnxruntime",
         "models": {},
         "precisions": ["fp32", "fp16"],
         "batch_profiles": {"small": {"min": 1, "opt": 2, "max": 4}},
         "calibration": {"num_samples": 4},
-        "benchmark": {"warmup": 1, "iterations": 3, "max_seconds": 0.5},
+        "benchmark": {"warmup": 1, "iterations": 3, "max_seconds": 0.5, "side_by_side_pairs": 0},
         "validation": {"num_samples": 4},
         "report": {"html": False},
     }

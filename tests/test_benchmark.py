@@ -125,13 +125,35 @@ class Contended:
 
 def test_an_unstable_block_is_measured_again_until_its_windows_agree() -> None:
     runner = Contended([[5.0, 5.0, 9.0, 9.0, 5.0, 5.0], [5.0, 5.1, 5.0, 5.0, 5.1, 5.0]])
-    (row,) = measure(runner, token_batch(2), [2], {**BENCHMARK, "iterations": 6})
+    # (the fake runner's blocks take microseconds: the CPU-wait check is not what is tested)
+    (row,) = measure(runner, token_batch(2), [2], {**BENCHMARK, "iterations": 6, "max_cpu_wait": 1})
     assert row["stable"] and row["blocks"] == 2 and row["latency_p50_ms"] == 5.0
     assert runner.budgets[0] == BENCHMARK["max_seconds"] and runner.budgets[1] < runner.budgets[0]
 
 
 def test_a_block_that_never_agrees_is_reported_unstable_when_the_budget_ends() -> None:
     runner = Contended([[5.0, 5.0, 9.0, 9.0, 5.0, 5.0]])
-    (row,) = measure(runner, token_batch(2), [2], {**BENCHMARK, "max_seconds": 0.05})
+    (row,) = measure(runner, token_batch(2), [2], {**BENCHMARK, "max_seconds": 0.05,
+                                                    "max_cpu_wait": 1})
     assert not row["stable"] and row["blocks"] >= 1 and row["window_p50_ms"] == [5.0, 9.0, 5.0]
     assert row["spread"] == pytest.approx(0.8)
+
+
+def test_windows_that_agree_under_a_steady_load_are_not_stable(token_engine: Path) -> None:
+    """Four spinning processes slow every window alike, so the windows agree; the threads'
+    run-queue wait (trtflow.contention) says the machine was not free."""
+    import subprocess
+    import sys
+
+    # blocks of about 0.3 s: a thread inside its time slice has not waited yet
+    settings = {**BENCHMARK, "warmup": 2, "iterations": 5000, "max_seconds": 1.0}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        with OnnxRuntimeRunner(token_engine, token_engine.with_suffix(".json"),
+                               threads=1) as runner:
+            (row,) = measure(runner, token_batch(2), [2], settings)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert row["cpu_wait_share"] > 0.2 and not row["stable"], row

@@ -420,6 +420,44 @@ def test_timing_columns_say_how_sure_and_an_unstable_cell_is_flagged(tmp_path: P
     assert row["timing_stable"] == row["speedup_interval"] == "" and row["speed_flags"] == ""
 
 
+def test_a_side_by_side_speedup_replaces_the_separate_jobs_ratio(tmp_path: Path) -> None:
+    """The baseline job measured PyTorch at 4 ms while a neighbour loaded the machine; timed in
+    turn with the engine, PyTorch is 2.5x the engine's time: the speed-up is the pairs' median,
+    its interval their range, and the cell is not called slower or faster from the stale 4 ms."""
+    cell = make_cell(tmp_path, "fp32", 2.0)
+    benchmark = json.loads(Path(cell["benchmark"]).read_text())
+    for point in benchmark["batches"]:
+        point.update(stable=True, spread=0.01, window_p50_ms=[2.0, 2.02, 2.0], blocks=1)
+    opt = benchmark["sidecar"]["profile"]["opt"]
+    benchmark["side_by_side"] = {"batch": opt, "pairs": 3, "speedup": 2.5, "interval": [2.4, 2.6],
+                                 "stable": True, "ratios": [2.4, 2.5, 2.6]}
+    Path(cell["benchmark"]).write_text(json.dumps(benchmark))
+    summarize([cell], tmp_path / "s.csv", tmp_path / "l.csv", slower_margin=0.03)
+    (row,) = read_csv(tmp_path / "s.csv")
+    assert row["speedup_vs_torch"] == "2.5" and row["speedup_interval"] == "2.4-2.6"
+    assert row["speedup_timing"] == "side by side (3 pairs)" and row["timing_stable"] == "True"
+    # pairs that disagree: unstable, no speed-up, the interval kept
+    benchmark["side_by_side"].update(stable=False, interval=[1.5, 2.6])
+    Path(cell["benchmark"]).write_text(json.dumps(benchmark))
+    summarize([cell], tmp_path / "s2.csv", tmp_path / "l2.csv", slower_margin=0.03)
+    (row,) = read_csv(tmp_path / "s2.csv")
+    assert row["timing_stable"] == "False" and row["speedup_vs_torch"] == ""
+    assert row["speedup_interval"] == "1.5-2.6" and row["speed_flags"].startswith("unstable")
+    # side by side, the engine slower than PyTorch: flagged from the pairs
+    benchmark["side_by_side"].update(stable=True, speedup=0.8, interval=[0.79, 0.81])
+    Path(cell["benchmark"]).write_text(json.dumps(benchmark))
+    summarize([cell], tmp_path / "s3.csv", tmp_path / "l3.csv", slower_margin=0.03)
+    (row,) = read_csv(tmp_path / "s3.csv")
+    assert row["speed_flags"] == "slower than PyTorch eager fp32 (side by side: 0.80x)"
+    # not timed side by side: the separate jobs' ratio, and why
+    benchmark["side_by_side"] = {"skipped": "benchmark.side_by_side_pairs is 0"}
+    Path(cell["benchmark"]).write_text(json.dumps(benchmark))
+    summarize([cell], tmp_path / "s4.csv", tmp_path / "l4.csv", slower_margin=0.03)
+    (row,) = read_csv(tmp_path / "s4.csv")
+    assert row["speedup_timing"] == "separate jobs (benchmark.side_by_side_pairs is 0)"
+    assert row["speedup_vs_torch"] == str(round(float(row["torch_latency_p50_ms"]) / 2.0, 3))
+
+
 def test_an_unstable_cell_is_compared_with_no_other(tmp_path: Path) -> None:
     """An int8 cell twice as slow as fp16 is flagged only while both timings are stable; when
     fp16's windows disagree, int8 is not called slower than it (and fp16 is flagged unstable)."""

@@ -142,7 +142,8 @@ def test_compare_passes_close_outputs_and_records_everything() -> None:
     result = compare(out, ref, "classification", FP32, ["a", "b", "c", "d"])
     assert result["passed"] is True and result["failures"] == []
     assert set(result["outputs"]["logits"]) == {"nonfinite", "max_abs", "rel_l2", "cosine",
-                                                "top1_agreement", "top5_agreement"}
+                                                "top1_agreement", "top5_agreement",
+                                                "top1_decided_samples"}
     assert [row["sample"] for row in result["predictions"]] == ["a", "b", "c", "d"]
     assert result["tolerances"] == FP32
 
@@ -405,7 +406,11 @@ def test_an_engine_as_good_as_one_that_ignores_its_input_is_vacuous(precision: s
     assert "fix: use trained weights" in result["reference_problems"][0]
     mean = result["nulls"]["mean"]
     assert mean["passes_every_gate"] and mean["failures"] == []
-    assert mean["outputs"]["logits"]["rel_l2"] < 1e-4 and mean["outputs"]["logits"]["top1_agreement"] == 1.0
+    assert mean["outputs"]["logits"]["rel_l2"] < 1e-4
+    # the logits' leads are far inside what int8's rel. L2 gate allows: no sample's top-1 is
+    # decided there, so top-1 gates nothing; in fp32/fp16 the null agrees on every sample
+    assert mean["outputs"]["logits"].get("top1_agreement", 1.0) == 1.0
+    assert ("top1_agreement" in mean["outputs"]["logits"]) == (precision != "int8")
     # the same check with outputs that depend on the input: every null fails, the engine passes
     informative = _near_constant_logits(spread=1.0)
     passed = compare({"logits": informative.copy()}, {"logits": informative}, "classification",
@@ -413,6 +418,27 @@ def test_an_engine_as_good_as_one_that_ignores_its_input_is_vacuous(precision: s
     assert passed["verdict"] == "passed", passed
     assert set(passed["nulls"]) == {"mean", "rolled"}
     assert not any(null["passes_every_gate"] for null in passed["nulls"].values())
+
+
+def test_top1_counts_the_samples_whose_lead_the_rel_l2_gate_cannot_flip() -> None:
+    """A random-weight ResNet-18's logits (1000 classes, unit spread): int8 (rel. L2 0.054,
+    cosine 0.9986) flips the top-1 of the three samples whose leads are 0.03-0.09 of the rms,
+    which the rel. L2 gate of 0.25 lets change by 0.35; the samples that lead by more agree.
+    Without a rel. L2 gate every sample counts."""
+    reference = np.zeros((4, 1000))
+    reference[:, :3] = [[3.0, 2.97, 0.0], [3.0, 1.0, 0.0], [3.0, 2.9, 0.0], [0.0, 3.0, 1.0]]
+    engine = reference.copy()
+    engine[0, :2] = [2.97, 3.0]  # a close call flipped
+    engine[3, :2] = [3.0, 0.0]  # a decided sample flipped
+    rms = float(np.sqrt(np.mean(reference ** 2)))
+    decided = compare({"y": engine}, {"y": reference}, "classification",
+                      {"rel_l2": 0.1 / rms, "top1_agreement_min": 0.75}, list("abcd"))
+    metrics = decided["outputs"]["y"]
+    assert metrics["top1_decided_samples"] == 2  # leads 2.0 and 2.0 > sqrt(2) x 0.1; 0.03, 0.1 not
+    assert metrics["top1_agreement"] == 0.5 and not decided["passed"]
+    strict = compare({"y": engine}, {"y": reference}, "classification",
+                     {"top1_agreement_min": 0.75}, list("abcd"))["outputs"]["y"]
+    assert strict["top1_decided_samples"] == 4 and strict["top1_agreement"] == 0.5
 
 
 def test_a_null_engine_is_judged_by_the_cells_own_gates_only() -> None:

@@ -39,6 +39,8 @@ def test_default_matrix_is_complete_and_validated(default_run):
     # a speed-up is given where both timings were stable; otherwise its interval
     assert all(float(r["speedup_vs_torch"]) > 0 if r["timing_stable"] == "True"
                else r["speedup_interval"] for r in rows)
+    # ... measured with PyTorch timed in turn with the engine, in the benchmark job
+    assert {r["speedup_timing"] for r in rows} == {"side by side (3 pairs)"}, rows
     assert {r["weights"] for r in rows if r["model"] == "resnet18"} == {"random"}
     assert {r["weights"] for r in rows if r["model"] == "mobilenet_v2"} == {"pretrained"}
     assert "trtflow backend: onnxruntime" in log and "cannot import tensorrt" in log

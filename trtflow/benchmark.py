@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .contention import CpuWait
 from .data import batch_of
 from .profiling import summarize_profile
 from .runners.base import TimingModeUnavailable
@@ -48,18 +49,30 @@ def window_agreement(times_ms: Sequence[float], windows: int, tolerance: float) 
             "spread": spread, "window_p50_ms": medians}
 
 
+def judged(agreement: Dict[str, Any], cpu_wait: Optional[float],
+           settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """A block's agreement with the share of its runnable time spent waiting for a CPU
+    (trtflow.contention): windows that agree on a machine that was not free are not stable."""
+    limit = float(settings["max_cpu_wait"])
+    contended = cpu_wait is not None and cpu_wait > limit
+    return {**agreement, "cpu_wait_share": cpu_wait, "stable": agreement["stable"] and not contended}
+
+
 def stable_times(measure_block, settings: Mapping[str, Any]) -> tuple:
-    """Blocks of timings until one is stable (window_agreement) or `max_seconds` is spent; the
-    last block and its agreement, with the number of blocks measured. `measure_block(seconds)`
-    times one block within that budget."""
+    """Blocks of timings until one is stable (window_agreement, and no more than
+    `max_cpu_wait` of the time since the first block waiting for a CPU) or `max_seconds` is spent; the last block and
+    its agreement, with the number of blocks measured. `measure_block(seconds)` times one block
+    within that budget."""
     budget = float(settings["max_seconds"])
     deadline = time.perf_counter() + budget
     blocks = 0
+    waited = CpuWait()  # over every block so far: one short block says little
     while True:
         times = measure_block(max(deadline - time.perf_counter(), 0.0) if blocks else budget)
         blocks += 1
-        agreement = window_agreement(times, int(settings["windows"]),
-                                     float(settings["stability_tolerance"]))
+        agreement = judged(window_agreement(times, int(settings["windows"]),
+                                            float(settings["stability_tolerance"])),
+                           waited.share(), settings)
         if agreement["stable"] or time.perf_counter() >= deadline:
             return times, {**agreement, "blocks": blocks}
 
@@ -102,14 +115,18 @@ def measure(runner, inputs: Mapping[str, np.ndarray], batches: Sequence[int],
     for batch in batches:
         stats = time_batch(runner, batch_of(inputs, batch), batch, settings)
         log.info("%s batch %d: p50 %.3f ms, p99 %.3f ms, %.1f samples/s (%d iterations%s; %s, "
-                 "windows %s ms, spread %.1f%%, %d block(s))", runner.name, batch,
+                 "windows %s ms, spread %.1f%%, %s, %d block(s))", runner.name, batch,
                  stats["latency_p50_ms"], stats["latency_p99_ms"], stats["throughput"],
                  stats["iterations"], f", {stats['timing_mode']}" if "timing_mode" in stats else "",
                  "stable" if stats["stable"] else "UNSTABLE",
                  "/".join(f"{m:.3g}" for m in stats["window_p50_ms"]), 100 * stats["spread"],
-                 stats["blocks"])
+                 cpu_wait_text(stats["cpu_wait_share"]), stats["blocks"])
         results.append(stats)
     return results
+
+
+def cpu_wait_text(share: Optional[float]) -> str:
+    return "CPU wait unknown" if share is None else f"waited for a CPU {share:.0%} of the time"
 
 
 def layer_profile(runner, inputs: Mapping[str, np.ndarray], batch: int,

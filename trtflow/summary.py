@@ -18,7 +18,7 @@ SUMMARY_COLUMNS = [
     "batch", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms",
     "throughput", "timing_mode", "eager_latency_p50_ms", "torch_latency_p50_ms",
     "speedup_vs_torch", "timing_stable", "timing_spread", "torch_timing_spread",
-    "speedup_interval",
+    "speedup_interval", "speedup_timing", "timing_cpu_wait",
     "torch_fp16_latency_p50_ms", "speedup_vs_torch_fp16", "speed_flags",
     "speed_why", "validation_passed", "max_abs", "rel_l2", "cosine",
     "top1_agreement", "top5_agreement", "pixel_agreement", "miou", "detection_recall",
@@ -53,22 +53,55 @@ def _baseline(baseline: Mapping[str, Any], variant: str, batch: int) -> Optional
     return float(point["latency_p50_ms"]) if point else None
 
 
-def timing_columns(point: Mapping[str, Any], torch: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def timing_columns(point: Mapping[str, Any], torch: Optional[Mapping[str, Any]],
+                   paired: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """How sure the timings are (trtflow.benchmark.stable_times): `timing_stable` (the engine's
-    and PyTorch's windows both agreed), their spreads, and the speed-up's interval from the
-    windows' medians (PyTorch's slowest over the engine's fastest, and the reverse). Empty for
-    measurements made before timings had windows."""
+    windows agreed, and so did the side-by-side pairs, or PyTorch's own windows where there are
+    none), their spreads, and the speed-up's interval: the pairs' range (trtflow.side_by_side),
+    or from separate jobs PyTorch's slowest window over the engine's fastest, and the reverse.
+    `speedup_timing` says which. Empty for measurements made before timings had windows."""
     if "stable" not in point:
         return {"timing_stable": "", "timing_spread": "", "torch_timing_spread": "",
-                "speedup_interval": ""}
-    columns = {"timing_stable": bool(point["stable"] and (torch or {}).get("stable", True)),
+                "speedup_interval": "", "speedup_timing": "", "timing_cpu_wait": ""}
+    side_by_side = bool(paired and "speedup" in paired and paired["batch"] == point["batch"])
+    other_stable = paired["stable"] if side_by_side else (torch or {}).get("stable", True)
+    columns = {"timing_stable": bool(point["stable"] and other_stable),
                "timing_spread": _round(point["spread"]),
-               "torch_timing_spread": _round((torch or {}).get("spread")), "speedup_interval": ""}
-    if torch and "window_p50_ms" in torch:
+               "torch_timing_spread": _round((torch or {}).get("spread")), "speedup_interval": "",
+               "speedup_timing": speedup_timing(paired, side_by_side),
+               "timing_cpu_wait": _round(_largest(
+                   [point.get("cpu_wait_share"), (paired if side_by_side else torch or {})
+                    .get("cpu_wait_share")]))}
+    if side_by_side:
+        columns["speedup_interval"] = "{:.3g}-{:.3g}".format(*paired["interval"])
+    elif torch and "window_p50_ms" in torch:
         low = min(torch["window_p50_ms"]) / max(point["window_p50_ms"])
         high = max(torch["window_p50_ms"]) / min(point["window_p50_ms"])
         columns["speedup_interval"] = f"{low:.3g}-{high:.3g}"
     return columns
+
+
+def _largest(values: Sequence[Optional[float]]) -> Optional[float]:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def speedup_timing(paired: Optional[Mapping[str, Any]], side_by_side: bool) -> str:
+    if side_by_side:
+        return f"side by side ({paired['pairs']} pairs)"
+    why = (paired or {}).get("skipped")
+    return "separate jobs" + (f" ({why})" if why else "")
+
+
+def _speedup(torch32: Optional[float], p50: float, paired: Optional[Mapping[str, Any]],
+             timing: Mapping[str, Any]) -> Any:
+    """The engine's speed-up over PyTorch eager fp32: the side-by-side pairs' median where they
+    were timed; none from timings whose windows disagree (noise is no speed-up)."""
+    if timing["timing_stable"] is False:
+        return ""
+    if timing["speedup_timing"].startswith("side by side"):
+        return round(paired["speedup"], 3)
+    return round(torch32 / p50, 3) if torch32 else ""
 
 
 # the accuracy columns of a cell's task: tensor metrics of its first output, or, for detectors,
@@ -114,7 +147,8 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
     torch32 = float(torch32_point["latency_p50_ms"]) if torch32_point else None
     torch16 = _baseline(baseline, "torch-eager-fp16", point["batch"])
     p50 = float(point["latency_p50_ms"])
-    timing = timing_columns(point, torch32_point)
+    paired = benchmark.get("side_by_side")
+    timing = timing_columns(point, torch32_point, paired)
     # a speed-up from timings whose windows disagree is noise: the interval says what is known
     sure = timing["timing_stable"] is not False
     return {
@@ -129,7 +163,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "timing_mode": point.get("timing_mode", ""),
         "eager_latency_p50_ms": _round(point.get("eager_latency_p50_ms")),
         "torch_latency_p50_ms": round(torch32, 4) if torch32 else "",
-        "speedup_vs_torch": round(torch32 / p50, 3) if torch32 and sure else "",
+        "speedup_vs_torch": _speedup(torch32, p50, paired, timing),
         **timing,
         "torch_fp16_latency_p50_ms": round(torch16, 4) if torch16 else "",
         "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 and sure else "",
@@ -327,9 +361,11 @@ def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Ma
         flags, why = [], []
         if row.get("timing_stable") is False:
             torch_spread = row.get("torch_timing_spread")
+            waited = row.get("timing_cpu_wait", "")
             row["speed_flags"] = (
                 f"unstable timing (windows spread {float(row['timing_spread']):.0%}"
                 + (f", PyTorch's {float(torch_spread):.0%}" if torch_spread != "" else "")
+                + (f", waited for a CPU {float(waited):.0%} of the time" if waited != "" else "")
                 + f"; speed-up {row['speedup_interval'] or 'unknown'})")
             continue
         p50 = float(row["latency_p50_ms"])
@@ -345,14 +381,27 @@ def flag_slower_cells(rows: List[Dict[str, Any]], profiles: Sequence[Optional[Ma
                              f"{faster / p50:.2f}x)")
                 why.append(f"vs {other['precision']}: " + explain_slower(
                     profile, other_profile, row["precision"], other["precision"]))
-        torch = row.get("torch_latency_p50_ms")
-        if torch and p50 > float(torch) * (1 + margin):
-            flags.append(f"slower than PyTorch eager fp32 ({p50:.4g} vs {float(torch):.4g} ms)")
+        slower_than_torch = slower_than_pytorch(row, margin)
+        if slower_than_torch:
+            flags.append(slower_than_torch)
             if profile and profile.get("total_ms"):
                 why.append("vs PyTorch: time goes to " + ", ".join(
                     f"{c} {profile['categories'][c]['share']:.0%}" for c in CATEGORIES
                     if profile["categories"][c]["share"] >= 0.05))
         row["speed_flags"], row["speed_why"] = "; ".join(flags), " | ".join(why)
+
+
+def slower_than_pytorch(row: Mapping[str, Any], margin: float) -> str:
+    """The flag of a cell more than `margin` slower than PyTorch eager fp32 ('' if it is not):
+    by the side-by-side speed-up where there is one, else by the separate jobs' p50s."""
+    p50, torch = float(row["latency_p50_ms"]), row.get("torch_latency_p50_ms")
+    if str(row.get("speedup_timing", "")).startswith("side by side"):
+        speedup = float(row["speedup_vs_torch"])
+        return (f"slower than PyTorch eager fp32 (side by side: {speedup:.2f}x)"
+                if speedup * (1 + margin) < 1 else "")
+    if torch and p50 > float(torch) * (1 + margin):
+        return f"slower than PyTorch eager fp32 ({p50:.4g} vs {float(torch):.4g} ms)"
+    return ""
 
 
 def _same_series(row: Mapping[str, Any], other: Mapping[str, Any]) -> bool:

@@ -27,7 +27,7 @@ def main(args) -> None:
     from trtflow.models import eval_wrapper, load_trained_model
     from trtflow.runners.torch import TorchRunner
 
-    torch.set_num_threads(args.threads or args.job_threads)
+    torch.set_num_threads(args.threads or cli.job_threads(args))
     reference = load_npz(args.reference)
     inputs = reference_part(reference, "input")
     results = []

@@ -27,7 +27,7 @@ def main(args) -> None:
         detection_match_fraction=args.detection_match_fraction)
     cell = debug.CellDebug(
         model=args.model, precision=args.precision, backend=args.backend, check=check,
-        runtime=debug.Runtime(args.backend, args.engine_options, args.job_threads),
+        runtime=debug.Runtime(args.backend, args.engine_options, cli.job_threads(args)),
         keep_precision=args.keep_precision, settings=args.settings,
         int8_ops=_int8_ops(args.backend),
         engine_errors=debug.engine_gate_errors([read_json(v) for v in args.validations],

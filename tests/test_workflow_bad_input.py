@@ -349,7 +349,7 @@ def test_a_full_disk_is_one_error_and_the_run_after_freeing_space_recovers(workf
         workflow.write_config(config)
         workflow.run("all")
         filler = results / "filler"
-        with open(filler, "wb") as handle:  # the disk is full from here on
+        with open(filler, "wb", buffering=0) as handle:  # the disk is full from here on
             try:
                 while True:
                     handle.write(b"\0" * (1 << 16))

@@ -30,8 +30,6 @@ from .contention import CpuWait, wait_share
 log = logging.getLogger(__name__)
 
 TIMER_MODULE = "trtflow.torch_timer"  # run with -m under the PyTorch Python
-# the worker loads PyTorch and the model before its first answer (a detector: tens of seconds)
-START_TIMEOUT_S = 600
 
 
 class TorchTimerError(RuntimeError):

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .contention import CpuWait
+from .contention import CpuWait, contended
 from .data import batch_of
 from .profiling import summarize_profile
 from .runners.base import TimingModeUnavailable
@@ -53,16 +53,15 @@ def judged(agreement: Dict[str, Any], cpu_wait: Optional[float],
            settings: Mapping[str, Any]) -> Dict[str, Any]:
     """A block's agreement with the share of its runnable time spent waiting for a CPU
     (trtflow.contention): windows that agree on a machine that was not free are not stable."""
-    limit = float(settings["max_cpu_wait"])
-    contended = cpu_wait is not None and cpu_wait > limit
-    return {**agreement, "cpu_wait_share": cpu_wait, "stable": agreement["stable"] and not contended}
+    busy = contended(cpu_wait, float(settings["max_cpu_wait"]))
+    return {**agreement, "cpu_wait_share": cpu_wait, "stable": agreement["stable"] and not busy}
 
 
 def stable_times(measure_block, settings: Mapping[str, Any]) -> tuple:
-    """Blocks of timings until one is stable (window_agreement, and no more than
-    `max_cpu_wait` of the time since the first block waiting for a CPU) or `max_seconds` is spent; the last block and
-    its agreement, with the number of blocks measured. `measure_block(seconds)` times one block
-    within that budget."""
+    """Blocks of timings until one is stable (window_agreement, and no more than `max_cpu_wait`
+    of the time since the first block waiting for a CPU) or `max_seconds` is spent; the last
+    block and its agreement, with the number of blocks measured. `measure_block(seconds)` times
+    one block within that budget."""
     budget = float(settings["max_seconds"])
     deadline = time.perf_counter() + budget
     blocks = 0

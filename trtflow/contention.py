@@ -58,3 +58,8 @@ def wait_share(times: Sequence[Optional[Tuple[int, int]]]) -> Optional[float]:
         return None
     run, wait = sum(t[0] for t in known), sum(t[1] for t in known)
     return wait / (run + wait) if run + wait else None
+
+
+def contended(share: Optional[float], max_share: float) -> bool:
+    """Whether a measured wait share says the machine was not free (unknown: not contended)."""
+    return share is not None and share > max_share

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .benchmark import cpu_wait_text
-from .contention import CpuWait, wait_share
+from .contention import CpuWait, contended, wait_share
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,10 @@ def paired_speedup(engine_ms: Sequence[float], torch_ms: Sequence[float], tolera
     ratios = [t / e for e, t in zip(engine_ms, torch_ms)]
     low, high = min(ratios), max(ratios)
     spread = (high - low) / low
-    contended = cpu_wait is not None and cpu_wait > max_cpu_wait
     return {"engine_window_p50_ms": list(engine_ms), "torch_window_p50_ms": list(torch_ms),
             "ratios": ratios, "speedup": float(np.median(ratios)), "interval": [low, high],
             "spread": spread, "cpu_wait_share": cpu_wait,
-            "stable": spread <= tolerance and not contended,
+            "stable": spread <= tolerance and not contended(cpu_wait, max_cpu_wait),
             "engine_p50_ms": float(np.median(engine_ms)), "torch_p50_ms": float(np.median(torch_ms))}
 
 

@@ -63,7 +63,7 @@ def timing_columns(point: Mapping[str, Any], torch: Optional[Mapping[str, Any]],
     if "stable" not in point:
         return {"timing_stable": "", "timing_spread": "", "torch_timing_spread": "",
                 "speedup_interval": "", "speedup_timing": "", "timing_cpu_wait": ""}
-    side_by_side = bool(paired and "speedup" in paired and paired["batch"] == point["batch"])
+    side_by_side = timed_side_by_side(paired, point)
     other_stable = paired["stable"] if side_by_side else (torch or {}).get("stable", True)
     columns = {"timing_stable": bool(point["stable"] and other_stable),
                "timing_spread": _round(point["spread"]),
@@ -81,6 +81,11 @@ def timing_columns(point: Mapping[str, Any], torch: Optional[Mapping[str, Any]],
     return columns
 
 
+def timed_side_by_side(paired: Optional[Mapping[str, Any]], point: Mapping[str, Any]) -> bool:
+    """Whether the side-by-side pairs were timed at this point's batch."""
+    return bool(paired and "speedup" in paired and paired["batch"] == point["batch"])
+
+
 def _largest(values: Sequence[Optional[float]]) -> Optional[float]:
     known = [v for v in values if v is not None]
     return max(known) if known else None
@@ -94,12 +99,12 @@ def speedup_timing(paired: Optional[Mapping[str, Any]], side_by_side: bool) -> s
 
 
 def _speedup(torch32: Optional[float], p50: float, paired: Optional[Mapping[str, Any]],
-             timing: Mapping[str, Any]) -> Any:
+             point: Mapping[str, Any], timing: Mapping[str, Any]) -> Any:
     """The engine's speed-up over PyTorch eager fp32: the side-by-side pairs' median where they
     were timed; none from timings whose windows disagree (noise is no speed-up)."""
     if timing["timing_stable"] is False:
         return ""
-    if timing["speedup_timing"].startswith("side by side"):
+    if timed_side_by_side(paired, point):
         return round(paired["speedup"], 3)
     return round(torch32 / p50, 3) if torch32 else ""
 
@@ -163,7 +168,7 @@ def summary_row(cell: Mapping[str, str], benchmark: Mapping[str, Any],
         "timing_mode": point.get("timing_mode", ""),
         "eager_latency_p50_ms": _round(point.get("eager_latency_p50_ms")),
         "torch_latency_p50_ms": round(torch32, 4) if torch32 else "",
-        "speedup_vs_torch": _speedup(torch32, p50, paired, timing),
+        "speedup_vs_torch": _speedup(torch32, p50, paired, point, timing),
         **timing,
         "torch_fp16_latency_p50_ms": round(torch16, 4) if torch16 else "",
         "speedup_vs_torch_fp16": round(torch16 / p50, 3) if torch16 and sure else "",

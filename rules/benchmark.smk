@@ -55,6 +55,7 @@ rule benchmark:
         options=runner_options(),
         timer=torch_timer_json,
         timer_python=TORCH_PY,
+        workflow_env=WORKFLOW_ENV,
         requires=REQUIRES_BACKEND,
         provenance=provenance_of("benchmark"),
         producers=input_producers,
@@ -68,7 +69,8 @@ rule benchmark:
     conda:
         "../envs/tensorrt.yaml" if ON_GPU else "../envs/onnx.yaml"
     shell:
-        "{params.python:q} {params.script:q} --backend {params.backend:q} --engine {input.engine:q}"
+        "{params.workflow_env} {params.python:q} {params.script:q} --backend {params.backend:q}"
+        " --engine {input.engine:q}"
         " --sidecar {input.sidecar:q} --reference {input.reference:q} --settings {params.settings:q}"
         " --options {params.options:q} --timer {params.timer:q} --timer-python {params.timer_python:q}"
         " --timer-weights {input.weights:q}"

@@ -16,6 +16,7 @@ from trtflow.backend import RESOLVED_ENV, TORCH_SIDE_MODULES, backend_of_run, ch
 from trtflow.config import (Cell, matrix, model_opset, model_patch_options, model_tolerances,
                             name_regex, validate_config)
 from trtflow.errors import TrtflowError
+from trtflow.interpreter_env import shell_snapshot
 from trtflow.io import corrupt_artifacts, remove_corrupt_artifacts
 from trtflow.jobgraph import JobGraph
 from trtflow.models import BUILTIN_ARCHITECTURES
@@ -67,6 +68,8 @@ R = CONFIG["results_dir"]
 TAG = BACKEND.tag
 TORCH_PY = BACKEND.torch_python
 BACKEND_PY = BACKEND.python
+# the job's interpreter variables, kept across a TensorRT Python wrapper for the PyTorch worker
+WORKFLOW_ENV = shell_snapshot()
 ON_GPU = BACKEND.name == "tensorrt"
 # what a job's node must have (trtflow/node.py): engine, timing and validation jobs the backend,
 # the reference and PyTorch baselines the device they run on

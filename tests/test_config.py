@@ -34,7 +34,8 @@ def test_validate_config_fills_schema_defaults() -> None:
     resolved = validate_config(one_model_config())
     assert resolved["export"] == {"opset": None, "exporter": "torchscript"}
     assert resolved["patch"]["passes"] == ["inline_empty_guards", "fold_constants",
-                                           "fold_known_dims", "guard_empty_topk", "multiclass_nms", "cleanup",
+                                           "fold_known_dims", "guard_empty_topk", "multiclass_nms",
+                                           "efficient_nms", "cleanup",
                                            "toposort", "int64_inputs_to_int32",
                                            "decompose_layernorm", "roialign_to_gridsample",
                                            "infer_shapes"]

@@ -480,3 +480,108 @@ def test_multiclass_nms_is_for_onnx_runtime_unless_asked(tmp_path: Path) -> None
         _, reports = apply_passes(original, ["inline_empty_guards", "multiclass_nms"],
                                   PatchContext("nms", backend, options))
         assert len(reports[1]["rewritten"]) == rewritten, (backend, options)
+
+
+def _kept_nms_graph(path: Path, kept: int) -> onnx.ModelProto:
+    """batched_nms followed by keep[:kept], as torchvision's RPN (1000) and box head (100) end."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    class Suppress(torch.nn.Module):
+        def forward(self, boxes, scores, classes):
+            return box_ops.batched_nms(boxes, scores, classes, 0.5)[:kept]
+
+    corners = torch.rand(50, 2) * 100
+    inputs = (torch.cat([corners, corners + 5], 1), torch.rand(50), torch.randint(0, 4, (50,)))
+    torch.onnx.export(Suppress(), inputs, str(path), input_names=["boxes", "scores", "classes"],
+                      output_names=["keep"], opset_version=17, dynamo=False,
+                      dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}})
+    return onnx.load(str(path))
+
+
+def _detections(count: int, classes: int, seed: int = 0):
+    """Boxes of a 1344 image in `classes` classes: class-shifted, they reach 91 x 1345 (inf in
+    fp16) for a box head's 91."""
+    rng = np.random.default_rng(seed)
+    # corners up to 1200, boxes of 1/3 of that and 1/3 apart at most: most of a class's overlap
+    corners = 800 + rng.random((count, 2), dtype=np.float32) * 400
+    boxes = np.concatenate([corners - 400, corners + rng.random((count, 2), dtype=np.float32) * 100], 1)
+    scores = rng.permutation(count).astype(np.float32) / max(count, 1) + 0.01  # distinct
+    return {"boxes": boxes, "scores": scores, "classes": rng.integers(0, classes, count)}
+
+
+EFFICIENT_NMS_PASSES = ["inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort"]
+
+
+def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_count(
+        tmp_path: Path) -> None:
+    """Node by node: one EfficientNMS_ONNX_TRT reading the NMS's own boxes and its scores as
+    [B, N, 1], limited to the 20 the model keeps after it, its -1 rows cut off; no ONNX NMS left;
+    the class shift marked fp32."""
+    from trtflow.patch import FP32_LAYER_MARK, PLUGIN_DOMAIN
+
+    original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
+    nms_inputs = [next(n for n in apply_passes(original, EFFICIENT_NMS_PASSES[:2], PatchContext(
+        "nms", "tensorrt", {}, backend_version="8.6.0"))[0].graph.node
+        if n.op_type == "NonMaxSuppression").input[i] for i in (0, 1)]
+    patched, reports = apply_passes(original, EFFICIENT_NMS_PASSES,
+                                    PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+    assert reports[2]["rewritten"] == [{"node": reports[2]["rewritten"][0]["node"],
+                                        "max_output_boxes": 20, "kept_after": 20,
+                                        "candidates_limit": 4096}]
+    nodes = list(patched.graph.node)
+    assert not [n for n in nodes if n.op_type == "NonMaxSuppression"]
+    (plugin,) = [n for n in nodes if n.op_type == "EfficientNMS_ONNX_TRT"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in plugin.attribute}
+    assert plugin.domain == PLUGIN_DOMAIN and attrs["max_output_boxes_per_class"] == 20
+    assert attrs["iou_threshold"] == pytest.approx(0.5) and attrs["center_point_box"] == 0
+    assert attrs["score_threshold"] < -1e38 and attrs["plugin_version"] == b"1"
+    assert plugin.input[0] == nms_inputs[0]
+    (transpose,) = [n for n in nodes if n.output[0] == plugin.input[1]]
+    assert transpose.op_type == "Transpose" and transpose.input[0] == nms_inputs[1]
+    assert [a.ints for a in transpose.attribute] == [[0, 2, 1]]
+    assert PLUGIN_DOMAIN in [d.domain for d in patched.opset_import]
+    shift = [n.op_type for n in nodes if FP32_LAYER_MARK in n.name and n.op_type in ("Add", "Mul")]
+    assert "Add" in shift and "Mul" in shift
+    onnx.checker.check_model(patched)
+
+
+@pytest.mark.parametrize("count", [0, 1, 400])
+def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_path: Path,
+                                                                          count: int) -> None:
+    """The plugin's standard-op form (what int8 calibration runs) keeps what torchvision keeps,
+    in its order, and so does its fp16 graph: the class shift stays fp32 there (shifted by 91
+    classes, the boxes are inf in fp16 and the kept set changes)."""
+    import onnxruntime as ort
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    from trtflow.patch import onnxruntime_runnable
+    from trtflow.precision import to_fp16
+
+    original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
+    patched, _ = apply_passes(original, EFFICIENT_NMS_PASSES,
+                              PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+    onnx.save(patched, str(tmp_path / "patched.onnx"))
+    to_fp16(tmp_path / "patched.onnx", tmp_path / "fp16.onnx")
+    feed = _detections(count, 91)
+    expected = box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
+                                   0.5)[:20].numpy()
+    assert count < 400 or len(expected) == 20
+    for graph in (patched, onnx.load(str(tmp_path / "fp16.onnx"))):
+        session = ort.InferenceSession(onnxruntime_runnable(graph).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        (keep,) = session.run(None, feed)
+        assert np.array_equal(keep, expected)
+
+
+def test_efficient_nms_is_for_tensorrt_before_10_12(tmp_path: Path) -> None:
+    original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
+    for backend, version, options, rewritten in (
+            ("tensorrt", "8.6.0", {}, 1), ("tensorrt", "10.11.0", {}, 1),
+            ("tensorrt", "10.12.0", {}, 0), ("tensorrt", "11.0.0", {}, 0),
+            ("tensorrt", "8.6.0", {"efficient_nms": "never"}, 0), ("onnxruntime", "", {}, 0),
+            ("onnxruntime", "", {"efficient_nms": "always"}, 1)):
+        _, reports = apply_passes(original, EFFICIENT_NMS_PASSES[:3],
+                                  PatchContext("nms", backend, options, backend_version=version))
+        assert len(reports[2]["rewritten"]) == rewritten, (backend, version, options)

@@ -103,3 +103,34 @@ def test_a_pytorch_model_that_cannot_load_leaves_the_separate_jobs_speedup_and_s
     assert "PyTorch timer failed" in result["skipped"] and "missing.pt" in result["skipped"]
     assert side_by_side(None, {}, None, BATCH, {**SETTINGS, "side_by_side_pairs": 0},
                         timer_args(resnet)) == {"skipped": "benchmark.side_by_side_pairs is 0"}
+
+
+def test_the_pytorch_worker_runs_in_the_workflows_environment_not_the_tensorrt_wrappers(
+        resnet, tmp_path: Path) -> None:
+    """A TensorRT Python that is a wrapper (the GPU machine's /tmp/trtpy) sets PYTHONPATH and
+    PYTHONHOME for its own interpreter; the PyTorch worker it starts must not inherit them. The
+    wrapper here puts a torch on PYTHONPATH that cannot be imported, as a Python 3.9 site would
+    be to the PyTorch Python; the job's shell keeps its own values first, as the benchmark rule's
+    does."""
+    from trtflow.interpreter_env import shell_snapshot
+
+    wrapper_site = tmp_path / "wrapper-site" / "torch"
+    wrapper_site.mkdir(parents=True)
+    (wrapper_site / "__init__.py").write_text("raise ImportError('the TensorRT Python site')\n")
+    wrapper = tmp_path / "trt-python"
+    wrapper.write_text(f"#!/bin/sh\nexport PYTHONPATH={wrapper_site.parent}:$PYTHONPATH\n"
+                       f"exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    timer = dict(timer_args(resnet), spec=None)
+    script = ("import json, sys; from trtflow.side_by_side import TorchTimer\n"
+              f"args = {timer!r}; args['spec'] = json.loads(sys.argv[1])\n"
+              "with TorchTimer(**args) as timer:\n"
+              "    print(json.dumps(timer.time(2, 1, 3, 2.0)['times_ms']))\n")
+    import json
+    root = Path(__file__).resolve().parents[1]
+    command = f"{shell_snapshot()} {wrapper} -c \"$0\" \"$1\""
+    done = subprocess.run(["bash", "-c", command, script, json.dumps(resnet["spec"])],
+                          capture_output=True, text=True, cwd=root, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(json.loads(done.stdout.strip().splitlines()[-1])) == 3

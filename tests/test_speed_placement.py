@@ -111,3 +111,27 @@ def test_rounds_run_only_for_an_int8_engine_not_already_faster(int8_ms, fp16_ms,
     assert (reason is not None) is skipped
     if skipped:
         assert "1.32x" in reason and "when: always" in reason
+
+
+def test_the_placements_own_timings_carry_every_setting_the_benchmark_timing_reads() -> None:
+    """The placement times engines with fixed settings (runners.tensorrt_speed.TIMING), through
+    the benchmark stage's time_batch: a setting that stage reads and TIMING lacks stopped every
+    int8 build on the H200 (KeyError: 'max_cpu_wait'). Its values are the schema's defaults."""
+    from trtflow.benchmark import time_batch
+    from trtflow.config import section_defaults
+    from trtflow.runners.tensorrt_speed import TIMING
+
+    class Runner:
+        name = "fake"
+
+        def time_modes(self) -> List[str]:
+            return ["plain"]
+
+        def time(self, feed, warmup, iterations, seconds, mode) -> List[float]:
+            return [1.0] * iterations
+
+    stats = time_batch(Runner(), {}, 1, TIMING)
+    assert stats["stable"] and stats["latency_p50_ms"] == 1.0
+    defaults = section_defaults("benchmark")
+    assert TIMING["max_cpu_wait"] == defaults["max_cpu_wait"]
+    assert TIMING["stability_tolerance"] == defaults["stability_tolerance"]

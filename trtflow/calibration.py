@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Seq
 import numpy as np
 
 from .errors import TrtflowError
-from .io import atomic_path, sha256_file
+from .io import atomic_path, load_onnx, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,27 @@ def cached_ranges(path: Path) -> Optional[Ranges]:
         return None
 
 
+def onnxruntime_graph(graph: Path, scratch: Path) -> Path:
+    """`graph`, or where it holds TensorRT plugin nodes (patch.efficient_nms) a copy in `scratch`
+    with the standard ops they stand for: ONNX Runtime measures the same tensors' ranges."""
+    import onnx
+
+    from .patch import has_plugins, onnxruntime_runnable
+
+    model = load_onnx(graph)
+    if not has_plugins(model):
+        return graph
+    runnable = scratch / f"runnable-{Path(graph).name}"
+    onnx.save(onnxruntime_runnable(model), str(runnable))
+    return runnable
+
+
 def _calibrate(graph: Path, arrays: Mapping[str, np.ndarray], method: str, symmetric: bool,
                percentile: float, model: str):
     from onnxruntime.quantization.calibrate import create_calibrator
 
     with tempfile.TemporaryDirectory(prefix="trtflow-calibration-") as scratch:
+        graph = onnxruntime_graph(graph, Path(scratch))
         try:
             calibrator = create_calibrator(graph, None,
                                            augmented_model_path=f"{scratch}/augmented.onnx",

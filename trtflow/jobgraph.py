@@ -26,7 +26,8 @@ from .provenance import code_digest, digest
 # script's path: its code is digested instead), the provenance machinery itself, and how a user
 # reruns the workflow (the printed commands carry this run's config file paths: the same results
 # made from another folder, or by a cluster job, must have the same provenance)
-NOT_SETTINGS = ("provenance", "python", "timer_python", "script", "producers", "rerun")
+NOT_SETTINGS = ("provenance", "python", "timer_python", "workflow_env", "script", "producers",
+                "rerun")
 WildcardItems = Tuple[Tuple[str, str], ...]
 
 

@@ -610,11 +610,18 @@ def producer(tensor, *ops: str):
 
 def _through(tensor, *ops: str):
     """`tensor` followed up through single-input-data nodes of `ops` (Cast, Unsqueeze, Slice)."""
+    chain = _chain(tensor, *ops)
+    return chain[-1].inputs[0] if chain else tensor
+
+
+def _chain(tensor, *ops: str) -> List[Any]:
+    """The nodes `_through` passes, nearest first."""
+    nodes = []
     node = producer(tensor, *ops)
     while node is not None:
-        tensor = node.inputs[0]
-        node = producer(tensor, *ops)
-    return tensor
+        nodes.append(node)
+        node = producer(node.inputs[0], *ops)
+    return nodes
 
 
 def _coordinate_trick(node) -> Any:
@@ -655,9 +662,11 @@ class _NodeMaker:
         import onnx_graphsurgeon as gs
 
         name = self._name(op)
+        domain = attrs.pop("domain", None)
         made = [gs.Variable(f"{name}/out{i}") for i in range(outputs - 1)]  # unused ones
         made.append(output if output is not None else gs.Variable(f"{name}/out", dtype=dtype))
-        self.graph.nodes.append(gs.Node(op, name, attrs=attrs, inputs=list(inputs), outputs=made))
+        self.graph.nodes.append(gs.Node(op, name, attrs=attrs, inputs=list(inputs), outputs=made,
+                                        domain=domain))
         return made[-1]
 
     def unsqueeze(self, tensor, axis: int):
@@ -715,6 +724,180 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"rewritten": rewritten}
 
 
+# EfficientNMS is deprecated from TensorRT 10.12 and gone in 11: there the ONNX NonMaxSuppression
+# stays, which the parser maps to the native INMSLayer (notes/trt_api.md)
+EFFICIENT_NMS_BEFORE = (10, 12)
+# the plugin keeps the top 4096 scores of an image for its NMS kernel (efficientNMSInference.cu)
+EFFICIENT_NMS_CANDIDATES = 4096
+# a node name mark that the TensorRT build reads: such layers run in fp32 in a weakly typed
+# (8.x) build. torchvision's class-shifted boxes reach 91 x 1345 = 122,395 in a 1344 Mask R-CNN's
+# box head: inf in fp16, which an fp16 build would otherwise be free to pick for the plugin.
+FP32_LAYER_MARK = "trtflow_fp32"
+# TensorRT's parser takes an op it has no importer for as a plugin of that name, whatever its
+# domain; a domain of its own keeps onnx's checker and shape inference from rejecting the node
+PLUGIN_DOMAIN = "trt.plugins"
+
+
+def _kept_count(selected) -> Optional[int]:
+    """K where an NMS's selected indices are followed (through Gather/Squeeze/Identity/Cast) by
+    a Slice [0:K]: how many boxes the model keeps (torchvision's RPN 1000, its box head 100)."""
+    frontier = [selected]
+    while frontier:
+        tensor = frontier.pop()
+        for node in tensor.outputs:
+            if node.op == "Slice":
+                starts, ends = (_constant_ints(t) for t in node.inputs[1:3])
+                if starts == [0] and ends and 0 < ends[0] < 2 ** 31 - 1:
+                    return int(ends[0])
+            elif node.op in ("Gather", "Squeeze", "Identity", "Cast", "Reshape", "Unsqueeze"):
+                frontier.extend(node.outputs)
+    return None
+
+
+def _class_shift_nodes(node) -> List[Any]:
+    """The nodes of torchvision's class shift before `node` (an NMS): the Add of the boxes and
+    the offsets, the offsets' Mul and the max-coordinate arithmetic; [] for any other NMS."""
+    add = producer(_through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
+    if add is None or _coordinate_trick(node) is None:
+        return []
+    found = [add] + _chain(node.inputs[0], "Cast", "Unsqueeze") + _chain(node.inputs[1], "Cast",
+                                                                          "Unsqueeze")
+    frontier = [t for t in add.inputs]
+    while frontier:
+        tensor = frontier.pop()
+        made = producer(tensor, "Mul", "Add", "ReduceMax", "Cast", "Unsqueeze", "Slice")
+        if made is not None and made not in found and len(found) < 12:
+            found.append(made)
+            frontier.extend(made.inputs)
+    return found
+
+
+def _single_class(scores, dims: Mapping[str, List[Any]]) -> bool:
+    """Scores of one class ([B, 1, N]), as the graph or shape inference knows them."""
+    shape = list(getattr(scores, "shape", None) or dims.get(scores.name) or [])
+    return len(shape) == 3 and shape[1] == 1
+
+
+def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
+    """Single-class ONNX NonMaxSuppression -> TensorRT's EfficientNMS_ONNX_TRT plugin.
+
+    TensorRT 8.6 runs the ONNX op as its INMSLayer: 10.0 of a 1344 Mask R-CNN fp16 engine's
+    20.8 ms went to its RPN NMS (~4,700 boxes; benchmarks/gpu/detectors.md). The plugin takes the
+    same boxes (scores transposed to [B, N, 1]) and writes the same selected indices, highest
+    score first, into [B x K, 3] rows padded with -1; the valid rows are cut back out, so what
+    follows is unchanged. torchvision's batched NMS is single-class (its class-shifted boxes).
+    Differences, recorded per node: K (max_output_boxes_per_class) is the count the model keeps
+    after it (the Slice [0:K] that follows), and the plugin's NMS sees an image's top 4096
+    scores only. auto: TensorRT before 10.12."""
+    import numpy as np
+
+    policy = ctx.options.get("efficient_nms", "auto")
+    version = _version_tuple(ctx.backend_version) if ctx.backend_version else ()
+    if policy == "never" or (policy == "auto" and (
+            ctx.backend != "tensorrt" or (version and version[:2] >= EFFICIENT_NMS_BEFORE))):
+        return {"skipped": f"policy '{policy}' for backend '{ctx.backend}' {ctx.backend_version}",
+                "rewritten": [], "left": []}
+    rewritten, left = [], []
+    nms_nodes = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
+    dims = _inferred_dims(graph) if nms_nodes else {}
+    for node in nms_nodes:
+        boxes, scores = node.inputs[0], node.inputs[1]
+        limit = _constant_ints(node.inputs[2]) if len(node.inputs) > 2 else None
+        iou = node.inputs[3] if len(node.inputs) > 3 else None
+        iou_value = getattr(iou, "values", None) if iou is not None else 0.0
+        threshold = node.inputs[4] if len(node.inputs) > 4 else None
+        threshold_value = getattr(threshold, "values", None) if threshold is not None else None
+        if not _single_class(scores, dims) or iou_value is None or (
+                threshold is not None and threshold_value is None):
+            left.append({"node": node.name, "why": "scores not [B, 1, N], or thresholds not constant"})
+            continue
+        kept = _kept_count(node.outputs[0])
+        for shifting in _class_shift_nodes(node):  # fp32 too: 122,395 is inf in fp16
+            shifting.name = f"{shifting.name}/{FP32_LAYER_MARK}"
+        k = min(v for v in (kept, (limit or [None])[0], EFFICIENT_NMS_CANDIDATES) if v)
+        make = _NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
+        scores_bn1 = make("Transpose", [scores], scores.dtype, perm=[0, 2, 1])
+        rows = make("EfficientNMS_ONNX_TRT", [boxes, scores_bn1], np.int32, domain=PLUGIN_DOMAIN,
+                    plugin_version="1", plugin_namespace="",
+                    max_output_boxes_per_class=int(k), iou_threshold=float(np.asarray(iou_value).reshape(-1)[0]),
+                    score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
+                    if threshold_value is not None else -3.0e38,
+                    center_point_box=int(node.attrs.get("center_point_box", 0)))
+        # valid rows come first (highest score first), then -1 rows: cut at their count
+        box_index = make("Gather", [rows, make.const(np.int64(2))], np.int32, axis=1)
+        valid = make("Cast", [make("GreaterOrEqual", [box_index, make.const(np.int32(0))],
+                                   np.bool_)], np.int64, to=7)
+        count = make("ReduceSum", [valid, make.const(np.array([0], np.int64))], np.int64,
+                     keepdims=1)
+        cut = make("Slice", [rows, make.const(np.array([0], np.int64)), count,
+                             make.const(np.array([0], np.int64))], np.int32)
+        make("Cast", [cut], np.int64, to=7, output=node.outputs[0])
+        node.outputs.clear()
+        node.inputs.clear()
+        rewritten.append({"node": node.name, "max_output_boxes": int(k),
+                          "kept_after": kept, "candidates_limit": EFFICIENT_NMS_CANDIDATES})
+    if rewritten:
+        graph.import_domains = _with_domain(graph.import_domains, PLUGIN_DOMAIN)
+    graph.cleanup().toposort()
+    return {"rewritten": rewritten, "left": left}
+
+
+def _with_domain(domains, name: str):
+    import onnx
+
+    domains = list(domains or [])
+    if not any(d.domain == name for d in domains):
+        domains.append(onnx.helper.make_opsetid(name, 1))
+    return domains
+
+
+def onnxruntime_runnable(model_proto):
+    """`model_proto` with each EfficientNMS_ONNX_TRT node as the standard ops it stands for
+    (ONNX NonMaxSuppression, its rows padded with -1 to the plugin's [K, 3]), for ONNX Runtime:
+    the int8 calibration of a TensorRT graph, and the tests. Tensor names are kept, so ranges
+    measured here are those of the TensorRT graph's tensors."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model_proto)
+    plugins = [n for n in graph.nodes if n.op == "EfficientNMS_ONNX_TRT"]
+    for node in plugins:
+        boxes, scores_bn1 = node.inputs
+        make = _NodeMaker(graph, f"{node.name}/as_onnx")
+        k = int(node.attrs["max_output_boxes_per_class"])
+        scores = make("Transpose", [scores_bn1], np.float32, perm=[0, 2, 1])
+        selected = make("NonMaxSuppression", [
+            boxes, scores, make.const(np.array([k], np.int64)),
+            make.const(np.array([node.attrs["iou_threshold"]], np.float32)),
+            make.const(np.array([node.attrs["score_threshold"]], np.float32))],
+            np.int64, center_point_box=int(node.attrs.get("center_point_box", 0)))
+        # ONNX's order is by box index within a class for equal scores; both sort by score
+        box_scores = make("Gather", [make("Reshape", [scores, make.const(np.array([-1], np.int64))],
+                                          np.float32),
+                                     make("Gather", [selected, make.const(np.int64(2))], np.int64,
+                                          axis=1)], np.float32)
+        order = make("TopK", [box_scores, make("Shape", [box_scores], np.int64)], np.int64,
+                     outputs=2, axis=0, largest=1, sorted=1)
+        ranked = make("Gather", [selected, order], np.int64, axis=0)
+        missing = make("Sub", [make.const(np.array([k], np.int64)),
+                               make("Shape", [ranked], np.int64, start=0, end=1)], np.int64)
+        pads = make("Concat", [make.const(np.array([0, 0], np.int64)), missing,
+                               make.const(np.array([0], np.int64))], np.int64, axis=0)
+        padded = make("Pad", [ranked, pads, make.const(np.int64(-1))], np.int64)
+        make("Cast", [padded], np.int32, to=6, output=node.outputs[0])
+        node.outputs.clear()
+        node.inputs.clear()
+    graph.cleanup().toposort()
+    runnable = gs.export_onnx(graph)
+    del runnable.opset_import[:]
+    runnable.opset_import.extend(d for d in model_proto.opset_import if d.domain != PLUGIN_DOMAIN)
+    return runnable
+
+
+def has_plugins(model_proto) -> bool:
+    return any(node.domain == PLUGIN_DOMAIN for node in model_proto.graph.node)
+
+
 def infer_shapes(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Marker pass: shapes are inferred on the ModelProto in `apply_passes` (needs onnx)."""
     return {}
@@ -725,6 +908,7 @@ PASSES: Dict[str, Callable[[Any, PatchContext], Dict[str, Any]]] = {
     "fold_known_dims": fold_known_dims,
     "guard_empty_topk": guard_empty_topk,
     "multiclass_nms": multiclass_nms,
+    "efficient_nms": efficient_nms,
     "cleanup": cleanup,
     "toposort": toposort,
     "int64_inputs_to_int32": int64_inputs_to_int32,

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import TrtflowError
 from .io import atomic_path, load_onnx, write_json
+from .patch import FP32_LAYER_MARK
 from .runners.base import TensorSpec, adapt_feed
 
 log = logging.getLogger(__name__)
@@ -120,12 +121,59 @@ def to_fp16(source: Path, output: Path, keep_fp32: Sequence[str] = ()) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_onnx(source)
+    # nodes a patch pass marked fp32 (patch.FP32_LAYER_MARK) stay fp32 with the keep list
+    marked = [n.name for n in model.graph.node if FP32_LAYER_MARK in n.name]
     # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
     converted = convert_float_to_float16(model, keep_io_types=True,
-                                         node_block_list=list(keep_fp32) or None)
+                                         node_block_list=list(keep_fp32) + marked or None)
     drop_duplicate_nodes(converted.graph)
+    drop_fp16_round_trips(converted.graph)
     with atomic_path(output) as tmp:
         onnx.save(converted, str(tmp))
+
+
+def _float32_tensors(graph) -> set:
+    import onnx
+
+    float32 = onnx.TensorProto.FLOAT
+    names = {v.name for v in list(graph.input) + list(graph.value_info)
+             if v.type.tensor_type.elem_type == float32}
+    names |= {t.name for t in graph.initializer if t.data_type == float32}
+    for node in graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == float32 for a in node.attribute):
+            names.update(node.output)
+    return names
+
+
+def drop_fp16_round_trips(graph) -> int:
+    """Rewire Cast(fp32) <- Cast(fp16) <- fp32 tensor to the fp32 tensor. ONNX Runtime's
+    converter casts every tensor between two kept-fp32 nodes to fp16 and back, which loses
+    what keeping them was for: torchvision's class-shifted boxes (up to 122,395) became inf."""
+    import onnx
+
+    float16 = onnx.TensorProto.FLOAT16
+    float32 = _float32_tensors(graph)
+    made_by = {out: node for node in graph.node for out in node.output}
+    rewired: Dict[str, str] = {}
+    for node in graph.node:
+        source = made_by.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        if (node.output[0] in float32 and source is not None and source.op_type == "Cast"
+                and any(a.name == "to" and a.i == float16 for a in source.attribute)
+                and source.input[0] in float32):
+            rewired[node.output[0]] = source.input[0]
+    if not rewired:
+        return 0
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in rewired and name not in outputs:
+                node.input[index] = rewired[name]
+    used = {name for node in graph.node for name in node.input} | outputs
+    for _ in range(2):  # the fp32 Casts, then the fp16 Casts only they read
+        for node in [n for n in graph.node if n.op_type == "Cast" and n.output[0] not in used]:
+            graph.node.remove(node)
+        used = {name for node in graph.node for name in node.input} | outputs
+    return len(rewired)
 
 
 def subgraph_node_names(graph) -> List[str]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .benchmark import cpu_wait_text
 from .contention import CpuWait, contended, wait_share
+from .interpreter_env import workflow_environment
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class TorchTimer:
         self.command = [python, "-m", TIMER_MODULE, "--model", model, "--spec", json.dumps(spec),
                         "--weights", weights, "--reference", reference, "--device", device,
                         "--threads", str(threads)] + (["--log", log_path] if log_path else [])
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        env = workflow_environment()  # not TensorRT's wrapper's: see trtflow/interpreter_env.py
+        self.env = {**env, "PYTHONPATH": os.pathsep.join(
+            [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])}
         self.process: Optional[subprocess.Popen] = None
         self.info: Dict[str, Any] = {}
 

@@ -2,18 +2,21 @@
 # Issues 20/21 on the GPU machine, one command (run it detached; it writes $RUNS/*):
 #   1. why TensorRT 8.6.0 refuses its own timing cache (timing_cache_probe.py);
 #   2. Mask R-CNN 1344 fp16/int8 at level 3 with per-layer profiles (maskrcnn_speed.yaml);
+#      deploy: its fp16 with the efficient_nms pass (maskrcnn_deploy.yaml);
 #   3. ResNet-50 b256 and MobileNetV2 b32, fp16/int8 at level 3 (int8.yaml less efficientnet),
 #      then the same matrix rebuilt with its engines deleted and the timing cache kept (warm);
 #   4. gputests: `pytest -m gpu`;
 #   collect: tars what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/results.tgz (poll with it).
 #   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
-#   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out.
+#   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out; TRT_EXTRA adds tensorrt
+#   settings (deploy: 'tactic_sources: [EDGE_MASK_CONVOLUTIONS, JIT_CONVOLUTIONS]': with a plugin
+#   layer TensorRT loads cuBLAS, which the GPU machine's set-up only stubs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-/tmp/runs}
 mkdir -p "$RUNS"
 : "${TRT_PYTHON:?set TRT_PYTHON}"
-TRT="{python: $TRT_PYTHON, optimization_level: ${OPT:-3}, workspace_mib: 8192}"
+TRT="{python: $TRT_PYTHON, optimization_level: ${OPT:-3}, workspace_mib: 8192${TRT_EXTRA:+, $TRT_EXTRA}}"
 summary() {  # the cells of a results folder, one line each, into the run log
   python3 - "$1" <<'PY'
 import csv, sys
@@ -26,7 +29,7 @@ PY
 collect() {  # results, small files only, into $OUT/results.tgz (a poll's copy survives a lost
   # machine; a tar, because the transfer back drops files more than a few folders deep)
   local dirs=()
-  for dir in results-maskrcnn results-int8 "$RUNS"; do [ -d "$dir" ] && dirs+=("$dir"); done
+  for dir in results-maskrcnn results-deploy results-int8 "$RUNS"; do [ -d "$dir" ] && dirs+=("$dir"); done
   [ ${#dirs[@]} -gt 0 ] && find "${dirs[@]}" -type f \( -name '*.csv' -o -name '*.json' -o -name '*.log' \
     -o -name '*.txt' -o -name '*.png' \) -size -5M -print0 | tar czf "$OUT/results.tgz" --null -T -
   return 0
@@ -36,6 +39,10 @@ for step in ${*:-probe maskrcnn int8 warm}; do
   case $step in
     probe)
       TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/timing_cache_probe.py /tmp/tc-probe 2>&1 | tee "$RUNS/timing_cache_probe.log" ;;
+    deploy)
+      snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
+        --configfile benchmarks/gpu/maskrcnn_deploy.yaml --config tensorrt="$TRT" > "$RUNS/deploy.log" 2>&1
+      summary results-deploy ;;
     maskrcnn)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
         --configfile benchmarks/gpu/maskrcnn_speed.yaml --config tensorrt="$TRT" > "$RUNS/maskrcnn.log" 2>&1

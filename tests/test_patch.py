@@ -585,3 +585,21 @@ def test_efficient_nms_is_for_tensorrt_before_10_12(tmp_path: Path) -> None:
         _, reports = apply_passes(original, EFFICIENT_NMS_PASSES[:3],
                                   PatchContext("nms", backend, options, backend_version=version))
         assert len(reports[2]["rewritten"]) == rewritten, (backend, version, options)
+
+
+def test_debug_precision_runs_a_tensorrt_graph_with_the_plugin_as_its_standard_ops(
+        tmp_path: Path) -> None:
+    """debug_precision simulates a TensorRT cell on ONNX Runtime: a graph holding the NMS plugin
+    runs there as the ops it stands for, with torchvision's result."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    from trtflow.debug import Runtime
+
+    patched, _ = apply_passes(_kept_nms_graph(tmp_path / "nms.onnx", 20), EFFICIENT_NMS_PASSES,
+                              PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+    feed = _detections(400, 91)
+    (keep,) = Runtime("tensorrt").session(patched).run(None, feed)
+    expected = box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
+                                   0.5)[:20].numpy()
+    assert np.array_equal(keep, expected)

@@ -193,3 +193,17 @@ def test_cuda_module_loads_nothing_at_import_and_fails_clearly_without_a_gpu() -
         assert "failed: CUDA error" in str(exc) or "cannot load the CUDA runtime" in str(exc)
     else:  # a GPU machine: each device is described
         assert all(set(d) == {"index", "name", "compute_capability"} for d in devices)
+
+
+def test_a_build_that_cannot_load_cublas_for_a_plugin_says_what_to_do() -> None:
+    """The error lines TensorRT 8.6.0 gave on the H200 for a network with EfficientNMS (stub
+    cuBLAS/cuDNN there) name the library and the pass that added the plugin."""
+    from trtflow.runners.tensorrt import build_failure_fix
+
+    seen = ["3: [libLoader.cpp::untypedSymbolAddress::364] Error Code 3: Internal Error "
+            "(SymbolAddress for cublasGetProperty could not be loaded, check function name "
+            "against library symbol)"]
+    assert "patch.efficient_nms: never" in build_failure_fix(seen)
+    assert "cuBLAS/cuDNN" in build_failure_fix(["SymbolAddress for cudnnActivationForward could "
+                                                "not be loaded"])
+    assert "workspace_mib" in build_failure_fix(["10: Could not find any implementation"])

@@ -76,8 +76,11 @@ class Runtime:
         (the fp32 reference)."""
         import onnxruntime as ort
 
+        from .patch import has_plugins, onnxruntime_runnable
         from .runners.onnxruntime import session_options, disabled_optimizers
 
+        if has_plugins(model):  # a TensorRT graph's plugin nodes, as the standard ops they are
+            model = onnxruntime_runnable(model)
         options = session_options(self.threads,
                                    self.engine_options.get("graph_optimization_level", "basic"))
         if exact or self.backend != "onnxruntime":

@@ -15,6 +15,7 @@ trtflow.runners.tensorrt_cache.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -106,6 +107,19 @@ def precision_flags(trt, precision: str, strongly_typed: bool) -> List[str]:
         return []  # the graph's types decide; these flags are an error in 10 and gone in 11
     wanted = {"fp16": ["FP16"], "int8": ["FP16", "INT8"]}.get(precision, [])
     return [name for name in wanted if hasattr(trt.BuilderFlag, name)]
+
+
+# TensorRT 8.6 loads cuBLAS and cuDNN for a network with a plugin layer; an install without
+# them (stub libraries, a trimmed container) fails here, not at the parser
+MISSING_LIBRARY = re.compile(r"SymbolAddress for (cublas|cudnn)\w* could not be loaded", re.I)
+
+
+def build_failure_fix(errors: List[str]) -> str:
+    """What to try for a failed build, from its error lines."""
+    if any(MISSING_LIBRARY.search(message) for message in errors):
+        return ("this TensorRT cannot load cuBLAS/cuDNN, which it needs for plugin layers: install "
+                "them for it, or set patch.efficient_nms: never (the patch pass that adds a plugin)")
+    return "see the log; try a larger tensorrt.workspace_mib or another opset"
 
 
 def constrain_fp32_layers(trt, network, config, strongly_typed: bool) -> int:
@@ -284,8 +298,7 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         for message in errors:
             log.error("TensorRT: %s", message)
         raise TrtflowError("TensorRT engine build failed: " + " | ".join(errors[-5:]),
-                           model=model, path=str(onnx_path),
-                           fix="see the log; try a larger tensorrt.workspace_mib or another opset")
+                           model=model, path=str(onnx_path), fix=build_failure_fix(errors))
     if cache_path is not None and cache.state != "dropped":  # a dropped cache is not merged back
         save_timing_cache(config, cache_path, logger, cache)
     logger.hold_errors = False

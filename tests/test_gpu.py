@@ -264,7 +264,8 @@ def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_
                       dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}})
     patched, reports = apply_passes(onnx.load(str(source)), [
         "inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort",
-        "int64_inputs_to_int32"], PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+        "int64_inputs_to_int32"], PatchContext("nms", "tensorrt", {"efficient_nms": "auto"},
+                                                 backend_version="8.6.0"))
     assert len(reports[2]["rewritten"]) == 1
     onnx.save(patched, str(tmp_path / "fp32.onnx"))
     to_fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")

@@ -511,6 +511,7 @@ def _detections(count: int, classes: int, seed: int = 0):
 
 
 EFFICIENT_NMS_PASSES = ["inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort"]
+AUTO = {"efficient_nms": "auto"}  # the schema's default is never (not yet run on TensorRT)
 
 
 def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_count(
@@ -525,7 +526,7 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
         "nms", "tensorrt", {}, backend_version="8.6.0"))[0].graph.node
         if n.op_type == "NonMaxSuppression").input[i] for i in (0, 1)]
     patched, reports = apply_passes(original, EFFICIENT_NMS_PASSES,
-                                    PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+                                    PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     assert reports[2]["rewritten"] == [{"node": reports[2]["rewritten"][0]["node"],
                                         "max_output_boxes": 20, "kept_after": 20,
                                         "candidates_limit": 4096}]
@@ -561,7 +562,7 @@ def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_pat
 
     original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
     patched, _ = apply_passes(original, EFFICIENT_NMS_PASSES,
-                              PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+                              PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     onnx.save(patched, str(tmp_path / "patched.onnx"))
     to_fp16(tmp_path / "patched.onnx", tmp_path / "fp16.onnx")
     feed = _detections(count, 91)
@@ -575,13 +576,13 @@ def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_pat
         assert np.array_equal(keep, expected)
 
 
-def test_efficient_nms_is_for_tensorrt_before_10_12(tmp_path: Path) -> None:
+def test_efficient_nms_is_for_tensorrt_before_10_12_and_off_unless_asked(tmp_path: Path) -> None:
     original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
     for backend, version, options, rewritten in (
-            ("tensorrt", "8.6.0", {}, 1), ("tensorrt", "10.11.0", {}, 1),
-            ("tensorrt", "10.12.0", {}, 0), ("tensorrt", "11.0.0", {}, 0),
-            ("tensorrt", "8.6.0", {"efficient_nms": "never"}, 0), ("onnxruntime", "", {}, 0),
-            ("onnxruntime", "", {"efficient_nms": "always"}, 1)):
+            ("tensorrt", "8.6.0", AUTO, 1), ("tensorrt", "10.11.0", AUTO, 1),
+            ("tensorrt", "10.12.0", AUTO, 0), ("tensorrt", "11.0.0", AUTO, 0),
+            ("tensorrt", "8.6.0", {"efficient_nms": "never"}, 0), ("tensorrt", "8.6.0", {}, 0),
+            ("onnxruntime", "", AUTO, 0), ("onnxruntime", "", {"efficient_nms": "always"}, 1)):
         _, reports = apply_passes(original, EFFICIENT_NMS_PASSES[:3],
                                   PatchContext("nms", backend, options, backend_version=version))
         assert len(reports[2]["rewritten"]) == rewritten, (backend, version, options)
@@ -597,7 +598,7 @@ def test_debug_precision_runs_a_tensorrt_graph_with_the_plugin_as_its_standard_o
     from trtflow.debug import Runtime
 
     patched, _ = apply_passes(_kept_nms_graph(tmp_path / "nms.onnx", 20), EFFICIENT_NMS_PASSES,
-                              PatchContext("nms", "tensorrt", {}, backend_version="8.6.0"))
+                              PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     feed = _detections(400, 91)
     (keep,) = Runtime("tensorrt").session(patched).run(None, feed)
     expected = box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),

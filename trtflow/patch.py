@@ -788,10 +788,10 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     follows is unchanged. torchvision's batched NMS is single-class (its class-shifted boxes).
     Differences, recorded per node: K (max_output_boxes_per_class) is the count the model keeps
     after it (the Slice [0:K] that follows), and the plugin's NMS sees an image's top 4096
-    scores only. auto: TensorRT before 10.12."""
+    scores only. auto: TensorRT before 10.12; off unless asked (config/schema.yaml says why)."""
     import numpy as np
 
-    policy = ctx.options.get("efficient_nms", "auto")
+    policy = ctx.options.get("efficient_nms", "never")
     version = _version_tuple(ctx.backend_version) if ctx.backend_version else ()
     if policy == "never" or (policy == "auto" and (
             ctx.backend != "tensorrt" or (version and version[:2] >= EFFICIENT_NMS_BEFORE))):

@@ -241,28 +241,16 @@ def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_
     torchvision keeps, in its order, in an fp32 and an fp16 engine."""
     import numpy as np
     import onnx
-    import torch
-    from torchvision.ops import boxes as box_ops
 
-    from test_patch import _detections
+    from test_patch import _batched_nms_graph, _detections, _torchvision_keep
     from trtflow.patch import PatchContext, apply_passes
     from trtflow.precision import to_fp16
 
     kept = 20
-
-    class Suppress(torch.nn.Module):
-        def forward(self, boxes, scores, classes):
-            keep = box_ops.batched_nms(boxes, scores, classes, 0.5)[:kept]
-            # static output: what the runner reads (the workflow's detectors pad the same way)
-            return torch.cat([keep, torch.full((kept,), -1, dtype=keep.dtype)])[:kept]
-
     feed = _detections(400, 91)
-    source = tmp_path / "nms.onnx"
-    torch.onnx.export(Suppress(), tuple(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
-                      str(source), input_names=["boxes", "scores", "classes"], output_names=["keep"],
-                      opset_version=17, dynamo=False,
-                      dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}})
-    patched, reports = apply_passes(onnx.load(str(source)), [
+    # static output: what the runner reads (the workflow's detectors pad the same way)
+    source = _batched_nms_graph(tmp_path / "nms.onnx", kept, padded=True)
+    patched, reports = apply_passes(source, [
         "inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort",
         "int64_inputs_to_int32"], PatchContext("nms", "tensorrt", {"efficient_nms": "auto"},
                                                  backend_version="8.6.0"))
@@ -271,8 +259,7 @@ def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_
     to_fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
     np.savez(tmp_path / "feed.npz", boxes=feed["boxes"], scores=feed["scores"],
              classes=feed["classes"].astype(np.int32))
-    expected = box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
-                                   0.5)[:kept].numpy()
+    expected = _torchvision_keep(feed, kept)
     assert len(expected) == kept
     done = trt_run(
         "import json\nfrom pathlib import Path\nimport numpy as np\n"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -428,15 +428,23 @@ def test_guarded_topk_gives_the_same_top_k_for_every_count_zero_included() -> No
         assert len(top_g) == min(3, count)
 
 
-def _batched_nms_graph(path: Path) -> onnx.ModelProto:
+def _batched_nms_graph(path: Path, kept: Optional[int] = None,
+                       padded: bool = False) -> onnx.ModelProto:
     """torchvision's batched_nms as a detector's post-processing exports it: the coordinate
-    trick, in a scripted function whose empty-input If inline_empty_guards removes."""
+    trick, in a scripted function whose empty-input If inline_empty_guards removes; then
+    keep[:kept] where given, as torchvision's RPN (1000) and box head (100) end, and padded to a
+    static `kept` with -1 where asked (what an engine's runner reads)."""
     import torch
     from torchvision.ops import boxes as box_ops
 
     class Suppress(torch.nn.Module):
         def forward(self, boxes, scores, classes):
-            return box_ops.batched_nms(boxes, scores, classes, 0.5)
+            keep = box_ops.batched_nms(boxes, scores, classes, 0.5)
+            if kept is None:
+                return keep
+            if not padded:
+                return keep[:kept]
+            return torch.cat([keep[:kept], torch.full((kept,), -1, dtype=keep.dtype)])[:kept]
 
     count = 50
     corners = torch.rand(count, 2) * 100
@@ -482,23 +490,6 @@ def test_multiclass_nms_is_for_onnx_runtime_unless_asked(tmp_path: Path) -> None
         assert len(reports[1]["rewritten"]) == rewritten, (backend, options)
 
 
-def _kept_nms_graph(path: Path, kept: int) -> onnx.ModelProto:
-    """batched_nms followed by keep[:kept], as torchvision's RPN (1000) and box head (100) end."""
-    import torch
-    from torchvision.ops import boxes as box_ops
-
-    class Suppress(torch.nn.Module):
-        def forward(self, boxes, scores, classes):
-            return box_ops.batched_nms(boxes, scores, classes, 0.5)[:kept]
-
-    corners = torch.rand(50, 2) * 100
-    inputs = (torch.cat([corners, corners + 5], 1), torch.rand(50), torch.randint(0, 4, (50,)))
-    torch.onnx.export(Suppress(), inputs, str(path), input_names=["boxes", "scores", "classes"],
-                      output_names=["keep"], opset_version=17, dynamo=False,
-                      dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}, "classes": {0: "n"}})
-    return onnx.load(str(path))
-
-
 def _detections(count: int, classes: int, seed: int = 0):
     """Boxes of a 1344 image in `classes` classes: class-shifted, they reach 91 x 1345 (inf in
     fp16) for a box head's 91."""
@@ -508,6 +499,15 @@ def _detections(count: int, classes: int, seed: int = 0):
     boxes = np.concatenate([corners - 400, corners + rng.random((count, 2), dtype=np.float32) * 100], 1)
     scores = rng.permutation(count).astype(np.float32) / max(count, 1) + 0.01  # distinct
     return {"boxes": boxes, "scores": scores, "classes": rng.integers(0, classes, count)}
+
+
+def _torchvision_keep(feed: Dict[str, np.ndarray], kept: int) -> np.ndarray:
+    """What torchvision's batched_nms keeps of `feed`, its first `kept`."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    return box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
+                               0.5)[:kept].numpy()
 
 
 EFFICIENT_NMS_PASSES = ["inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort"]
@@ -521,7 +521,7 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
     the class shift marked fp32."""
     from trtflow.patch import FP32_LAYER_MARK, PLUGIN_DOMAIN
 
-    original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
+    original = _batched_nms_graph(tmp_path / "nms.onnx", 20)
     nms_inputs = [next(n for n in apply_passes(original, EFFICIENT_NMS_PASSES[:2], PatchContext(
         "nms", "tensorrt", {}, backend_version="8.6.0"))[0].graph.node
         if n.op_type == "NonMaxSuppression").input[i] for i in (0, 1)]
@@ -554,20 +554,17 @@ def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_pat
     in its order, and so does its fp16 graph: the class shift stays fp32 there (shifted by 91
     classes, the boxes are inf in fp16 and the kept set changes)."""
     import onnxruntime as ort
-    import torch
-    from torchvision.ops import boxes as box_ops
 
     from trtflow.patch import onnxruntime_runnable
     from trtflow.precision import to_fp16
 
-    original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
+    original = _batched_nms_graph(tmp_path / "nms.onnx", 20)
     patched, _ = apply_passes(original, EFFICIENT_NMS_PASSES,
                               PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     onnx.save(patched, str(tmp_path / "patched.onnx"))
     to_fp16(tmp_path / "patched.onnx", tmp_path / "fp16.onnx")
     feed = _detections(count, 91)
-    expected = box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
-                                   0.5)[:20].numpy()
+    expected = _torchvision_keep(feed, 20)
     assert count < 400 or len(expected) == 20
     for graph in (patched, onnx.load(str(tmp_path / "fp16.onnx"))):
         session = ort.InferenceSession(onnxruntime_runnable(graph).SerializeToString(),
@@ -577,7 +574,7 @@ def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_pat
 
 
 def test_efficient_nms_is_for_tensorrt_before_10_12_and_off_unless_asked(tmp_path: Path) -> None:
-    original = _kept_nms_graph(tmp_path / "nms.onnx", 20)
+    original = _batched_nms_graph(tmp_path / "nms.onnx", 20)
     for backend, version, options, rewritten in (
             ("tensorrt", "8.6.0", AUTO, 1), ("tensorrt", "10.11.0", AUTO, 1),
             ("tensorrt", "10.12.0", AUTO, 0), ("tensorrt", "11.0.0", AUTO, 0),
@@ -592,15 +589,11 @@ def test_debug_precision_runs_a_tensorrt_graph_with_the_plugin_as_its_standard_o
         tmp_path: Path) -> None:
     """debug_precision simulates a TensorRT cell on ONNX Runtime: a graph holding the NMS plugin
     runs there as the ops it stands for, with torchvision's result."""
-    import torch
-    from torchvision.ops import boxes as box_ops
-
     from trtflow.debug import Runtime
 
-    patched, _ = apply_passes(_kept_nms_graph(tmp_path / "nms.onnx", 20), EFFICIENT_NMS_PASSES,
+    patched, _ = apply_passes(_batched_nms_graph(tmp_path / "nms.onnx", 20), EFFICIENT_NMS_PASSES,
                               PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     feed = _detections(400, 91)
     (keep,) = Runtime("tensorrt").session(patched).run(None, feed)
-    expected = box_ops.batched_nms(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores", "classes")),
-                                   0.5)[:20].numpy()
+    expected = _torchvision_keep(feed, 20)
     assert np.array_equal(keep, expected)

@@ -132,6 +132,13 @@ def to_fp16(source: Path, output: Path, keep_fp32: Sequence[str] = ()) -> None:
         onnx.save(converted, str(tmp))
 
 
+def _cast_to(node) -> Optional[int]:
+    """The element type a Cast node casts to, None for any other node."""
+    if node.op_type != "Cast":
+        return None
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
 def _float32_tensors(graph) -> set:
     import onnx
 
@@ -140,7 +147,7 @@ def _float32_tensors(graph) -> set:
              if v.type.tensor_type.elem_type == float32}
     names |= {t.name for t in graph.initializer if t.data_type == float32}
     for node in graph.node:
-        if node.op_type == "Cast" and any(a.name == "to" and a.i == float32 for a in node.attribute):
+        if _cast_to(node) == float32:
             names.update(node.output)
     return names
 
@@ -157,8 +164,7 @@ def drop_fp16_round_trips(graph) -> int:
     rewired: Dict[str, str] = {}
     for node in graph.node:
         source = made_by.get(node.input[0]) if node.op_type == "Cast" and node.input else None
-        if (node.output[0] in float32 and source is not None and source.op_type == "Cast"
-                and any(a.name == "to" and a.i == float16 for a in source.attribute)
+        if (node.output[0] in float32 and source is not None and _cast_to(source) == float16
                 and source.input[0] in float32):
             rewired[node.output[0]] = source.input[0]
     if not rewired:

@@ -9,8 +9,9 @@
 #   collect: tars what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/results.tgz (poll with it).
 #   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
 #   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out; TRT_EXTRA adds tensorrt
-#   settings (deploy: 'tactic_sources: [EDGE_MASK_CONVOLUTIONS, JIT_CONVOLUTIONS]': with a plugin
-#   layer TensorRT loads cuBLAS, which the GPU machine's set-up only stubs).
+#   settings; PRECISIONS='[fp16, int8]' sets deploy's precisions (default: the YAML's).
+#   A plugin layer (deploy) makes TensorRT load cuBLAS and cuDNN: run benchmarks/gpu/cuda_libs.sh
+#   once after ../shared/gpu/setup.sh, whose libraries for them are stubs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-/tmp/runs}
@@ -41,7 +42,8 @@ for step in ${*:-probe maskrcnn int8 warm}; do
       TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/timing_cache_probe.py /tmp/tc-probe 2>&1 | tee "$RUNS/timing_cache_probe.log" ;;
     deploy)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
-        --configfile benchmarks/gpu/maskrcnn_deploy.yaml --config tensorrt="$TRT" > "$RUNS/deploy.log" 2>&1
+        --configfile benchmarks/gpu/maskrcnn_deploy.yaml --config tensorrt="$TRT" \
+        ${PRECISIONS:+precisions="$PRECISIONS"} >> "$RUNS/deploy.log" 2>&1
       summary results-deploy ;;
     maskrcnn)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \

@@ -11,7 +11,8 @@
 # that libnvinfer_plugin's versioned references bind; every function the real library exports is a
 # one-instruction trampoline (`jmp *slot`) whose slot a constructor fills with dlsym() from the real
 # library, so no signature is needed. A function the plugin library names that the real one lacks
-# keeps the stub's behaviour (returns status 1, "not initialised").
+# keeps the stub's behaviour (returns status 1, "not initialised"), as does one that
+# libnvinfer looks up by name.
 # The C API of cuBLAS 12->13 and of cuDNN's legacy calls 8->9 kept their signatures for the calls
 # TensorRT makes; whatever differs shows as a failed build or a failed validation, not silently:
 # every engine built this way is validated against PyTorch by the workflow.
@@ -31,7 +32,11 @@ forwarder() {  # name (cublas|cublasLt|cudnn), old soname, real library's stem
   local prefix_filter="^${name}[A-Z_]"
   nm -D --defined-only "$real" | awk '$2 == "T" {print $3}' | sed 's/@.*//' | grep -E "$prefix_filter" \
     | { if [ "$name" = cublas ]; then grep -v '^cublasLt' || true; else cat; fi; } | sort -u > "$WORK/$name.real"
-  nm -D --undefined-only "$PLUGIN" | awk '{print $2}' | sed 's/@.*//' | grep -E "$prefix_filter" \
+  # What the plugin library links, and what libnvinfer dlsym()s by name (it fails if any is missing,
+  # e.g. cuDNN 8's cudnnGetRNNLinLayerBiasParams, gone from cuDNN 9).
+  { nm -D --undefined-only "$PLUGIN" | awk '{print $2}' | sed 's/@.*//'
+    strings -n 6 "$(dirname "$PLUGIN")/libnvinfer.so.8" | grep -E '^[A-Za-z_][A-Za-z0-9_]*$'; } \
+    | grep -E "$prefix_filter" \
     | { if [ "$name" = cublas ]; then grep -v '^cublasLt' || true; else cat; fi; } | sort -u > "$WORK/$name.needed"
   python3 - "$WORK/$name.real" "$WORK/$name.needed" "$real" > "$WORK/$name.c" <<'PY'
 import sys
@@ -59,7 +64,7 @@ PY
     -Wl,--version-script="$WORK/$name.map"
   mv -f "$WORK/$soname" "$TRTLIB/$soname"
   echo "cuda_libs: $TRTLIB/$soname -> $real ($(wc -l < "$WORK/$name.real") functions," \
-    "$(comm -23 "$WORK/$name.needed" "$WORK/$name.real" | wc -l) the plugin library names left as stubs)"
+    "$(comm -23 "$WORK/$name.needed" "$WORK/$name.real" | wc -l) names TensorRT uses left as stubs)"
 }
 for name in ${*:-cublas cublasLt cudnn}; do
   case $name in

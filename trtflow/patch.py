@@ -823,14 +823,15 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                     score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
                     if threshold_value is not None else -3.0e38,
                     center_point_box=int(node.attrs.get("center_point_box", 0)))
-        # valid rows come first (highest score first), then -1 rows: cut at their count
+        # valid rows come first (highest score first), then -1 rows: keep the valid ones. By
+        # NonZero (INonZeroLayer, a data-dependent shape TensorRT 8.6 plans): a Slice ending at
+        # a count summed from the rows has no implementation in 8.6's Myelin ("Could not find
+        # any implementation for node {ForeignNode[...]}", benchmarks/gpu/detectors.md)
         box_index = make("Gather", [rows, make.const(np.int64(2))], np.int32, axis=1)
-        valid = make("Cast", [make("GreaterOrEqual", [box_index, make.const(np.int32(0))],
-                                   np.bool_)], np.int64, to=7)
-        count = make("ReduceSum", [valid, make.const(np.array([0], np.int64))], np.int64,
-                     keepdims=1)
-        cut = make("Slice", [rows, make.const(np.array([0], np.int64)), count,
-                             make.const(np.array([0], np.int64))], np.int32)
+        valid = make("GreaterOrEqual", [box_index, make.const(np.int32(0))], np.bool_)
+        valid_rows = make("Squeeze", [make("NonZero", [valid], np.int64),
+                                      make.const(np.array([0], np.int64))], np.int64)
+        cut = make("Gather", [rows, valid_rows], np.int32, axis=0)
         make("Cast", [cut], np.int64, to=7, output=node.outputs[0])
         node.outputs.clear()
         node.inputs.clear()

@@ -517,8 +517,8 @@ AUTO = {"efficient_nms": "auto"}  # the schema's default is never (not yet run o
 def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_count(
         tmp_path: Path) -> None:
     """Node by node: one EfficientNMS_ONNX_TRT reading the NMS's own boxes and its scores as
-    [B, N, 1], limited to the 20 the model keeps after it, its -1 rows cut off; no ONNX NMS left;
-    the class shift marked fp32."""
+    [B, N, 1], limited to the 20 the model keeps after it, its padding rows (copies of the last
+    valid row, or -1) left out; no ONNX NMS left; the class shift marked fp32."""
     from trtflow.patch import FP32_LAYER_MARK, PLUGIN_DOMAIN
 
     original = _batched_nms_graph(tmp_path / "nms.onnx", 20)
@@ -550,13 +550,17 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
     readers = [n for n in nodes if plugin.output[0] in n.input]
     (take,) = [n for n in readers if n.op_type == "Gather" and n.input[0] == plugin.output[0]
                and getattr(made.get(n.input[1]), "op_type", None) == "Squeeze"]
-    assert made[made[take.input[1]].input[0]].op_type == "NonZero"
+    nonzero = made[made[take.input[1]].input[0]]
+    assert nonzero.op_type == "NonZero"
+    valid = made[nonzero.input[0]]  # box >= 0 and not the row before's box
+    assert valid.op_type == "And"
+    assert sorted(made[t].op_type for t in valid.input) == ["GreaterOrEqual", "Not"]
     assert not [n for n in readers if n.op_type == "Slice"]
     assert not [n for n in nodes if n.op_type == "ReduceSum" and FP32_LAYER_MARK in n.name]
     onnx.checker.check_model(patched)
 
 
-@pytest.mark.parametrize("count", [0, 1, 400])
+@pytest.mark.parametrize("count", [0, 1, 12, 400])
 def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_path: Path,
                                                                           count: int) -> None:
     """The plugin's standard-op form (what int8 calibration runs) keeps what torchvision keeps,

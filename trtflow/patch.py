@@ -784,8 +784,8 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     TensorRT 8.6 runs the ONNX op as its INMSLayer: 10.0 of a 1344 Mask R-CNN fp16 engine's
     20.8 ms went to its RPN NMS (~4,700 boxes; benchmarks/gpu/detectors.md). The plugin takes the
     same boxes (scores transposed to [B, N, 1]) and writes the same selected indices, highest
-    score first, into [B x K, 3] rows padded with -1; the valid rows are cut back out, so what
-    follows is unchanged. torchvision's batched NMS is single-class (its class-shifted boxes).
+    score first, into [B x K, 3] rows padded with the last one; the valid rows are taken back
+    out, so what follows is unchanged. torchvision's batched NMS is single-class (its class-shifted boxes).
     Differences, recorded per node: K (max_output_boxes_per_class) is the count the model keeps
     after it (the Slice [0:K] that follows), and the plugin's NMS sees an image's top 4096
     scores only. auto: TensorRT before 10.12; off unless asked (config/schema.yaml says why)."""
@@ -823,12 +823,19 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                     score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
                     if threshold_value is not None else -3.0e38,
                     center_point_box=int(node.attrs.get("center_point_box", 0)))
-        # valid rows come first (highest score first), then -1 rows: keep the valid ones. By
-        # NonZero (INonZeroLayer, a data-dependent shape TensorRT 8.6 plans): a Slice ending at
-        # a count summed from the rows has no implementation in 8.6's Myelin ("Could not find
-        # any implementation for node {ForeignNode[...]}", benchmarks/gpu/detectors.md)
+        # valid rows come first (highest score first, distinct boxes); the plugin fills the rest
+        # with copies of the last valid row (PadONNXResult), or -1 where none is valid: a row is
+        # valid if its box is >= 0 and not the row before's. Taken by NonZero (INonZeroLayer, a
+        # data-dependent shape TensorRT 8.6 plans): a Slice ending at a count summed from the
+        # rows has no implementation in 8.6's Myelin ("Could not find any implementation for
+        # node {ForeignNode[...]}", benchmarks/gpu/detectors.md)
         box_index = make("Gather", [rows, make.const(np.int64(2))], np.int32, axis=1)
-        valid = make("GreaterOrEqual", [box_index, make.const(np.int32(0))], np.bool_)
+        before = make("Concat", [make.const(np.array([-1], np.int32)), make(
+            "Slice", [box_index, make.const(np.array([0], np.int64)), make.const(np.array([-1], np.int64)),
+                      make.const(np.array([0], np.int64))], np.int32)], np.int32, axis=0)
+        valid = make("And", [make("GreaterOrEqual", [box_index, make.const(np.int32(0))], np.bool_),
+                             make("Not", [make("Equal", [box_index, before], np.bool_)], np.bool_)],
+                     np.bool_)
         valid_rows = make("Squeeze", [make("NonZero", [valid], np.int64),
                                       make.const(np.array([0], np.int64))], np.int64)
         cut = make("Gather", [rows, valid_rows], np.int32, axis=0)
@@ -854,7 +861,8 @@ def _with_domain(domains, name: str):
 
 def onnxruntime_runnable(model_proto):
     """`model_proto` with each EfficientNMS_ONNX_TRT node as the standard ops it stands for
-    (ONNX NonMaxSuppression, its rows padded with -1 to the plugin's [K, 3]), for ONNX Runtime:
+    (ONNX NonMaxSuppression, its rows padded to the plugin's [K, 3] as the plugin pads them), for
+    ONNX Runtime:
     the int8 calibration of a TensorRT graph, and the tests. Tensor names are kept, so ranges
     measured here are those of the TensorRT graph's tensors."""
     import numpy as np
@@ -880,11 +888,16 @@ def onnxruntime_runnable(model_proto):
         order = make("TopK", [box_scores, make("Shape", [box_scores], np.int64)], np.int64,
                      outputs=2, axis=0, largest=1, sorted=1)
         ranked = make("Gather", [selected, order], np.int64, axis=0)
+        # padded as the plugin pads (efficientNMSInference.cu, PadONNXResult): with copies of
+        # the last valid row, or -1 rows where there is none
         missing = make("Sub", [make.const(np.array([k], np.int64)),
                                make("Shape", [ranked], np.int64, start=0, end=1)], np.int64)
-        pads = make("Concat", [make.const(np.array([0, 0], np.int64)), missing,
-                               make.const(np.array([0], np.int64))], np.int64, axis=0)
-        padded = make("Pad", [ranked, pads, make.const(np.int64(-1))], np.int64)
+        with_none = make("Concat", [make.const(np.full((1, 3), -1, np.int64)), ranked], np.int64, axis=0)
+        last = make("Gather", [with_none, make("Shape", [ranked], np.int64, start=0, end=1)],
+                    np.int64, axis=0)
+        fill = make("Expand", [last, make("Concat", [missing, make.const(np.array([3], np.int64))],
+                                          np.int64, axis=0)], np.int64)
+        padded = make("Concat", [ranked, fill], np.int64, axis=0)
         make("Cast", [padded], np.int32, to=6, output=node.outputs[0])
         node.outputs.clear()
         node.inputs.clear()

@@ -235,22 +235,15 @@ def test_parser_error_names_the_failing_node(tmp_path):
     assert not (tmp_path / "bad.engine").exists()
 
 
-def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_path):
-    """The efficient_nms pass on TensorRT: torchvision's batched_nms over 91 classes of a 1344
-    image (class-shifted to 122,000: inf in fp16) as the EfficientNMS_ONNX_TRT plugin keeps what
-    torchvision keeps, in its order, in an fp32 and an fp16 engine."""
+def _plugin_engines_keep(tmp_path, source, feeds, expected, max_rows: int) -> list:
+    """`source` (a torchvision NMS graph) through the efficient_nms pass, built as fp32 and fp16
+    engines, run on `feeds`: asserts each keeps `expected[feed]`; the runs."""
     import numpy as np
     import onnx
 
-    from test_patch import _batched_nms_graph, _detections, _torchvision_keep
     from trtflow.patch import PatchContext, apply_passes
     from trtflow.precision import to_fp16
 
-    kept = 20
-    # 400 candidates fill the plugin's 20 rows; 12 leave rows that it pads with copies of the last
-    feeds = {"full": _detections(400, 91), "padded": _detections(12, 91, seed=1)}
-    # static output: what the runner reads (the workflow's detectors pad the same way)
-    source = _batched_nms_graph(tmp_path / "nms.onnx", kept, padded=True)
     patched, reports = apply_passes(source, [
         "inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort",
         "int64_inputs_to_int32"], PatchContext("nms", "tensorrt", {"efficient_nms": "auto"},
@@ -258,14 +251,9 @@ def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_
     assert len(reports[2]["rewritten"]) == 1
     onnx.save(patched, str(tmp_path / "fp32.onnx"))
     to_fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
-    expected = {}
     for name, feed in feeds.items():
-        np.savez(tmp_path / f"{name}.npz", boxes=feed["boxes"], scores=feed["scores"],
-                 classes=feed["classes"].astype(np.int32))
-        keep = _torchvision_keep(feed, kept)
-        expected[name] = np.concatenate([keep, np.full(kept - len(keep), -1, keep.dtype)])
-    assert len(_torchvision_keep(feeds["full"], kept)) == kept
-    assert 1 < len(_torchvision_keep(feeds["padded"], kept)) < kept
+        np.savez(tmp_path / f"{name}.npz", **{k: v.astype(np.int32) if v.dtype == np.int64 else v
+                                               for k, v in feed.items()})
     done = trt_run(
         "import json\nfrom pathlib import Path\nimport numpy as np\n"
         "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
@@ -273,7 +261,7 @@ def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_
         "for precision in ('fp32', 'fp16'):\n"
         "    engine, sidecar = root / f'{precision}.engine', root / f'{precision}.json'\n"
         "    built = build_engine(root / f'{precision}.onnx', engine, sidecar, model='nms',\n"
-        "                         precision=precision, batch_profile={'min': 1, 'opt': 400, 'max': 400},\n"
+        f"                         precision=precision, batch_profile={{'min': 1, 'opt': {max_rows}, 'max': {max_rows}}},\n"
         "                         profile_name='p', options={'optimization_level': 0})\n"
         "    with TensorRTRunner(engine, sidecar) as runner:\n"
         f"        for name in {sorted(feeds)!r}:\n"
@@ -287,7 +275,44 @@ def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_
         # not; our GPU machine's set-up links stubs for them (shared/gpu/README.md;
         # benchmarks/gpu/cuda_libs.sh brings the real ones)
         pytest.skip(f"this TensorRT has no real cuBLAS/cuDNN for plugin layers: {stubbed.group(0)}")
-    assert len(runs) == 4, done.stdout[-2000:] + done.stderr[-4000:]
+    assert len(runs) == 2 * len(feeds), done.stdout[-2000:] + done.stderr[-4000:]
     for run in runs:
         assert run["keep"] == expected[run["feed"]].tolist(), run
+    return runs
+
+
+def test_efficient_nms_plugin_keeps_what_batched_nms_keeps_in_fp32_and_fp16(tmp_path):
+    """The efficient_nms pass on TensorRT: torchvision's batched_nms over 91 classes of a 1344
+    image (class-shifted to 122,000: inf in fp16) as the EfficientNMS_ONNX_TRT plugin keeps what
+    torchvision keeps, in its order, in an fp32 and an fp16 engine."""
+    import numpy as np
+
+    from test_patch import _batched_nms_graph, _detections, _torchvision_keep
+
+    kept = 20
+    # 400 candidates fill the plugin's 20 rows; 12 leave rows that it pads with copies of the last
+    feeds = {"full": _detections(400, 91), "padded": _detections(12, 91, seed=1)}
+    expected = {}
+    for name, feed in feeds.items():
+        keep = _torchvision_keep(feed, kept)
+        expected[name] = np.concatenate([keep, np.full(kept - len(keep), -1, keep.dtype)])
+    assert len(_torchvision_keep(feeds["full"], kept)) == kept
+    assert 1 < len(_torchvision_keep(feeds["padded"], kept)) < kept
+    # static output: what the runner reads (the workflow's detectors pad the same way)
+    runs = _plugin_engines_keep(tmp_path, _batched_nms_graph(tmp_path / "nms.onnx", kept, padded=True),
+                                feeds, expected, 400)
     assert runs[-1]["fp32_layers"] > 0, runs
+
+
+def test_efficient_nms_plugin_runs_an_rpns_levels_as_images_in_fp32_and_fp16(tmp_path):
+    """The RPN's batched NMS over 5 levels as one plugin call of 5 images keeps what torchvision
+    keeps, in its order: with 80 candidates a level several levels keep more than the 20 kept in
+    all (the ranking across images decides), with 3 the rows are padded."""
+    from test_patch import _per_level_nms_graph, _proposals, _proposals_keep
+
+    kept = 20
+    feeds = {"full": _proposals(80), "padded": _proposals(3, seed=1)}
+    expected = {name: _proposals_keep(feed, kept, padded=True) for name, feed in feeds.items()}
+    assert (expected["full"] >= 0).all() and (expected["padded"] < 0).any()
+    _plugin_engines_keep(tmp_path, _per_level_nms_graph(tmp_path / "rpn.onnx", kept, padded=True),
+                         feeds, expected, 400)

@@ -510,6 +510,56 @@ def _torchvision_keep(feed: Dict[str, np.ndarray], kept: int) -> np.ndarray:
                                0.5)[:kept].numpy()
 
 
+LEVELS = 5  # an FPN RPN's
+
+
+def _per_level_module(kept: int, padded: bool = False):
+    """torchvision's RPN post-processing (RegionProposalNetwork.filter_proposals) on its own:
+    each level's candidates tagged with the level by torch.full, a score filter (a count known at
+    run time only), a batched NMS over levels, its first `kept`; padded to `kept` with -1 where
+    asked (what an engine's runner reads)."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    class Proposals(torch.nn.Module):
+        def forward(self, boxes, scores):  # [LEVELS x m, 4], [LEVELS x m]: m a level
+            per_level = boxes.shape[0] // LEVELS
+            levels = torch.cat([torch.full((per_level,), level, dtype=torch.int64)
+                                for level in range(LEVELS)])
+            chosen = torch.where(scores >= 0.05)[0]
+            keep = box_ops.batched_nms(boxes[chosen], scores[chosen], levels[chosen], 0.7)[:kept]
+            if padded:
+                keep = torch.cat([keep, torch.full((kept,), -1, dtype=keep.dtype)])[:kept]
+            return keep
+
+    return Proposals()
+
+
+def _per_level_nms_graph(path: Path, kept: int, padded: bool = False) -> onnx.ModelProto:
+    import torch
+
+    inputs = (torch.rand(LEVELS * 10, 4) * 100 + torch.tensor([0, 0, 100, 100]), torch.rand(LEVELS * 10))
+    torch.onnx.export(_per_level_module(kept, padded), inputs, str(path),
+                      input_names=["boxes", "scores"], output_names=["keep"], opset_version=17,
+                      dynamo=False, dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}})
+    return onnx.load(str(path))
+
+
+def _proposals(per_level: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """LEVELS x per_level candidates of a 1344 image, overlapping as an RPN's do; distinct
+    scores (apart by more than fp16's step), some under the filter's 0.05 (none within fp16's
+    step of it), the levels' mixed."""
+    feed = _detections(LEVELS * per_level, 1, seed)
+    feed["scores"] = (feed["scores"] - 0.0412).astype(np.float32)
+    return {"boxes": feed["boxes"], "scores": feed["scores"]}
+
+
+def _proposals_keep(feed: Dict[str, np.ndarray], kept: int, padded: bool = False) -> np.ndarray:
+    import torch
+
+    return _per_level_module(kept, padded)(*(torch.from_numpy(feed[k]) for k in ("boxes", "scores"))).numpy()
+
+
 EFFICIENT_NMS_PASSES = ["inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort"]
 AUTO = {"efficient_nms": "auto"}  # the schema's default is never (not yet run on TensorRT)
 
@@ -529,7 +579,7 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
                                     PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     assert reports[2]["rewritten"] == [{"node": reports[2]["rewritten"][0]["node"],
                                         "max_output_boxes": 20, "kept_after": 20,
-                                        "candidates_limit": 4096}]
+                                        "candidates_limit": 4096, "class_images": None}]
     nodes = list(patched.graph.node)
     assert not [n for n in nodes if n.op_type == "NonMaxSuppression"]
     (plugin,) = [n for n in nodes if n.op_type == "EfficientNMS_ONNX_TRT"]
@@ -584,6 +634,68 @@ def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_pat
                                        providers=["CPUExecutionProvider"])
         (keep,) = session.run(None, feed)
         assert np.array_equal(keep, expected)
+
+
+def test_efficient_nms_runs_an_rpns_levels_as_plugin_images_of_their_own(tmp_path: Path) -> None:
+    """Node by node: the RPN's batched NMS over its 5 levels (ids bounded by the graph: a
+    ConstantOfShape per level) is one plugin call of 5 images, each reading every unshifted box
+    and its score where the level is its own (a score under the threshold where not); the kept
+    rows ranked by one TopK of K; no class shift left."""
+    from trtflow.patch import FP32_LAYER_MARK
+
+    patched, reports = apply_passes(_per_level_nms_graph(tmp_path / "rpn.onnx", 20), EFFICIENT_NMS_PASSES,
+                                    PatchContext("rpn", "tensorrt", AUTO, backend_version="8.6.0"))
+    (entry,) = reports[2]["rewritten"]
+    assert entry["class_images"] == LEVELS and entry["max_output_boxes"] == 20
+    nodes = list(patched.graph.node)
+    made = {o: n for n in nodes for o in n.output}
+    (plugin,) = [n for n in nodes if n.op_type == "EfficientNMS_ONNX_TRT"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in plugin.attribute}
+    assert attrs["max_output_boxes_per_class"] == 20 and attrs["iou_threshold"] == pytest.approx(0.7)
+    # the images' own scores moved to 1 and above, the others' at 0, under a threshold of 0.5:
+    # with one below 0.007 the plugin would keep the others' too (EfficientNMSDenseIndex)
+    assert attrs["score_threshold"] == pytest.approx(0.5)
+    expand = made[plugin.input[0]]
+    assert expand.op_type == "Expand"
+    assert onnx.numpy_helper.to_array(next(i for i in patched.graph.initializer
+                                           if i.name == expand.input[1])).tolist() == [LEVELS, 1, 1]
+    where = made[made[plugin.input[1]].input[0]]  # Unsqueeze <- Where(level == c, moved score, 0)
+    assert where.op_type == "Where" and made[where.input[0]].op_type == "Equal"
+    assert made[made[where.input[1]].input[0]].op_type == "Sub"  # score + 1 - min(lowest, 0)
+    (topk,) = [n for n in nodes if n.op_type == "TopK"]
+    assert FP32_LAYER_MARK in topk.name
+    assert onnx.numpy_helper.to_array(next(i for i in patched.graph.initializer
+                                           if i.name == topk.input[1])).tolist() == [20]
+    assert not [n for n in nodes if n.op_type in ("NonMaxSuppression", "ReduceMax")]
+    onnx.checker.check_model(patched)
+
+
+@pytest.mark.parametrize("per_level", [0, 1, 3, 80])
+def test_efficient_nms_per_level_standing_for_its_ops_keeps_what_the_rpn_keeps(
+        tmp_path: Path, per_level: int) -> None:
+    """The per-level plugin's standard-op form keeps what torchvision's RPN keeps, in its order,
+    in fp32 and fp16: with 80 a level several levels keep more than the 20 kept in all, so the
+    ranking across levels decides."""
+    import onnxruntime as ort
+
+    from trtflow.patch import onnxruntime_runnable
+    from trtflow.precision import to_fp16
+
+    patched, _ = apply_passes(_per_level_nms_graph(tmp_path / "rpn.onnx", 20), EFFICIENT_NMS_PASSES,
+                              PatchContext("rpn", "tensorrt", AUTO, backend_version="8.6.0"))
+    onnx.save(patched, str(tmp_path / "patched.onnx"))
+    to_fp16(tmp_path / "patched.onnx", tmp_path / "fp16.onnx")
+    feed = _proposals(per_level)
+    expected = _proposals_keep(feed, 20)
+    if per_level == 80:
+        assert len(expected) == 20
+        levels = np.flatnonzero(feed["scores"] >= 0.05)[expected] // per_level
+        assert len(set(levels.tolist())) > 2  # the first 20 come from several levels
+    for graph in (patched, onnx.load(str(tmp_path / "fp16.onnx"))):
+        session = ort.InferenceSession(onnxruntime_runnable(graph).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        (keep,) = session.run(None, feed)
+        assert np.array_equal(keep, expected), (keep, expected)
 
 
 def test_efficient_nms_is_for_tensorrt_before_10_12_and_off_unless_asked(tmp_path: Path) -> None:

@@ -729,6 +729,20 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
 EFFICIENT_NMS_BEFORE = (10, 12)
 # the plugin keeps the top 4096 scores of an image for its NMS kernel (efficientNMSInference.cu)
 EFFICIENT_NMS_CANDIDATES = 4096
+# a batched NMS over this many classes or fewer runs as one plugin image per class: the plugin's
+# NMS kernel is one thread block per image, walking its sorted candidates one at a time, so an
+# RPN's 5 FPN levels (1000 candidates each) take a fifth of the serial walk of their ~5,000 as
+# one image. Each image reads every candidate (scores of other classes below the threshold): a
+# box head's 91 classes of up to 1000 x 90 candidates would be copied 91 times, so it stays one.
+EFFICIENT_NMS_CLASS_IMAGES_MAX = 16
+# TensorRT 8.6's TopK takes K up to 3840 (ITopKLayer): the per-class rows are ranked by one
+EFFICIENT_NMS_TOPK_MAX = 3840
+# the plugin's threshold where the NMS has none, and a score under it: a candidate of another
+# class in a per-class image
+EFFICIENT_NMS_NO_THRESHOLD = -2.0e38
+EFFICIENT_NMS_NO_SCORE = -3.0e38
+# the per-class images' threshold: their own class's scores are moved to 1 and above, the others' 0
+EFFICIENT_NMS_CLASS_THRESHOLD = 0.5
 # a node name mark that the TensorRT build reads: such layers run in fp32 in a weakly typed
 # (8.x) build. torchvision's class-shifted boxes reach 91 x 1345 = 122,395 in a 1344 Mask R-CNN's
 # box head: inf in fp16, which an fp16 build would otherwise be free to pick for the plugin.
@@ -772,6 +786,65 @@ def _class_shift_nodes(node) -> List[Any]:
     return found
 
 
+# ops whose output holds some of their first input's elements and no new value
+_MOVING_OPS = {"Gather", "GatherElements", "Reshape", "Expand", "Flatten", "Squeeze", "Unsqueeze",
+               "Split", "Slice", "Cast", "Identity", "Transpose", "Tile"}
+
+
+def _scalar_int(tensor, dims: Mapping[str, List[Any]]) -> Optional[int]:
+    """The value of a one-element int tensor where the graph fixes it: a constant, or a dim read
+    with Shape -> Gather that shape inference knows (a Range's limit of 91 classes)."""
+    constant = _constant_ints(tensor)
+    if constant is not None:
+        return constant[0] if len(constant) == 1 else None
+    node = tensor.inputs[0] if getattr(tensor, "inputs", None) else None
+    if node is None:
+        return None
+    if node.op in ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity"):
+        return _scalar_int(node.inputs[0], dims)
+    if node.op == "Gather" and producer(node.inputs[0], "Shape") is not None:
+        index = _constant_ints(node.inputs[1])
+        shape = dims.get(producer(node.inputs[0], "Shape").inputs[0].name)
+        if index is not None and len(index) == 1 and shape and -len(shape) <= index[0] < len(shape):
+            return shape[index[0]]
+    return None
+
+
+def _largest_id(tensor, dims: Mapping[str, List[Any]], depth: int = 0) -> Optional[int]:
+    """An upper bound of a tensor of non-negative integer ids where the graph says where they
+    come from (an RPN's level ids: ConstantOfShape per level, concatenated and gathered; a box
+    head's labels: a Range to the class count), else None."""
+    import onnx_graphsurgeon as gs
+
+    if depth > 40:
+        return None
+    if isinstance(tensor, gs.Constant):
+        values = tensor.values
+        if values.dtype.kind not in "iu" or values.size == 0 or values.min() < 0:
+            return None
+        return int(values.max())
+    node = tensor.inputs[0] if getattr(tensor, "inputs", None) else None
+    if node is None:
+        return None
+    if node.op == "ConstantOfShape":
+        value = node.attrs.get("value")
+        values = getattr(value, "values", None)
+        if values is None or values.dtype.kind not in "iu" or values.min() < 0:
+            return None
+        return int(values.max())
+    if node.op == "Range":
+        start, limit, delta = (_scalar_int(t, dims) for t in node.inputs[:3])
+        if start is None or limit is None or delta is None or start < 0 or delta <= 0:
+            return None
+        return max(start, limit - 1)
+    if node.op == "Concat":
+        bounds = [_largest_id(t, dims, depth + 1) for t in node.inputs]
+        return None if None in bounds else max(bounds)
+    if node.op in _MOVING_OPS:
+        return _largest_id(node.inputs[0], dims, depth + 1)
+    return None
+
+
 def _single_class(scores, dims: Mapping[str, List[Any]]) -> bool:
     """Scores of one class ([B, 1, N]), as the graph or shape inference knows them."""
     shape = list(getattr(scores, "shape", None) or dims.get(scores.name) or [])
@@ -785,10 +858,13 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     20.8 ms went to its RPN NMS (~4,700 boxes; benchmarks/gpu/detectors.md). The plugin takes the
     same boxes (scores transposed to [B, N, 1]) and writes the same selected indices, highest
     score first, into [B x K, 3] rows padded with the last one; the valid rows are taken back
-    out, so what follows is unchanged. torchvision's batched NMS is single-class (its class-shifted boxes).
-    Differences, recorded per node: K (max_output_boxes_per_class) is the count the model keeps
-    after it (the Slice [0:K] that follows), and the plugin's NMS sees an image's top 4096
-    scores only. auto: TensorRT before 10.12; off unless asked (config/schema.yaml says why)."""
+    out, so what follows is unchanged. torchvision's batched NMS is single-class (its class-shifted
+    boxes). Where its class ids come from a graph that bounds them to a few (an RPN's FPN levels),
+    each class is an image of its own (`_per_class_images`): the plugin walks the images'
+    candidates in parallel. Differences, recorded per node: K (max_output_boxes_per_class) is the
+    count the model keeps after it (the Slice [0:K] that follows), and the plugin's NMS sees an
+    image's top 4096 scores only. auto: TensorRT before 10.12; off unless asked
+    (config/schema.yaml says why)."""
     import numpy as np
 
     policy = ctx.options.get("efficient_nms", "never")
@@ -801,7 +877,7 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     nms_nodes = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
     dims = _inferred_dims(graph) if nms_nodes else {}
     for node in nms_nodes:
-        boxes, scores = node.inputs[0], node.inputs[1]
+        scores = node.inputs[1]
         limit = _constant_ints(node.inputs[2]) if len(node.inputs) > 2 else None
         iou = node.inputs[3] if len(node.inputs) > 3 else None
         iou_value = getattr(iou, "values", None) if iou is not None else 0.0
@@ -812,42 +888,124 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
             left.append({"node": node.name, "why": "scores not [B, 1, N], or thresholds not constant"})
             continue
         kept = _kept_count(node.outputs[0])
-        for shifting in _class_shift_nodes(node):  # fp32 too: 122,395 is inf in fp16
-            shifting.name = f"{shifting.name}/{FP32_LAYER_MARK}"
         k = min(v for v in (kept, (limit or [None])[0], EFFICIENT_NMS_CANDIDATES) if v)
+        attrs = dict(plugin_version="1", plugin_namespace="", max_output_boxes_per_class=int(k),
+                     iou_threshold=float(np.asarray(iou_value).reshape(-1)[0]),
+                     score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
+                     if threshold_value is not None else EFFICIENT_NMS_NO_THRESHOLD,
+                     center_point_box=int(node.attrs.get("center_point_box", 0)))
+        found = _coordinate_trick(node)
+        largest = _largest_id(found[2], dims) if found is not None else None
+        classes = largest + 1 if largest is not None else None
         make = _NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
-        scores_bn1 = make("Transpose", [scores], scores.dtype, perm=[0, 2, 1])
-        rows = make("EfficientNMS_ONNX_TRT", [boxes, scores_bn1], np.int32, domain=PLUGIN_DOMAIN,
-                    plugin_version="1", plugin_namespace="",
-                    max_output_boxes_per_class=int(k), iou_threshold=float(np.asarray(iou_value).reshape(-1)[0]),
-                    score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
-                    if threshold_value is not None else -3.0e38,
-                    center_point_box=int(node.attrs.get("center_point_box", 0)))
-        # valid rows come first (highest score first, distinct boxes); the plugin fills the rest
-        # with copies of the last valid row (PadONNXResult), or -1 where none is valid: a row is
-        # valid if its box is >= 0 and not the row before's. Taken by NonZero (INonZeroLayer, a
-        # data-dependent shape TensorRT 8.6 plans): a Slice ending at a count summed from the
-        # rows has no implementation in 8.6's Myelin ("Could not find any implementation for
-        # node {ForeignNode[...]}", benchmarks/gpu/detectors.md)
-        box_index = make("Gather", [rows, make.const(np.int64(2))], np.int32, axis=1)
-        before = make("Concat", [make.const(np.array([-1], np.int32)), make(
-            "Slice", [box_index, make.const(np.array([0], np.int64)), make.const(np.array([-1], np.int64)),
-                      make.const(np.array([0], np.int64))], np.int32)], np.int32, axis=0)
-        valid = make("And", [make("GreaterOrEqual", [box_index, make.const(np.int32(0))], np.bool_),
-                             make("Not", [make("Equal", [box_index, before], np.bool_)], np.bool_)],
-                     np.bool_)
-        valid_rows = make("Squeeze", [make("NonZero", [valid], np.int64),
-                                      make.const(np.array([0], np.int64))], np.int64)
-        cut = make("Gather", [rows, valid_rows], np.int32, axis=0)
-        make("Cast", [cut], np.int64, to=7, output=node.outputs[0])
+        if classes is not None and 1 < classes <= EFFICIENT_NMS_CLASS_IMAGES_MAX and \
+                k <= EFFICIENT_NMS_TOPK_MAX:
+            _per_class_images(make, found, classes, attrs, node.outputs[0])
+        else:
+            classes = None
+            for shifting in _class_shift_nodes(node):  # fp32 too: 122,395 is inf in fp16
+                shifting.name = f"{shifting.name}/{FP32_LAYER_MARK}"
+            _one_image(make, node.inputs[0], scores, attrs, node.outputs[0])
         node.outputs.clear()
         node.inputs.clear()
-        rewritten.append({"node": node.name, "max_output_boxes": int(k),
-                          "kept_after": kept, "candidates_limit": EFFICIENT_NMS_CANDIDATES})
+        rewritten.append({"node": node.name, "max_output_boxes": int(k), "kept_after": kept,
+                          "candidates_limit": EFFICIENT_NMS_CANDIDATES, "class_images": classes})
     if rewritten:
         graph.import_domains = _with_domain(graph.import_domains, PLUGIN_DOMAIN)
     graph.cleanup().toposort()
     return {"rewritten": rewritten, "left": left}
+
+
+def _valid_rows(make: _NodeMaker, rows):
+    """(box index, valid) of the plugin's [R, 3] rows. The plugin writes the kept rows first and
+    fills the rest with copies of the last kept row (efficientNMSInference.cu PadONNXResult), or
+    -1 where none is kept; a box is kept once, so a row is valid if its box is >= 0 and not the
+    row before's."""
+    import numpy as np
+
+    box_index = make("Gather", [rows, make.const(np.int64(2))], np.int32, axis=1)
+    before = make("Concat", [make.const(np.array([-1], np.int32)), make(
+        "Slice", [box_index, make.const(np.array([0], np.int64)), make.const(np.array([-1], np.int64)),
+                  make.const(np.array([0], np.int64))], np.int32)], np.int32, axis=0)
+    valid = make("And", [make("GreaterOrEqual", [box_index, make.const(np.int32(0))], np.bool_),
+                         make("Not", [make("Equal", [box_index, before], np.bool_)], np.bool_)],
+                 np.bool_)
+    return box_index, valid
+
+
+def _where_true(make: _NodeMaker, mask):
+    """The positions where a 1-D bool tensor is true. By NonZero (INonZeroLayer, a data-dependent
+    shape TensorRT 8.6 plans): a Slice ending at a count summed from the rows has no
+    implementation in 8.6's Myelin ("Could not find any implementation for node
+    {ForeignNode[...]}", benchmarks/gpu/detectors.md)."""
+    import numpy as np
+
+    return make("Squeeze", [make("NonZero", [mask], np.int64), make.const(np.array([0], np.int64))],
+                np.int64)
+
+
+def _one_image(make: _NodeMaker, boxes, scores, attrs: Mapping[str, Any], output) -> None:
+    """The NMS as one plugin image: its own (class-shifted) boxes, scores [B, N, 1]; the valid
+    rows come first, highest score first."""
+    import numpy as np
+
+    scores_bn1 = make("Transpose", [scores], scores.dtype, perm=[0, 2, 1])
+    rows = make("EfficientNMS_ONNX_TRT", [boxes, scores_bn1], np.int32, domain=PLUGIN_DOMAIN,
+                **attrs)
+    _, valid = _valid_rows(make, rows)
+    cut = make("Gather", [rows, _where_true(make, valid)], np.int32, axis=0)
+    make("Cast", [cut], np.int64, to=7, output=output)
+
+
+def _per_class_images(make: _NodeMaker, found, classes: int, attrs: Mapping[str, Any],
+                      output) -> None:
+    """torchvision's batched NMS as one plugin image per class: image c reads every candidate's
+    own (unshifted) box and its score where its class is c, a score under the threshold where
+    not; the images' kept rows (interleaved: the plugin's blocks write through one atomic
+    counter) are ranked by score, and the first K are the batched NMS's first K, since a box
+    kept in its class is among its class's first K."""
+    import numpy as np
+
+    boxes, scores, ids = found  # [N, 4], [N], [N]
+    k = int(attrs["max_output_boxes_per_class"])
+    member = make("Equal", [make.unsqueeze(make("Cast", [ids], np.int64, to=7), 0),
+                            make.const(np.arange(classes, dtype=np.int64).reshape(classes, 1))],
+                  np.bool_)
+    if attrs["score_threshold"] > EFFICIENT_NMS_NO_THRESHOLD:
+        member = make("And", [member, make.unsqueeze(make("GreaterOrEqual", [
+            scores, make.const(np.float32(attrs["score_threshold"]))], np.bool_), 0)], np.bool_)
+    # Under a threshold below 0.007 the plugin takes every score as a candidate
+    # (EfficientNMSDenseIndex: those under it score -32768 and are still kept, up to K), so the
+    # images' scores are put at 1 and above (the scores moved up by 1 less their minimum when
+    # that is negative: an RPN's probabilities by 1 exactly), other classes' at 0, and the
+    # plugin's threshold is 0.5: it walks its own class's candidates only (EfficientNMSFilter)
+    lowest = make("ReduceMin", [make("Concat", [scores, make.const(np.array([0.0], np.float32))],
+                                     np.float32, axis=0)], np.float32, keepdims=0)
+    moved = make("Sub", [make("Add", [scores, make.const(np.float32(1.0))], np.float32), lowest],
+                 np.float32)
+    class_scores = make("Where", [member, make.unsqueeze(moved, 0), make.const(np.float32(0.0))],
+                        np.float32)
+    class_boxes = make("Expand", [make.unsqueeze(boxes, 0),
+                                  make.const(np.array([classes, 1, 1], np.int64))], np.float32)
+    rows = make("EfficientNMS_ONNX_TRT", [class_boxes, make.unsqueeze(class_scores, 2)], np.int32,
+                domain=PLUGIN_DOMAIN, **{**attrs, "score_threshold": EFFICIENT_NMS_CLASS_THRESHOLD})
+    box_index, valid = _valid_rows(make, rows)
+    # a -1 row reads the score put in front: no index out of range, with no candidate too
+    no_score = make.const(np.array([EFFICIENT_NMS_NO_SCORE], np.float32))
+    row_scores = make("Where", [valid, make("Gather", [
+        make("Concat", [no_score, scores], np.float32, axis=0),
+        make("Add", [box_index, make.const(np.int32(1))], np.int32)], np.float32), no_score],
+        np.float32)
+    ranked = make("TopK", [row_scores, make.const(np.array([k], np.int64))], np.int64, outputs=2,
+                  axis=0, largest=1, sorted=1)
+    chosen = make("Gather", [ranked, _where_true(make, make("Gather", [valid, ranked], np.bool_))],
+                  np.int64)
+    # rows (0, 0, box) as the single-class NMS it stands for writes them
+    kept = make("Gather", [box_index, chosen], np.int32)
+    zeros = make("Mul", [kept, make.const(np.int32(0))], np.int32)
+    triples = make("Concat", [make.unsqueeze(zeros, 1), make.unsqueeze(zeros, 1),
+                              make.unsqueeze(kept, 1)], np.int32, axis=1)
+    make("Cast", [triples], np.int64, to=7, output=output)
 
 
 def _with_domain(domains, name: str):
@@ -881,16 +1039,24 @@ def onnxruntime_runnable(model_proto):
             make.const(np.array([node.attrs["score_threshold"]], np.float32))],
             np.int64, center_point_box=int(node.attrs.get("center_point_box", 0)))
         # ONNX's order is by box index within a class for equal scores; both sort by score
+        # (over all images: one order the plugin's blocks may write theirs in)
+        shape = make("Shape", [scores], np.int64)  # [B, C, N]
+        per_image, per_class = (make("Gather", [shape, make.const(np.int64(axis))], np.int64)
+                                for axis in (1, 2))
+        column = [make("Gather", [selected, make.const(np.int64(i))], np.int64, axis=1)
+                  for i in range(3)]
+        flat_index = make("Add", [make("Mul", [make("Add", [make("Mul", [
+            column[0], per_image], np.int64), column[1]], np.int64), per_class], np.int64), column[2]],
+            np.int64)
         box_scores = make("Gather", [make("Reshape", [scores, make.const(np.array([-1], np.int64))],
-                                          np.float32),
-                                     make("Gather", [selected, make.const(np.int64(2))], np.int64,
-                                          axis=1)], np.float32)
+                                          np.float32), flat_index], np.float32)
         order = make("TopK", [box_scores, make("Shape", [box_scores], np.int64)], np.int64,
                      outputs=2, axis=0, largest=1, sorted=1)
         ranked = make("Gather", [selected, order], np.int64, axis=0)
         # padded as the plugin pads (efficientNMSInference.cu, PadONNXResult): with copies of
-        # the last valid row, or -1 rows where there is none
-        missing = make("Sub", [make.const(np.array([k], np.int64)),
+        # the last valid row, or -1 rows where there is none, to B x K rows
+        images = make("Shape", [boxes], np.int64, start=0, end=1)
+        missing = make("Sub", [make("Mul", [images, make.const(np.array([k], np.int64))], np.int64),
                                make("Shape", [ranked], np.int64, start=0, end=1)], np.int64)
         with_none = make("Concat", [make.const(np.full((1, 3), -1, np.int64)), ranked], np.int64, axis=0)
         last = make("Gather", [with_none, make("Shape", [ranked], np.int64, start=0, end=1)],

@@ -513,7 +513,7 @@ def _torchvision_keep(feed: Dict[str, np.ndarray], kept: int) -> np.ndarray:
 LEVELS = 5  # an FPN RPN's
 
 
-def _per_level_module(kept: int, padded: bool = False):
+def _per_level_module(kept: int, padded: bool = False, levels: int = LEVELS):
     """torchvision's RPN post-processing (RegionProposalNetwork.filter_proposals) on its own:
     each level's candidates tagged with the level by torch.full, a score filter (a count known at
     run time only), a batched NMS over levels, its first `kept`; padded to `kept` with -1 where
@@ -522,12 +522,12 @@ def _per_level_module(kept: int, padded: bool = False):
     from torchvision.ops import boxes as box_ops
 
     class Proposals(torch.nn.Module):
-        def forward(self, boxes, scores):  # [LEVELS x m, 4], [LEVELS x m]: m a level
-            per_level = boxes.shape[0] // LEVELS
-            levels = torch.cat([torch.full((per_level,), level, dtype=torch.int64)
-                                for level in range(LEVELS)])
+        def forward(self, boxes, scores):  # [levels x m, 4], [levels x m]: m a level
+            per_level = boxes.shape[0] // levels
+            ids = torch.cat([torch.full((per_level,), level, dtype=torch.int64)
+                             for level in range(levels)])
             chosen = torch.where(scores >= 0.05)[0]
-            keep = box_ops.batched_nms(boxes[chosen], scores[chosen], levels[chosen], 0.7)[:kept]
+            keep = box_ops.batched_nms(boxes[chosen], scores[chosen], ids[chosen], 0.7)[:kept]
             if padded:
                 keep = torch.cat([keep, torch.full((kept,), -1, dtype=keep.dtype)])[:kept]
             return keep
@@ -535,11 +535,12 @@ def _per_level_module(kept: int, padded: bool = False):
     return Proposals()
 
 
-def _per_level_nms_graph(path: Path, kept: int, padded: bool = False) -> onnx.ModelProto:
+def _per_level_nms_graph(path: Path, kept: int, padded: bool = False,
+                         levels: int = LEVELS) -> onnx.ModelProto:
     import torch
 
-    inputs = (torch.rand(LEVELS * 10, 4) * 100 + torch.tensor([0, 0, 100, 100]), torch.rand(LEVELS * 10))
-    torch.onnx.export(_per_level_module(kept, padded), inputs, str(path),
+    inputs = (torch.rand(levels * 10, 4) * 100 + torch.tensor([0, 0, 100, 100]), torch.rand(levels * 10))
+    torch.onnx.export(_per_level_module(kept, padded, levels), inputs, str(path),
                       input_names=["boxes", "scores"], output_names=["keep"], opset_version=17,
                       dynamo=False, dynamic_axes={"boxes": {0: "n"}, "scores": {0: "n"}})
     return onnx.load(str(path))
@@ -668,6 +669,23 @@ def test_efficient_nms_runs_an_rpns_levels_as_plugin_images_of_their_own(tmp_pat
                                            if i.name == topk.input[1])).tolist() == [20]
     assert not [n for n in nodes if n.op_type in ("NonMaxSuppression", "ReduceMax")]
     onnx.checker.check_model(patched)
+
+
+@pytest.mark.parametrize("levels, images", [(2, 2), (16, 16), (17, None)])
+def test_efficient_nms_makes_class_images_for_16_classes_at_most(tmp_path: Path, levels: int,
+                                                                 images: Optional[int]) -> None:
+    """Up to 16 classes the graph bounds (an RPN's levels) become plugin images; beyond, the NMS
+    stays one image (each image reads every candidate: a box head's 91 classes would copy them
+    91 times), its class shift marked fp32."""
+    from trtflow.patch import FP32_LAYER_MARK
+
+    patched, reports = apply_passes(_per_level_nms_graph(tmp_path / "ids.onnx", 20, levels=levels),
+                                    EFFICIENT_NMS_PASSES,
+                                    PatchContext("ids", "tensorrt", AUTO, backend_version="8.6.0"))
+    assert reports[2]["rewritten"][0]["class_images"] == images
+    marked = [n.op_type for n in patched.graph.node if FP32_LAYER_MARK in n.name]
+    assert ("Expand" in marked) == (images is not None)
+    assert ("TopK" in marked) == (images is not None)
 
 
 @pytest.mark.parametrize("per_level", [0, 1, 3, 80])

@@ -810,6 +810,13 @@ def _scalar_int(tensor, dims: Mapping[str, List[Any]]) -> Optional[int]:
     return None
 
 
+def _largest_of(values) -> Optional[int]:
+    """The largest of non-negative integer `values` (a constant's), else None."""
+    if values is None or values.dtype.kind not in "iu" or values.size == 0 or values.min() < 0:
+        return None
+    return int(values.max())
+
+
 def _largest_id(tensor, dims: Mapping[str, List[Any]], depth: int = 0) -> Optional[int]:
     """An upper bound of a tensor of non-negative integer ids where the graph says where they
     come from (an RPN's level ids: ConstantOfShape per level, concatenated and gathered; a box
@@ -819,19 +826,12 @@ def _largest_id(tensor, dims: Mapping[str, List[Any]], depth: int = 0) -> Option
     if depth > 40:
         return None
     if isinstance(tensor, gs.Constant):
-        values = tensor.values
-        if values.dtype.kind not in "iu" or values.size == 0 or values.min() < 0:
-            return None
-        return int(values.max())
+        return _largest_of(tensor.values)
     node = tensor.inputs[0] if getattr(tensor, "inputs", None) else None
     if node is None:
         return None
     if node.op == "ConstantOfShape":
-        value = node.attrs.get("value")
-        values = getattr(value, "values", None)
-        if values is None or values.dtype.kind not in "iu" or values.min() < 0:
-            return None
-        return int(values.max())
+        return _largest_of(getattr(node.attrs.get("value"), "values", None))
     if node.op == "Range":
         start, limit, delta = (_scalar_int(t, dims) for t in node.inputs[:3])
         if start is None or limit is None or delta is None or start < 0 or delta <= 0:
@@ -896,20 +896,19 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                      center_point_box=int(node.attrs.get("center_point_box", 0)))
         found = _coordinate_trick(node)
         largest = _largest_id(found[2], dims) if found is not None else None
-        classes = largest + 1 if largest is not None else None
+        class_images = largest + 1 if largest is not None and \
+            1 <= largest < EFFICIENT_NMS_CLASS_IMAGES_MAX and k <= EFFICIENT_NMS_TOPK_MAX else None
         make = _NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
-        if classes is not None and 1 < classes <= EFFICIENT_NMS_CLASS_IMAGES_MAX and \
-                k <= EFFICIENT_NMS_TOPK_MAX:
-            _per_class_images(make, found, classes, attrs, node.outputs[0])
+        if class_images is not None:
+            _per_class_images(make, found, class_images, attrs, node.outputs[0])
         else:
-            classes = None
             for shifting in _class_shift_nodes(node):  # fp32 too: 122,395 is inf in fp16
                 shifting.name = f"{shifting.name}/{FP32_LAYER_MARK}"
             _one_image(make, node.inputs[0], scores, attrs, node.outputs[0])
         node.outputs.clear()
         node.inputs.clear()
         rewritten.append({"node": node.name, "max_output_boxes": int(k), "kept_after": kept,
-                          "candidates_limit": EFFICIENT_NMS_CANDIDATES, "class_images": classes})
+                          "candidates_limit": EFFICIENT_NMS_CANDIDATES, "class_images": class_images})
     if rewritten:
         graph.import_domains = _with_domain(graph.import_domains, PLUGIN_DOMAIN)
     graph.cleanup().toposort()
@@ -1041,12 +1040,12 @@ def onnxruntime_runnable(model_proto):
         # ONNX's order is by box index within a class for equal scores; both sort by score
         # (over all images: one order the plugin's blocks may write theirs in)
         shape = make("Shape", [scores], np.int64)  # [B, C, N]
-        per_image, per_class = (make("Gather", [shape, make.const(np.int64(axis))], np.int64)
-                                for axis in (1, 2))
+        class_count, box_count = (make("Gather", [shape, make.const(np.int64(axis))], np.int64)
+                                  for axis in (1, 2))
         column = [make("Gather", [selected, make.const(np.int64(i))], np.int64, axis=1)
-                  for i in range(3)]
+                  for i in range(3)]  # (image, class, box)
         flat_index = make("Add", [make("Mul", [make("Add", [make("Mul", [
-            column[0], per_image], np.int64), column[1]], np.int64), per_class], np.int64), column[2]],
+            column[0], class_count], np.int64), column[1]], np.int64), box_count], np.int64), column[2]],
             np.int64)
         box_scores = make("Gather", [make("Reshape", [scores, make.const(np.array([-1], np.int64))],
                                           np.float32), flat_index], np.float32)

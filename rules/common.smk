@@ -237,6 +237,8 @@ def engine_options(wildcards):
         return json.dumps(options, sort_keys=True)
     options = {k: v for k, v in CONFIG["tensorrt"].items()
                if k not in ("python", "target", "cuda_graph", "int8_speed")}
+    if wildcards.precision != "int8":  # what an int8 engine's float layers run in
+        options.pop("int8_float")
     if options.pop("timing_cache"):
         options["timing_cache_path"] = f"{R}/engines/timing-cache-{TAG}.bin"
     speed = int8_speed_inputs(wildcards)

@@ -37,7 +37,8 @@ def test_validate_config_fills_schema_defaults() -> None:
                                            "fold_known_dims", "guard_empty_topk", "multiclass_nms",
                                            "efficient_nms", "cleanup",
                                            "toposort", "int64_inputs_to_int32",
-                                           "decompose_layernorm", "roialign_to_gridsample",
+                                           "decompose_layernorm", "pyramid_roialign",
+                                           "roialign_to_gridsample",
                                            "infer_shapes"]
     assert resolved["patch"]["int64_inputs_to_int32"] == "auto"
     assert resolved["patch"]["decompose_layernorm"] == "auto"

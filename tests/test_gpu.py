@@ -316,3 +316,62 @@ def test_efficient_nms_plugin_runs_an_rpns_levels_as_images_in_fp32_and_fp16(tmp
     assert (expected["full"] >= 0).all() and (expected["padded"] < 0).any()
     _plugin_engines_keep(tmp_path, _per_level_nms_graph(tmp_path / "rpn.onnx", kept, padded=True),
                          feeds, expected, 400)
+
+
+def test_pyramid_roialign_on_tensorrt_pools_as_torchvision_in_fp32_and_fp16(tmp_path):
+    """Mask R-CNN's two FPN RoI poolings through pyramid_roialign (one GridSample over the levels
+    side by side, no NonZero) built as fp32 and fp16 engines: the pooled features are
+    torchvision's MultiScaleRoIAlign's, for boxes of every level's size, degenerate ones and ones
+    on the image's edges."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from test_roi_pooling import PASSES, _boxes, _features, _pools_module, _torchvision
+    from trtflow.patch import PatchContext, apply_passes
+    from trtflow.precision import to_fp16
+
+    class OneImage(torch.nn.Module):  # 1 x R x 4 boxes: every input of batch 1, as the runner wants
+        def __init__(self) -> None:
+            super().__init__()
+            self.pools = _pools_module(1)
+
+        def forward(self, p2, p3, p4, p5, boxes):
+            return self.pools(p2, p3, p4, p5, boxes[0])
+
+    # inputs that fp16 holds exactly: the random features are white noise, on which the fp16
+    # rounding of a box's corner alone moves the pooled values by percents
+    features = [f.astype(np.float16).astype(np.float32) for f in _features(1, seed=5)]
+    boxes = _boxes(200, seed=5).astype(np.float16).astype(np.float32)
+    inputs = tuple(torch.from_numpy(f) for f in features) + (torch.from_numpy(boxes[None]),)
+    torch.onnx.export(OneImage().eval(), inputs, str(tmp_path / "pools.onnx"), opset_version=17,
+                      dynamo=False, input_names=["p2", "p3", "p4", "p5", "boxes"],
+                      output_names=["box", "mask"])
+    patched, reports = apply_passes(onnx.load(str(tmp_path / "pools.onnx")), PASSES,
+                                    PatchContext("pools", "tensorrt", {}, "8.6.0"))
+    assert len(next(r for r in reports if r["pass"] == "pyramid_roialign")["rewritten"]) == 2
+    onnx.save(patched, str(tmp_path / "fp32.onnx"))
+    to_fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
+    np.savez(tmp_path / "feed.npz", **dict(zip(["p2", "p3", "p4", "p5", "boxes"],
+                                               features + [boxes[None]])))
+    expected = _torchvision(features, boxes)
+    done = trt_run(
+        "from pathlib import Path\nimport numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "for precision in ('fp32', 'fp16'):\n"
+        "    engine, sidecar = root / f'{precision}.engine', root / f'{precision}.json'\n"
+        "    build_engine(root / f'{precision}.onnx', engine, sidecar, model='pools',\n"
+        "                 precision=precision, batch_profile={'min': 1, 'opt': 1, 'max': 1},\n"
+        "                 profile_name='p', options={'optimization_level': 0})\n"
+        "    with TensorRTRunner(engine, sidecar) as runner:\n"
+        "        out = runner.infer(dict(np.load(root / 'feed.npz')))\n"
+        "    np.savez(root / f'{precision}-out.npz', **out)\n"
+        "    print('BUILT', precision)\n")
+    assert done.stdout.count("BUILT") == 2, done.stdout[-2000:] + done.stderr[-4000:]
+    # fp16: 0.8 % on ONNX Runtime (its coordinates rounded as TensorRT rounds them)
+    for precision, tolerance in (("fp32", 1e-4), ("fp16", 2e-2)):
+        got = np.load(tmp_path / f"{precision}-out.npz")
+        for name, want in zip(("box", "mask"), expected):
+            error = np.linalg.norm(got[name] - want) / np.linalg.norm(want)
+            assert got[name].shape == want.shape and error < tolerance, (precision, name, error)

@@ -35,8 +35,11 @@ def test_mask_and_keypoint_rcnn_validate(workflow: Workflow):
         # region of class 69 at 0.59 comes out as class 11), and its random mask head's masks
         # are noise that a shifted box does not reproduce; trained weights do neither
         # (benchmarks/gpu/hard_models_shapes.yaml holds trained ones to the full fp16 gates)
+        # TensorRT's RoI pooling on ONNX Runtime: each MultiScaleRoIAlign as one GridSample over
+        # the FPN levels (pyramid_roialign), checked against PyTorch by the same gates
         "mask": rcnn_entry("maskrcnn_r50_fpn", ["labels", "boxes", "scores", "masks"], tolerances={
-            "fp32": {"mask_iou_min": 0.98}, "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7}}),
+            "fp32": {"mask_iou_min": 0.98}, "fp16": {"detection_recall_min": 0.5, "box_iou_min": 0.7}},
+            patch={"pyramid_roialign": "always"}),
         "keypoint": rcnn_entry("keypointrcnn_r50_fpn",
                                ["labels", "boxes", "scores", "keypoints", "keypoints_scores"],
                                tolerances={"fp32": {"keypoint_distance_max": 0.01},
@@ -64,6 +67,11 @@ def test_mask_and_keypoint_rcnn_validate(workflow: Workflow):
     patch = json.loads(workflow.path("results/onnx/mask/onnxruntime/patch.json").read_text())
     guards = next(p for p in patch["passes"] if p["pass"] == "inline_empty_guards")
     assert len(guards["inlined"]) == 2  # the two NMS guards (RPN and box head)
+    pyramid = next(p for p in patch["passes"] if p["pass"] == "pyramid_roialign")
+    # the box and mask heads' poolings, 4 levels each, from one image of the levels
+    assert [r["levels"] for r in pyramid["rewritten"]] == [4, 4] and pyramid["atlases"] == 1
+    gridsample = next(p for p in patch["passes"] if p["pass"] == "roialign_to_gridsample")
+    assert gridsample["skipped"].startswith("policy 'auto'")  # ONNX Runtime: none left anyway
 
     mask = json.loads(next(workflow.path("results/validation/mask").rglob("fp32-single.json")).read_text())
     assert mask["detections"]["reference_detections"] > 10

@@ -416,7 +416,7 @@ class Int8Variants:
     def quantised_nodes(self, ops: Sequence[str]) -> List[str]:
         """Nodes of `ops` (what the backend runs in int8) that read a DequantizeLinear output,
         in graph order."""
-        from .patch import producer
+        from .graph_surgery import producer
 
         return [node.name for node in self.graph.nodes if node.op in ops and any(
             producer(tensor, "DequantizeLinear") is not None for tensor in node.inputs)]
@@ -450,7 +450,7 @@ class Int8Variants:
         front of them: a shuffle of a rounded tensor is repeated on the float one."""
         import onnx_graphsurgeon as gs
 
-        from .patch import producer
+        from .graph_surgery import producer
         from .precision import QDQ_SHUFFLES
 
         shuffle = producer(tensor, *QDQ_SHUFFLES)

@@ -1,50 +1,26 @@
 """Patch stage: named onnx-graphsurgeon passes, each reporting what it changed."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .errors import TrtflowError
+from .graph_surgery import (DEFAULT_IR_VERSION, NodeMaker, PatchContext, chain, inferred_dims,
+                            producer, stamped_ir_version, through)
 from .io import atomic_path, load_onnx, write_json
+from .known_dims import constant_ints, known_dims
+from .roi_pooling import roi_pooling_passes
 
 log = logging.getLogger(__name__)
 
 # Backends whose parsers want int32 graph inputs: TensorRT before 10 has no int64 I/O, and an
 # int64 array handed to an int32 binding silently gives wrong results.
 INT32_INPUT_BACKENDS = {"tensorrt"}
-# IR version for graphs that do not say: torch.onnx writes 8 to 10, which every backend reads
-DEFAULT_IR_VERSION = 10
-
-
-@dataclass
-class PatchContext:
-    model: str
-    backend: str
-    options: Mapping[str, Any]
-    backend_version: str = ""
 
 
 def _count(graph) -> Dict[str, int]:
     return {"nodes": len(graph.nodes), "tensors": len(graph.tensors())}
-
-
-@contextlib.contextmanager
-def _ir_version(version: int) -> Iterator[None]:
-    """onnx.helper.make_model stamps every model it makes with onnx.IR_VERSION. graphsurgeon's
-    folding makes models for ONNX Runtime to evaluate, and an onnx newer than ONNX Runtime stamps
-    an IR version that runtime refuses ("Unsupported model IR version"): stamp the source's."""
-    import onnx
-
-    saved = onnx.IR_VERSION
-    onnx.IR_VERSION = min(saved, version)
-    try:
-        yield
-    finally:
-        onnx.IR_VERSION = saved
 
 
 def fold_constants(graph, ctx: PatchContext) -> Dict[str, Any]:
@@ -53,7 +29,7 @@ def fold_constants(graph, ctx: PatchContext) -> Dict[str, Any]:
     have to evaluate."""
     before = _count(graph)
     shape_ops_before = sum(node.op == "Shape" for node in graph.nodes)
-    with _ir_version(graph.ir_version or DEFAULT_IR_VERSION):
+    with stamped_ir_version(graph.ir_version or DEFAULT_IR_VERSION):
         graph.fold_constants(error_ok=False).cleanup()
     return {"before": before, "after": _count(graph), "shape_ops_before": shape_ops_before,
             "shape_ops_after": sum(node.op == "Shape" for node in graph.nodes)}
@@ -207,318 +183,6 @@ def inline_empty_guards(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"inlined": inlined, "if_nodes_left": sum(n.op == "If" for n in graph.nodes)}
 
 
-def _roialign_supported(node, graph) -> str:
-    """Why this RoiAlign cannot become GridSample ('' when it can)."""
-    if node.attrs.get("mode", "avg") != "avg":
-        return "mode max"
-    if int(node.attrs.get("sampling_ratio", 0)) <= 0:
-        return "adaptive sampling_ratio 0 (sample count depends on the box size)"
-    if graph.opset < 16:
-        return f"opset {graph.opset} has no GridSample (16+)"
-    shape = node.inputs[0].shape or (graph.inputs[0].shape if graph.inputs else None)
-    if not shape or shape[0] != 1:
-        return "the features are not of static batch 1 (batch_indices would matter)"
-    return ""
-
-
-def _roialign_as_gridsample(graph, node) -> None:
-    """RoiAlign(X, rois, batch_indices) -> the same bilinear samples taken by one GridSample.
-
-    Each RoI's sample points (sampling_ratio^2 per output cell, as RoiAlign places them) are laid
-    out as rows of one sampling grid over the single image, sampled with align_corners (pixel
-    centres at integer coordinates, RoiAlign's convention) and border padding (RoiAlign's clamp
-    of points within one pixel outside), then averaged per cell by an AveragePool."""
-    import numpy as np
-    import onnx_graphsurgeon as gs
-
-    features, rois = node.inputs[0], node.inputs[1]
-    out_h, out_w = int(node.attrs.get("output_height", 1)), int(node.attrs.get("output_width", 1))
-    ratio = int(node.attrs["sampling_ratio"])
-    scale = float(node.attrs.get("spatial_scale", 1.0))
-    half_pixel = node.attrs.get("coordinate_transformation_mode", "half_pixel") == "half_pixel"
-    name = node.name or "roialign"
-    created: List[Any] = []
-
-    def var(suffix: str, dtype=np.float32):
-        return gs.Variable(f"{name}/{suffix}", dtype=dtype)
-
-    def const(suffix: str, value, dtype=np.float32):
-        return gs.Constant(f"{name}/{suffix}", np.asarray(value, dtype=dtype))
-
-    def op(kind: str, suffix: str, inputs, attrs=None, dtype=np.float32):
-        out = var(suffix, dtype)
-        created.append(gs.Node(kind, f"{name}/{suffix}", attrs=attrs or {}, inputs=inputs,
-                               outputs=[out]))
-        return out
-
-    columns = [var(f"roi_{c}") for c in "x1 y1 x2 y2".split()]
-    created.append(gs.Node("Split", f"{name}/split_rois", attrs={"axis": 1},
-                           inputs=[rois, const("split_sizes", [1, 1, 1, 1], np.int64)],
-                           outputs=columns))
-    shape = op("Shape", "feature_shape", [features], dtype=np.int64)
-
-    def sample_coords(axis: str, low, high, cells: int, dim_index: int):
-        """Normalised grid coordinates of one axis' sample points: R x (cells * ratio)."""
-        offset = 0.5 if half_pixel else 0.0
-        start = op("Sub", f"{axis}_start", [op("Mul", f"{axis}_low", [low, const(f"{axis}_scale", scale)]),
-                                            const(f"{axis}_offset", offset)])
-        end = op("Sub", f"{axis}_end", [op("Mul", f"{axis}_high", [high, const(f"{axis}_scale2", scale)]),
-                                        const(f"{axis}_offset2", offset)])
-        length = op("Sub", f"{axis}_length", [end, start])
-        if not half_pixel:  # output_half_pixel (torchvision aligned=False): boxes at least 1 px
-            length = op("Max", f"{axis}_length_min1", [length, const(f"{axis}_one", 1.0)])
-        steps = [(k // ratio) + ((k % ratio) + 0.5) / ratio for k in range(cells * ratio)]
-        bins = op("Div", f"{axis}_bin", [length, const(f"{axis}_cells", float(cells))])
-        coords = op("Add", f"{axis}_coords", [start, op("Mul", f"{axis}_steps",
-                                                         [bins, const(f"{axis}_grid", [steps])])])
-        size = op("Cast", f"{axis}_size", [op("Gather", f"{axis}_dim", [shape, const(
-            f"{axis}_index", dim_index, np.int64)], dtype=np.int64)], attrs={"to": np.float32})
-        extent = op("Sub", f"{axis}_extent", [size, const(f"{axis}_one_px", 1.0)])
-        unit = op("Div", f"{axis}_unit", [coords, extent])  # 0..1 over pixel centres
-        norm = op("Sub", f"{axis}_norm", [op("Mul", f"{axis}_twice", [unit, const(
-            f"{axis}_two", 2.0)]), const(f"{axis}_minus", 1.0)])
-        # RoiAlign's points beyond [-1, size] count as 0 (border padding covers the clamp inside)
-        inside = op("And", f"{axis}_inside", [
-            op("GreaterOrEqual", f"{axis}_above", [coords, const(f"{axis}_low_edge", -1.0)],
-               dtype=np.bool_),
-            op("LessOrEqual", f"{axis}_below", [coords, size], dtype=np.bool_)], dtype=np.bool_)
-        return norm, op("Cast", f"{axis}_valid", [inside], attrs={"to": np.float32})
-
-    grid_x, valid_x = sample_coords("x", columns[0], columns[2], out_w, 3)  # R x (out_w * ratio)
-    grid_y, valid_y = sample_coords("y", columns[1], columns[3], out_h, 2)  # R x (out_h * ratio)
-    rows, cols = out_h * ratio, out_w * ratio
-    full = const("grid_shape", [1, rows, cols], np.int64)
-    xs = op("Expand", "grid_x_full", [op("Unsqueeze", "grid_x_row", [grid_x, const(
-        "axis1", [1], np.int64)]), full])
-    ys = op("Expand", "grid_y_full", [op("Unsqueeze", "grid_y_col", [grid_y, const(
-        "axis2", [2], np.int64)]), full])
-    pairs = op("Concat", "grid_xy", [op("Unsqueeze", "gx", [xs, const("axis3", [3], np.int64)]),
-                                     op("Unsqueeze", "gy", [ys, const("axis3b", [3], np.int64)])],
-               attrs={"axis": 3})
-    grid = op("Reshape", "grid", [pairs, const("grid_one_image", [1, -1, cols, 2], np.int64)])
-    sampled = op("GridSample", "sample", [features, grid],
-                 attrs={"mode": "bilinear", "padding_mode": "border", "align_corners": 1})
-    per_roi = op("Reshape", "per_roi", [op("Squeeze", "drop_batch", [sampled, const(
-        "axis0", [0], np.int64)]), const("roi_shape", [0, -1, rows, cols], np.int64)])
-    samples = op("Transpose", "rois_first", [per_roi], attrs={"perm": [1, 0, 2, 3]})
-    valid = op("Mul", "valid", [op("Unsqueeze", "valid_y_col", [valid_y, const("axis2v", [2], np.int64)]),
-                                op("Unsqueeze", "valid_x_row", [valid_x, const("axis1v", [1], np.int64)])])
-    cells = op("Mul", "masked", [samples, op("Unsqueeze", "valid_c", [valid, const(
-        "axis1c", [1], np.int64)])])
-    pooled = node.outputs[0]
-    created.append(gs.Node("AveragePool", f"{name}/average", inputs=[cells], outputs=[pooled],
-                           attrs={"kernel_shape": [ratio, ratio], "strides": [ratio, ratio]}))
-    node.outputs.clear()
-    node.inputs.clear()
-    graph.nodes.extend(created)
-
-
-def roialign_to_gridsample(graph, ctx: PatchContext) -> Dict[str, Any]:
-    """Rewrite RoiAlign (Mask/Keypoint R-CNN's RoI pooling) as GridSample + AveragePool.
-
-    TensorRT's ONNX parser maps RoiAlign to the ROIAlign_TRT plugin, which needs the plugin
-    library (and, on 8.6, its version-compatible twin) at build and run time; GridSample is a
-    native layer from TensorRT 8.6 on. Policy auto rewrites for TensorRT only."""
-    policy = ctx.options.get("roialign_to_gridsample", "auto")
-    if policy == "never" or (policy == "auto" and ctx.backend != "tensorrt"):
-        return {"skipped": f"policy '{policy}' for backend '{ctx.backend}'", "rewritten": []}
-    rewritten, kept = [], {}
-    for node in [n for n in graph.nodes if n.op == "RoiAlign"]:
-        reason = _roialign_supported(node, graph)
-        if reason:
-            kept[node.name] = reason
-            continue
-        _roialign_as_gridsample(graph, node)
-        rewritten.append(node.name)
-    graph.cleanup().toposort()
-    return {"rewritten": rewritten, "kept": kept}
-
-
-def _inferred_dims(graph) -> Dict[str, List[Any]]:
-    """Every tensor's dims as ONNX shape inference knows them (None where symbolic)."""
-    import onnx
-    import onnx_graphsurgeon as gs
-
-    with _ir_version(graph.ir_version or DEFAULT_IR_VERSION):
-        proto = onnx.shape_inference.infer_shapes(gs.export_onnx(graph))
-    infos = list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)
-    return {info.name: [d.dim_value if d.HasField("dim_value") else None
-                        for d in info.type.tensor_type.shape.dim] for info in infos}
-
-
-# ops whose output has the shape of their (broadcast) inputs
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less",
-                "Greater", "And", "Or", "Sigmoid", "Exp", "Log", "Relu", "Clip", "Cast", "Neg",
-                "Sqrt", "Abs", "Floor", "Ceil", "Round", "Tanh", "Erf", "Not", "Identity", "Softmax"}
-
-
-def _constant_ints(tensor) -> Optional[List[int]]:
-    import onnx_graphsurgeon as gs
-
-    if isinstance(tensor, gs.Constant) and tensor.values.dtype.kind in "iu":
-        return [int(v) for v in tensor.values.reshape(-1)]
-    return None
-
-
-def _broadcast(shapes: List[List[Any]]) -> Optional[List[Any]]:
-    """numpy broadcasting of partly known dims: a known dim other than 1 is the output's."""
-    if any(shape is None for shape in shapes):
-        return None
-    rank = max(len(shape) for shape in shapes)
-    out: List[Any] = []
-    for axis in range(rank):
-        column = [shape[axis - rank + len(shape)] for shape in shapes if axis - rank + len(shape) >= 0]
-        known = [d for d in column if d is not None and d != 1]
-        out.append(known[0] if known else (1 if all(d == 1 for d in column) else None))
-    return out
-
-
-def _refined_dims(graph, dims: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
-    """Dims ONNX shape inference leaves unknown, filled in where the graph says them.
-
-    Shape inference gives up on a Reshape whose shape is computed, even when that shape is a
-    Concat of a batch size read with Shape and constants (a detection head's reshape to
-    N x -1 x 4), and everything downstream loses the 4: the box decoding's Slices, its
-    arithmetic, the Concat and Flatten whose 4 clip_boxes reads back with Shape. This pass
-    follows the graph in order, tracking the known elements of shape tensors (Shape, Concat,
-    Gather, Unsqueeze, Slice of them) and each tensor's known dims through Reshape, Concat,
-    Flatten, Slice, Gather, (Un)squeeze, Transpose and elementwise ops."""
-    import onnx_graphsurgeon as gs
-
-    dims = {name: list(shape) for name, shape in dims.items()}
-    values: Dict[str, List[Any]] = {}  # 1-D int tensors: known elements (None where unknown)
-
-    def shape_of(tensor) -> Optional[List[Any]]:
-        if isinstance(tensor, gs.Constant):
-            return list(tensor.values.shape)
-        return dims.get(tensor.name)
-
-    def value_of(tensor) -> Optional[List[Any]]:
-        constant = _constant_ints(tensor)
-        return constant if constant is not None else values.get(tensor.name)
-
-    def merge(name: str, shape: Optional[List[Any]]) -> None:
-        if shape is None:
-            return
-        old = dims.get(name)
-        if old is None or len(old) != len(shape):
-            dims[name] = list(shape)
-        else:
-            dims[name] = [a if a is not None else b for a, b in zip(old, shape)]
-
-    graph.toposort()
-    for node in graph.nodes:
-        if not node.outputs:
-            continue
-        try:
-            _refine_node(node, shape_of, value_of, values, merge)
-        except (IndexError, ZeroDivisionError):
-            # a form this reading does not cover (an axis of a scalar, an index out of range,
-            # as in RT-DETR's graph): that node keeps ONNX's dims
-            continue
-    return dims
-
-
-def _refine_node(node, shape_of, value_of, values, merge) -> None:
-    """One node of _refined_dims: its output's known dims (merge) and known elements (values)."""
-    import onnx_graphsurgeon as gs
-
-    out, op = node.outputs[0].name, node.op
-    ins = [shape_of(t) for t in node.inputs]
-    if op == "Shape" and ins[0] is not None and not node.attrs.get("start") and "end" not in node.attrs:
-        values[out] = list(ins[0])
-    elif op == "Concat":
-        axis = node.attrs.get("axis", 0)
-        parts = [value_of(t) for t in node.inputs]
-        if axis == 0 and all(part is not None for part in parts):
-            values[out] = [v for part in parts for v in part]
-        if all(shape is not None for shape in ins) and ins:
-            rank = len(ins[0])
-            axis %= rank
-            merged = []
-            for index in range(rank):
-                column = [shape[index] for shape in ins if len(shape) == rank]
-                if index == axis:
-                    merged.append(sum(column) if all(d is not None for d in column) else None)
-                else:
-                    merged.append(next((d for d in column if d is not None), None))
-            merge(out, merged)
-    elif op == "Unsqueeze":
-        axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("axes")
-        source = value_of(node.inputs[0])  # a scalar (kept as one element) -> [scalar]
-        if source is not None and len(source) == 1:
-            values[out] = source
-        if ins[0] is not None and axes is not None:
-            shape = list(ins[0])
-            rank = len(shape) + len(axes)
-            for axis in sorted(a % rank for a in axes):
-                shape.insert(axis, 1)
-            merge(out, shape)
-    elif op == "Gather":
-        axis = node.attrs.get("axis", 0)
-        index = _constant_ints(node.inputs[1])
-        source = value_of(node.inputs[0])
-        if source is not None and index is not None and axis == 0:
-            picked = [source[i] if -len(source) <= i < len(source) else None for i in index]
-            values[out] = picked
-        index_shape = shape_of(node.inputs[1])
-        if ins[0] is not None and index_shape is not None:
-            axis %= len(ins[0])
-            merge(out, ins[0][:axis] + index_shape + ins[0][axis + 1:])
-    elif op == "Reshape" and ins[0] is not None:
-        target = value_of(node.inputs[1])
-        if target is not None:
-            shape = [None if v == -1 else (ins[0][i] if v == 0 and i < len(ins[0]) and
-                                           not node.attrs.get("allowzero") else v)
-                     for i, v in enumerate(target)]
-            total = math.prod(d for d in ins[0]) if all(d is not None for d in ins[0]) else None
-            rest = [d for d, v in zip(shape, target) if v != -1]
-            if -1 in target and total is not None and all(d is not None for d in rest):
-                shape[target.index(-1)] = total // max(math.prod(rest), 1)
-            merge(out, shape)
-    elif op == "Flatten" and ins[0] is not None:
-        axis = node.attrs.get("axis", 1) % max(len(ins[0]), 1)
-        head, tail = ins[0][:axis], ins[0][axis:]
-        merge(out, [math.prod(head) if None not in head else None,
-                    math.prod(tail) if None not in tail else None])
-    elif op == "Transpose" and ins[0] is not None:
-        perm = node.attrs.get("perm") or list(reversed(range(len(ins[0]))))
-        merge(out, [ins[0][axis] for axis in perm])
-    elif op == "Slice" and ins[0] is not None:
-        # the axes not sliced keep their dims even where the bounds are computed
-        starts, ends = _constant_ints(node.inputs[1]), _constant_ints(node.inputs[2])
-        axes = _constant_ints(node.inputs[3]) if len(node.inputs) > 3 else None
-        steps = _constant_ints(node.inputs[4]) if len(node.inputs) > 4 else None
-        count = len(starts) if starts is not None else len(ends) if ends is not None else None
-        if axes is None and count is not None and len(node.inputs) <= 3:
-            axes = list(range(count))
-        if axes is not None:
-            shape = list(ins[0])
-            steps = steps if steps is not None else ([1] * len(axes) if len(node.inputs) <= 4 else None)
-            for position, axis in enumerate(axes):
-                size = shape[axis % len(shape)]
-                known = (starts is not None and ends is not None and steps is not None
-                         and size is not None)
-                shape[axis % len(shape)] = (len(range(*slice(starts[position], ends[position],
-                                                             steps[position]).indices(size)))
-                                            if known else None)
-            merge(out, shape)
-            source = value_of(node.inputs[0])
-            if (source is not None and axes == [0] and starts is not None and ends is not None
-                    and steps is not None):
-                values[out] = source[slice(starts[0], ends[0], steps[0])]
-    elif op in ("Squeeze",) and ins[0] is not None:
-        axes = _constant_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("axes")
-        if axes is not None:
-            drop = {a % len(ins[0]) for a in axes}
-            merge(out, [d for i, d in enumerate(ins[0]) if i not in drop])
-    elif op in _ELEMENTWISE and len(node.outputs) == 1:
-        if op == "Softmax" or len(node.inputs) == 1 or op in ("Cast", "Clip"):
-            merge(out, ins[0])
-        else:
-            merge(out, _broadcast(ins))
-
-
 def fold_known_dims(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Replace Shape(x)[i] by a constant where shape inference knows x's dim i.
 
@@ -530,7 +194,7 @@ def fold_known_dims(graph, ctx: PatchContext) -> Dict[str, Any]:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    dims = _refined_dims(graph, _inferred_dims(graph))
+    dims = known_dims(graph)
     folded = []
     for node in [n for n in graph.nodes if n.op == "Gather"]:
         source, index = node.inputs
@@ -567,7 +231,7 @@ def guard_empty_topk(graph, ctx: PatchContext) -> Dict[str, Any]:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    dims = _inferred_dims(graph)
+    dims = inferred_dims(graph)
     guarded = []
     for node in [n for n in graph.nodes if n.op == "TopK"]:
         scores, k = node.inputs[0], node.inputs[1]
@@ -602,77 +266,21 @@ def guard_empty_topk(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"guarded": guarded}
 
 
-def producer(tensor, *ops: str):
-    """The node making `tensor` when it is one of `ops`, else None."""
-    node = tensor.inputs[0] if getattr(tensor, "inputs", None) else None
-    return node if node is not None and node.op in ops else None
-
-
-def _through(tensor, *ops: str):
-    """`tensor` followed up through single-input-data nodes of `ops` (Cast, Unsqueeze, Slice)."""
-    chain = _chain(tensor, *ops)
-    return chain[-1].inputs[0] if chain else tensor
-
-
-def _chain(tensor, *ops: str) -> List[Any]:
-    """The nodes `_through` passes, nearest first."""
-    nodes = []
-    node = producer(tensor, *ops)
-    while node is not None:
-        nodes.append(node)
-        node = producer(node.inputs[0], *ops)
-    return nodes
-
-
 def _coordinate_trick(node) -> Any:
     """(boxes, scores, class ids) of an NMS that torchvision's batched_nms exported with its
     coordinate trick (every class's boxes moved by class x (max coordinate + 1), then one NMS),
     or None for any other NMS."""
-    add = producer(_through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
+    add = producer(through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
     if add is None:
         return None
     for boxes, moved in (add.inputs, add.inputs[::-1]):
-        mul = producer(_through(moved, "Unsqueeze", "Slice", "Cast"), "Mul")
+        mul = producer(through(moved, "Unsqueeze", "Slice", "Cast"), "Mul")
         if mul is None:
             continue
         for ids, step in (mul.inputs, mul.inputs[::-1]):
             if producer(step, "Add") is not None:
-                return boxes, _through(node.inputs[1], "Cast", "Unsqueeze"), _through(ids, "Cast")
+                return boxes, through(node.inputs[1], "Cast", "Unsqueeze"), through(ids, "Cast")
     return None
-
-
-class _NodeMaker:
-    """Adds nodes to a graph under one name prefix, returning each node's (last) output."""
-
-    def __init__(self, graph, prefix: str) -> None:
-        self.graph, self.prefix, self.count = graph, prefix, 0
-
-    def _name(self, what: str) -> str:
-        self.count += 1
-        return f"{self.prefix}/{what}_{self.count}"
-
-    def const(self, value):
-        import numpy as np
-        import onnx_graphsurgeon as gs
-
-        return gs.Constant(self._name("const"), np.asarray(value))
-
-    def __call__(self, op: str, inputs: List[Any], dtype, outputs: int = 1, output=None, **attrs):
-        """The node's last output (of `dtype`), or `output` where given."""
-        import onnx_graphsurgeon as gs
-
-        name = self._name(op)
-        domain = attrs.pop("domain", None)
-        made = [gs.Variable(f"{name}/out{i}") for i in range(outputs - 1)]  # unused ones
-        made.append(output if output is not None else gs.Variable(f"{name}/out", dtype=dtype))
-        self.graph.nodes.append(gs.Node(op, name, attrs=attrs, inputs=list(inputs), outputs=made,
-                                        domain=domain))
-        return made[-1]
-
-    def unsqueeze(self, tensor, axis: int):
-        import numpy as np
-
-        return self("Unsqueeze", [tensor, self.const(np.array([axis], np.int64))], tensor.dtype)
 
 
 def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
@@ -686,7 +294,6 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     other classes, under the 0 threshold), then the selected boxes in descending score, the
     order batched_nms returns. auto: for ONNX Runtime only; TensorRT runs the original."""
     import numpy as np
-    import onnx_graphsurgeon as gs
 
     policy = ctx.options.get("multiclass_nms", "auto")
     if policy == "never" or (policy == "auto" and ctx.backend != "onnxruntime"):
@@ -698,7 +305,7 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
             continue
         boxes, scores, ids = found
         name = node.name
-        make = _NodeMaker(graph, name)
+        make = NodeMaker(graph, name)
         ids64 = make("Cast", [ids], np.int64, to=7)
         # one more class than the largest id; a 0 appended so that no candidate is one class
         top_id = make("ReduceMax", [make("Concat", [ids64, make.const(np.array([0], np.int64))],
@@ -760,7 +367,7 @@ def _kept_count(selected) -> Optional[int]:
         tensor = frontier.pop()
         for node in tensor.outputs:
             if node.op == "Slice":
-                starts, ends = (_constant_ints(t) for t in node.inputs[1:3])
+                starts, ends = (constant_ints(t) for t in node.inputs[1:3])
                 if starts == [0] and ends and 0 < ends[0] < 2 ** 31 - 1:
                     return int(ends[0])
             elif node.op in ("Gather", "Squeeze", "Identity", "Cast", "Reshape", "Unsqueeze"):
@@ -771,10 +378,10 @@ def _kept_count(selected) -> Optional[int]:
 def _class_shift_nodes(node) -> List[Any]:
     """The nodes of torchvision's class shift before `node` (an NMS): the Add of the boxes and
     the offsets, the offsets' Mul and the max-coordinate arithmetic; [] for any other NMS."""
-    add = producer(_through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
+    add = producer(through(node.inputs[0], "Cast", "Unsqueeze"), "Add")
     if add is None or _coordinate_trick(node) is None:
         return []
-    found = [add] + _chain(node.inputs[0], "Cast", "Unsqueeze") + _chain(node.inputs[1], "Cast",
+    found = [add] + chain(node.inputs[0], "Cast", "Unsqueeze") + chain(node.inputs[1], "Cast",
                                                                           "Unsqueeze")
     frontier = [t for t in add.inputs]
     while frontier:
@@ -794,7 +401,7 @@ _MOVING_OPS = {"Gather", "GatherElements", "Reshape", "Expand", "Flatten", "Sque
 def _scalar_int(tensor, dims: Mapping[str, List[Any]]) -> Optional[int]:
     """The value of a one-element int tensor where the graph fixes it: a constant, or a dim read
     with Shape -> Gather that shape inference knows (a Range's limit of 91 classes)."""
-    constant = _constant_ints(tensor)
+    constant = constant_ints(tensor)
     if constant is not None:
         return constant[0] if len(constant) == 1 else None
     node = tensor.inputs[0] if getattr(tensor, "inputs", None) else None
@@ -803,7 +410,7 @@ def _scalar_int(tensor, dims: Mapping[str, List[Any]]) -> Optional[int]:
     if node.op in ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity"):
         return _scalar_int(node.inputs[0], dims)
     if node.op == "Gather" and producer(node.inputs[0], "Shape") is not None:
-        index = _constant_ints(node.inputs[1])
+        index = constant_ints(node.inputs[1])
         shape = dims.get(producer(node.inputs[0], "Shape").inputs[0].name)
         if index is not None and len(index) == 1 and shape and -len(shape) <= index[0] < len(shape):
             return shape[index[0]]
@@ -875,10 +482,10 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                 "rewritten": [], "left": []}
     rewritten, left = [], []
     nms_nodes = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
-    dims = _inferred_dims(graph) if nms_nodes else {}
+    dims = inferred_dims(graph) if nms_nodes else {}
     for node in nms_nodes:
         scores = node.inputs[1]
-        limit = _constant_ints(node.inputs[2]) if len(node.inputs) > 2 else None
+        limit = constant_ints(node.inputs[2]) if len(node.inputs) > 2 else None
         iou = node.inputs[3] if len(node.inputs) > 3 else None
         iou_value = getattr(iou, "values", None) if iou is not None else 0.0
         threshold = node.inputs[4] if len(node.inputs) > 4 else None
@@ -898,7 +505,7 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
         largest = _largest_id(found[2], dims) if found is not None else None
         class_images = largest + 1 if largest is not None and \
             1 <= largest < EFFICIENT_NMS_CLASS_IMAGES_MAX and k <= EFFICIENT_NMS_TOPK_MAX else None
-        make = _NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
+        make = NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
         if class_images is not None:
             _per_class_images(make, found, class_images, attrs, node.outputs[0])
         else:
@@ -915,7 +522,7 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     return {"rewritten": rewritten, "left": left}
 
 
-def _valid_rows(make: _NodeMaker, rows):
+def _valid_rows(make: NodeMaker, rows):
     """(box index, valid) of the plugin's [R, 3] rows. The plugin writes the kept rows first and
     fills the rest with copies of the last kept row (efficientNMSInference.cu PadONNXResult), or
     -1 where none is kept; a box is kept once, so a row is valid if its box is >= 0 and not the
@@ -932,7 +539,7 @@ def _valid_rows(make: _NodeMaker, rows):
     return box_index, valid
 
 
-def _where_true(make: _NodeMaker, mask):
+def _where_true(make: NodeMaker, mask):
     """The positions where a 1-D bool tensor is true. By NonZero (INonZeroLayer, a data-dependent
     shape TensorRT 8.6 plans): a Slice ending at a count summed from the rows has no
     implementation in 8.6's Myelin ("Could not find any implementation for node
@@ -943,7 +550,7 @@ def _where_true(make: _NodeMaker, mask):
                 np.int64)
 
 
-def _one_image(make: _NodeMaker, boxes, scores, attrs: Mapping[str, Any], output) -> None:
+def _one_image(make: NodeMaker, boxes, scores, attrs: Mapping[str, Any], output) -> None:
     """The NMS as one plugin image: its own (class-shifted) boxes, scores [B, N, 1]; the valid
     rows come first, highest score first."""
     import numpy as np
@@ -956,7 +563,7 @@ def _one_image(make: _NodeMaker, boxes, scores, attrs: Mapping[str, Any], output
     make("Cast", [cut], np.int64, to=7, output=output)
 
 
-def _per_class_images(make: _NodeMaker, found, classes: int, attrs: Mapping[str, Any],
+def _per_class_images(make: NodeMaker, found, classes: int, attrs: Mapping[str, Any],
                       output) -> None:
     """torchvision's batched NMS as one plugin image per class: image c reads every candidate's
     own (unshifted) box and its score where its class is c, a score under the threshold where
@@ -1029,7 +636,7 @@ def onnxruntime_runnable(model_proto):
     plugins = [n for n in graph.nodes if n.op == "EfficientNMS_ONNX_TRT"]
     for node in plugins:
         boxes, scores_bn1 = node.inputs
-        make = _NodeMaker(graph, f"{node.name}/as_onnx")
+        make = NodeMaker(graph, f"{node.name}/as_onnx")
         k = int(node.attrs["max_output_boxes_per_class"])
         scores = make("Transpose", [scores_bn1], np.float32, perm=[0, 2, 1])
         selected = make("NonMaxSuppression", [
@@ -1093,7 +700,7 @@ PASSES: Dict[str, Callable[[Any, PatchContext], Dict[str, Any]]] = {
     "int64_inputs_to_int32": int64_inputs_to_int32,
     "decompose_layernorm": decompose_layernorm,
     "inline_empty_guards": inline_empty_guards,
-    "roialign_to_gridsample": roialign_to_gridsample,
+    **roi_pooling_passes(),
     "infer_shapes": infer_shapes,
 }
 

@@ -10,6 +10,9 @@ block), and for each:
   4. the same fresh-process read with the GPU machine's stub cuBLAS/cuDNN libraries left off the
      library path (seen 2026-12-02: TensorRT 8.6.0's bindings then fail to import, they need
      libcublas.so.12 themselves; benchmarks/gpu/timing-cache.md).
+With --variants (issue 21, 2026-12-07): whether any cache reads back at all. An empty cache
+serialised before any build; a conv build with the FASTER_DYNAMIC_SHAPES_0805 preview feature
+off (8.6's route into Myelin for dynamic shapes); a conv build at optimisation level 0.
 Prints one line per step. Run under the TensorRT Python:
   TRTPY_PATH=$PWD /tmp/trtpy benchmarks/gpu/timing_cache_probe.py /tmp/tc-probe
 """
@@ -117,8 +120,42 @@ def main(folder):
         print("RESULT nostub-2 ", json.dumps(fresh([kind, nostub, "", "0"], without_stubs)))
 
 
+def variants() -> None:
+    """One line per variant: does a cache it writes read back in the same process?"""
+    import tensorrt as trt
+
+    def read_back(config, blob, logger) -> list:
+        before = len(logger.errors)
+        config.create_timing_cache(blob)
+        return logger.errors[before:]
+
+    logger = logger_with_errors(trt)
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    empty = bytes(config.create_timing_cache(b"").serialize())
+    print("VARIANT", json.dumps({"variant": "empty, no build", "bytes": len(empty),
+                                 "read_errors": read_back(config, empty, logger)}), flush=True)
+    for name, level, dynamic_shapes in (("preview FASTER_DYNAMIC_SHAPES_0805 off", 3, False),
+                                        ("optimisation level 0", 0, True)):
+        logger = logger_with_errors(trt)
+        builder = trt.Builder(logger)
+        net = network(trt, builder, "conv")
+        config = builder.create_builder_config()
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.builder_optimization_level = level
+        if not dynamic_shapes and hasattr(trt, "PreviewFeature"):
+            config.set_preview_feature(trt.PreviewFeature.FASTER_DYNAMIC_SHAPES_0805, False)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        built = builder.build_serialized_network(net, config) is not None
+        blob = bytes(config.get_timing_cache().serialize())
+        print("VARIANT", json.dumps({"variant": name, "built": built, "bytes": len(blob),
+                                     "read_errors": read_back(config, blob, logger)}), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--child":
+    if sys.argv[1] == "--variants":
+        variants()
+    elif sys.argv[1] == "--child":
         kind, cache_in, cache_out, plugins = sys.argv[2:6]
         print(json.dumps(build(kind, cache_in or None, cache_out or None, plugins == "1")))
     else:

@@ -25,9 +25,9 @@ import numpy as np
 from .. import cuda
 from ..errors import TrtflowError
 from ..io import atomic_path, read_json, write_json
-from ..patch import FP32_LAYER_MARK
 from .base import Runner, TensorSpec, TimingModeUnavailable, check_feed, timing_loop
 from .tensorrt_cache import attach_timing_cache, detach_timing_cache, save_timing_cache
+from .tensorrt_precision import constrain_fp16_layers, constrain_fp32_layers, precision_flags
 from .tensorrt_inspect import check_layer_precisions, inspect_engine, layer_precisions, layer_table
 from .tensorrt_profile import annotate, profile_runs
 from .tensorrt_speed import place_for_speed
@@ -99,16 +99,6 @@ def network_flags(trt) -> Tuple[int, bool]:
     return flags, strongly_typed
 
 
-def precision_flags(trt, precision: str, strongly_typed: bool) -> List[str]:
-    """Builder flags for a weakly typed (TensorRT 8.x) build of the precision ONNX. int8 also
-    allows fp16: the layers the Q/DQ placement leaves float (activations after fusion,
-    post-processing) then run in fp16, not fp32 (benchmarks/gpu/int8-placement.md)."""
-    if strongly_typed:
-        return []  # the graph's types decide; these flags are an error in 10 and gone in 11
-    wanted = {"fp16": ["FP16"], "int8": ["FP16", "INT8"]}.get(precision, [])
-    return [name for name in wanted if hasattr(trt.BuilderFlag, name)]
-
-
 # TensorRT 8.6 loads cuBLAS and cuDNN for a network with a plugin layer; an install without
 # them (stub libraries, a trimmed container) fails here, not at the parser
 MISSING_LIBRARY = re.compile(r"SymbolAddress for (cublas|cudnn)\w* could not be loaded", re.I)
@@ -120,30 +110,6 @@ def build_failure_fix(errors: List[str]) -> str:
         return ("this TensorRT cannot load cuBLAS/cuDNN, which it needs for plugin layers: install "
                 "them for it, or set patch.efficient_nms: never (the patch pass that adds a plugin)")
     return "see the log; try a larger tensorrt.workspace_mib or another opset"
-
-
-def constrain_fp32_layers(trt, network, config, strongly_typed: bool) -> int:
-    """Layers of nodes a patch pass marked fp32 (patch.FP32_LAYER_MARK: class-shifted boxes,
-    the NMS plugin that reads them) run in fp32 in a weakly typed build, which would otherwise
-    be free to take fp16 for them; a strongly typed build follows the graph's fp32 types."""
-    if strongly_typed:
-        return 0
-    count = 0
-    floats = (trt.float32, trt.float16)
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if FP32_LAYER_MARK not in layer.name or layer.type == trt.LayerType.CONSTANT:
-            continue
-        data = layer.get_input(0) if layer.num_inputs else None
-        if data is not None and data.dtype in floats:  # not the index arithmetic and its Casts
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                if layer.get_output(output).dtype in floats:
-                    layer.set_output_type(output, trt.float32)
-            count += 1
-    if count:
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    return count
 
 
 def parser_errors(parser, onnx_path: Path) -> List[str]:
@@ -272,6 +238,8 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
     if monitor is not None:
         config.progress_monitor = monitor
     fp32_layers = constrain_fp32_layers(trt, network, config, strongly_typed)
+    fp16_layers = (constrain_fp16_layers(trt, network, config, strongly_typed)
+                   if precision == "int8" and options.get("int8_float") == "fp16_layers" else 0)
     shapes = profile_shapes(network, batch_profile, model)
     if shapes:  # a network whose inputs are all static takes no optimisation profile
         opt_profile = builder.create_optimization_profile()
@@ -333,6 +301,8 @@ def build_engine(onnx_path: Path, engine_path: Path, sidecar_path: Path, *, mode
         "model": model, "precision": precision, "batch_profile": profile_name,
         "profile": dict(batch_profile), "build_seconds": round(seconds, 3),
         "strongly_typed": strongly_typed, "builder_flags": flag_names, "fp32_layers": fp32_layers,
+        "int8_float": options.get("int8_float") if precision == "int8" else None,
+        "fp16_layers": fp16_layers,
         "tf32": bool(options.get("tf32", False)),
         "tactic_sources": options.get("tactic_sources"),
         "timing_cache": cache.to_dict(),

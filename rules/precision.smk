@@ -17,10 +17,6 @@ rule precision:
         keep_precision=kept_precision_json,
         backend=BACKEND.name,
         int8_form=lambda wc: BACKEND.info.get("int8_form", "") if wc.precision == "int8" else "",
-        # TensorRT int8 on the fp16 graph (tensorrt.int8_float: fp16_graph); the other forms
-        # share the fp32 graph (fp16_layers is the engine's)
-        int8_float=lambda wc: "fp16_graph" if (ON_GPU and wc.precision == "int8" and
-                                              CONFIG["tensorrt"]["int8_float"] == "fp16_graph") else "",
         provenance=provenance_of("precision"),
         producers=input_producers,
     log:
@@ -32,6 +28,6 @@ rule precision:
     shell:
         "{params.python:q} {params.script:q} --model {wildcards.model:q}"
         " --precision {wildcards.precision:q} --backend {params.backend:q} --spec {params.inputs:q}"
-        " --int8-form={params.int8_form:q} --int8-float={params.int8_float:q}"
+        " --int8-form={params.int8_form:q}"
         " --calibration {params.calibration:q} --keep-precision {params.keep_precision:q} --input {input.onnx:q} --output {output.onnx:q}"
         " --report {output.report:q} --provenance {params.provenance:q} --producers {params.producers:q} --log {log:q}"

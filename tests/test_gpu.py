@@ -147,6 +147,41 @@ def test_int8_speed_placement_compares_with_the_fp16_engine_and_keeps_the_faster
     assert row["validation_passed"] == "True", row
 
 
+def test_int8_float_fp16_layers_constrains_the_float_layers_and_keeps_int8(trt_workflow, tmp_path):
+    """tensorrt.int8_float: fp16_layers on the workflow's int8 graph: the float layers no Q/DQ pair
+    fuses with are constrained to fp16, the quantised ones stay int8, and the outputs follow the
+    builder form's engine. Written 2026-12-07, not yet run on a GPU (the session's device time
+    went to Mask R-CNN's deploy run)."""
+    import numpy as np
+
+    (source,) = list(trt_workflow.path("results/onnx/resnet").rglob("int8.onnx"))
+    np.savez(tmp_path / "feed.npz",
+             input=np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    done = trt_run(
+        "import json\nfrom pathlib import Path\nimport numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
+        f"root, source = Path({str(tmp_path)!r}), Path({str(source)!r})\n"
+        "for form in ('builder', 'fp16_layers'):\n"
+        "    engine, sidecar = root / f'{form}.engine', root / f'{form}.json'\n"
+        "    built = build_engine(source, engine, sidecar, model='resnet', precision='int8',\n"
+        "                         batch_profile={'min': 1, 'opt': 2, 'max': 4}, profile_name='p',\n"
+        "                         options={'optimization_level': 0, 'int8_float': form})\n"
+        "    with TensorRTRunner(engine, sidecar) as runner:\n"
+        "        np.savez(root / f'{form}-out.npz', **runner.infer(dict(np.load(root / 'feed.npz'))))\n"
+        "    print('BUILT', json.dumps({'form': form, 'fp16_layers': built['fp16_layers'],\n"
+        "                                'int8_float': built['int8_float'],\n"
+        "                                'precisions': built['layer_precisions']}))\n")
+    built = {b["form"]: b for b in (json.loads(line[6:]) for line in done.stdout.splitlines()
+                                    if line.startswith("BUILT "))}
+    assert set(built) == {"builder", "fp16_layers"}, done.stdout[-2000:] + done.stderr[-4000:]
+    assert built["builder"]["fp16_layers"] == 0 and built["fp16_layers"]["fp16_layers"] > 0, built
+    assert built["fp16_layers"]["int8_float"] == "fp16_layers"
+    assert built["fp16_layers"]["precisions"].get("int8", 0) > 0, built
+    (ref,), (out,) = (list(np.load(tmp_path / f"{form}-out.npz").values())
+                      for form in ("builder", "fp16_layers"))
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
 def test_int64_input_is_converted_and_int64_feeds_are_refused(trt_workflow):
     engine = next(trt_workflow.path("results/engines/tokens").rglob("fp32-small.engine"))
     sidecar = engine.with_suffix(".json")
@@ -318,31 +353,38 @@ def test_efficient_nms_plugin_runs_an_rpns_levels_as_images_in_fp32_and_fp16(tmp
                          feeds, expected, 400)
 
 
-def test_pyramid_roialign_on_tensorrt_pools_as_torchvision_in_fp32_and_fp16(tmp_path):
+def test_pyramid_roialign_on_tensorrt_pools_as_torchvision(tmp_path):
     """Mask R-CNN's two FPN RoI poolings through pyramid_roialign (one GridSample over the levels
-    side by side, no NonZero) built as fp32 and fp16 engines: the pooled features are
-    torchvision's MultiScaleRoIAlign's, for boxes of every level's size, degenerate ones and ones
-    on the image's edges."""
+    side by side, no NonZero) in a TensorRT engine: the pooled features are torchvision's
+    MultiScaleRoIAlign's, for boxes of every level's size, degenerate ones and ones on the
+    image's edges (H100, 2026-12-07: rel. L2 6.4e-6 and 6.8e-6). fp32 only: an fp16 engine of the
+    pooling alone has no fp16 layer (TensorRT ran all 12 fp32), which the engine stage refuses as a
+    failed build; the fp16 form runs in benchmarks/gpu/maskrcnn_deploy.yaml's fp16 engine."""
     import numpy as np
     import onnx
     import torch
 
     from test_roi_pooling import PASSES, _boxes, _features, _pools_module, _torchvision
     from trtflow.patch import PatchContext, apply_passes
-    from trtflow.precision import to_fp16
 
-    class OneImage(torch.nn.Module):  # 1 x R x 4 boxes: every input of batch 1, as the runner wants
+    features, boxes = _features(1, seed=5), _boxes(200, seed=5)
+
+    class OneImage(torch.nn.Module):
+        """1 x R x 4 boxes (every input of batch 1, as the runner wants); the levels through an
+        identity 1x1 convolution, as an FPN's levels come out of convolutions."""
+
         def __init__(self) -> None:
             super().__init__()
             self.pools = _pools_module(1)
+            channels = features[0].shape[1]
+            self.identity = torch.nn.Conv2d(channels, channels, 1)
+            with torch.no_grad():
+                self.identity.weight.copy_(torch.eye(channels)[:, :, None, None])
+                self.identity.bias.zero_()
 
         def forward(self, p2, p3, p4, p5, boxes):
-            return self.pools(p2, p3, p4, p5, boxes[0])
+            return self.pools(*(self.identity(p) for p in (p2, p3, p4, p5)), boxes[0])
 
-    # inputs that fp16 holds exactly: the random features are white noise, on which the fp16
-    # rounding of a box's corner alone moves the pooled values by percents
-    features = [f.astype(np.float16).astype(np.float32) for f in _features(1, seed=5)]
-    boxes = _boxes(200, seed=5).astype(np.float16).astype(np.float32)
     inputs = tuple(torch.from_numpy(f) for f in features) + (torch.from_numpy(boxes[None]),)
     torch.onnx.export(OneImage().eval(), inputs, str(tmp_path / "pools.onnx"), opset_version=17,
                       dynamo=False, input_names=["p2", "p3", "p4", "p5", "boxes"],
@@ -351,27 +393,20 @@ def test_pyramid_roialign_on_tensorrt_pools_as_torchvision_in_fp32_and_fp16(tmp_
                                     PatchContext("pools", "tensorrt", {}, "8.6.0"))
     assert len(next(r for r in reports if r["pass"] == "pyramid_roialign")["rewritten"]) == 2
     onnx.save(patched, str(tmp_path / "fp32.onnx"))
-    to_fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
     np.savez(tmp_path / "feed.npz", **dict(zip(["p2", "p3", "p4", "p5", "boxes"],
                                                features + [boxes[None]])))
-    expected = _torchvision(features, boxes)
     done = trt_run(
         "from pathlib import Path\nimport numpy as np\n"
         "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
         f"root = Path({str(tmp_path)!r})\n"
-        "for precision in ('fp32', 'fp16'):\n"
-        "    engine, sidecar = root / f'{precision}.engine', root / f'{precision}.json'\n"
-        "    build_engine(root / f'{precision}.onnx', engine, sidecar, model='pools',\n"
-        "                 precision=precision, batch_profile={'min': 1, 'opt': 1, 'max': 1},\n"
-        "                 profile_name='p', options={'optimization_level': 0})\n"
-        "    with TensorRTRunner(engine, sidecar) as runner:\n"
-        "        out = runner.infer(dict(np.load(root / 'feed.npz')))\n"
-        "    np.savez(root / f'{precision}-out.npz', **out)\n"
-        "    print('BUILT', precision)\n")
-    assert done.stdout.count("BUILT") == 2, done.stdout[-2000:] + done.stderr[-4000:]
-    # fp16: 0.8 % on ONNX Runtime (its coordinates rounded as TensorRT rounds them)
-    for precision, tolerance in (("fp32", 1e-4), ("fp16", 2e-2)):
-        got = np.load(tmp_path / f"{precision}-out.npz")
-        for name, want in zip(("box", "mask"), expected):
-            error = np.linalg.norm(got[name] - want) / np.linalg.norm(want)
-            assert got[name].shape == want.shape and error < tolerance, (precision, name, error)
+        "build_engine(root / 'fp32.onnx', root / 'fp32.engine', root / 'fp32.json', model='pools',\n"
+        "             precision='fp32', batch_profile={'min': 1, 'opt': 1, 'max': 1},\n"
+        "             profile_name='p', options={'optimization_level': 0})\n"
+        "with TensorRTRunner(root / 'fp32.engine', root / 'fp32.json') as runner:\n"
+        "    np.savez(root / 'fp32-out.npz', **runner.infer(dict(np.load(root / 'feed.npz'))))\n"
+        "print('BUILT')\n")
+    assert "BUILT" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    got = np.load(tmp_path / "fp32-out.npz")
+    for name, want in zip(("box", "mask"), _torchvision(features, boxes)):
+        error = np.linalg.norm(got[name] - want) / np.linalg.norm(want)
+        assert got[name].shape == want.shape and error < 1e-4, (name, error)

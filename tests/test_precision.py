@@ -134,42 +134,6 @@ def test_int8_for_tensorrt_is_symmetric_int8_with_dedicated_pairs(built) -> None
     assert Path(calibrated["ranges"]).is_file()
 
 
-def test_int8_on_the_fp16_graph_keeps_the_pairs_float32_and_the_rest_float16(
-        resnet_patched, calibration, tmp_path: Path) -> None:
-    """tensorrt.int8_float: fp16_graph. The same Q/DQ pairs as on the fp32 graph (float32 scales
-    and data, which TensorRT 8.6's parser reads as float32), every other float tensor float16 as
-    in the fp16 graph, and outputs that follow the fp32 graph's int8 outputs."""
-    options = calibration_options(tmp_path / "ranges")
-    graphs = {}
-    for form in ("builder", "fp16_graph"):
-        output = tmp_path / f"{form}.onnx"
-        report = make_precision("resnet", "int8", resnet_patched["tensorrt"], output,
-                                tmp_path / f"{form}.json", "tensorrt", calibration, options,
-                                int8_float=form)
-        graphs[form] = (onnx.load(str(output)), report)
-    fp32_graph, fp16_graph = graphs["builder"][0], graphs["fp16_graph"][0]
-    assert graphs["builder"][1]["int8_float_graph"] == "fp32"
-    assert graphs["fp16_graph"][1]["int8_float_graph"] == "fp16"
-    for op_type in ("QuantizeLinear", "DequantizeLinear"):
-        assert op_histogram(fp16_graph)[op_type] == op_histogram(fp32_graph)[op_type]
-    initializers = {i.name: i.data_type for i in fp16_graph.graph.initializer}
-    scales = [n.input[1] for n in fp16_graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    assert {initializers[s] for s in scales} == {onnx.TensorProto.FLOAT}
-    # the rest is float16: the biases, and the data between the pairs' Casts
-    assert set(initializer_dtypes(fp16_graph)) == {"float32", "float16", "int8"}
-    made_by = {o: n for n in fp16_graph.graph.node for o in n.output}
-    inputs = {i.name for i in fp16_graph.graph.input}
-    for node in fp16_graph.graph.node:  # each pair reads float32: the graph's input, or a Cast
-        if node.op_type == "QuantizeLinear" and node.input[0] not in inputs:
-            cast = made_by[node.input[0]]
-            assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
-    assert io_elem_types(fp16_graph) == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
-    feed, _ = input_set("resnet", image_spec()["inputs"], 6, "validation")
-    (ref,) = ort_run(tmp_path / "builder.onnx", feed)
-    (out,) = ort_run(tmp_path / "fp16_graph.onnx", feed)
-    assert out.dtype == np.float32 and rel_l2(out, ref) < 2e-2
-
-
 def dequantized_consumers(proto) -> Dict[str, List[str]]:
     """op type -> the inputs of that op fed by a DequantizeLinear (by node)."""
     produced_by_dq = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import onnx

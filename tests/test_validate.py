@@ -301,6 +301,25 @@ def test_masks_and_keypoints_are_compared_on_matched_detections() -> None:
     assert result["failures"] == ["detections: mask_iou = 0.75 is below the required 0.8"]
 
 
+def test_masks_and_keypoints_of_no_matched_detection_gate_nothing() -> None:
+    """An engine whose detections match none of the reference's has no mask IoU and no keypoint
+    distance: a perfect value there would pass a mask or keypoint gate (as a Mask R-CNN int8
+    engine's mask_iou of 1.0 at recall 0 read in benchmarks/gpu/detectors.csv). With only those
+    gates asked for, nothing was checked."""
+    reference = _detections([(1, 0, 0, 10, 10, 0.9), (2, 20, 20, 40, 40, 0.8)])
+    engine = _detections([(3, 50, 50, 60, 60, 0.9), (3, 70, 70, 80, 80, 0.8)])
+    masks = np.ones((1, 2, 4, 4), np.float32)
+    keypoints = np.zeros((1, 2, 3, 3), np.float32)
+    names = ("labels", "boxes", "scores", "masks", "keypoints")
+    result = compare(dict(zip(names, (*engine, masks, keypoints))),
+                     dict(zip(names, (*reference, masks, keypoints))), "detection",
+                     {"mask_iou_min": 0.8, "keypoint_distance_max": 0.05}, ["img"])
+    detections = result["detections"]
+    assert detections["matched_masks"] == 0 and detections["matched_keypoint_sets"] == 0
+    assert "mask_iou" not in detections and "keypoint_distance" not in detections
+    assert result["verdict"] != "passed" and not result["passed"]
+
+
 def test_masks_are_compared_where_they_lie_in_the_image() -> None:
     """An engine box twice as wide, its mask the left half of it: the same pixels of the image
     as the reference's full mask of the narrow box (box-relative, the masks would differ)."""

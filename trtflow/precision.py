@@ -116,23 +116,15 @@ def drop_duplicate_nodes(graph) -> int:
     return len(duplicates)
 
 
-# kept float32 in the fp16 graph of tensorrt.int8_float: fp16_graph
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def to_fp16(source: Path, output: Path, keep_fp32: Sequence[str] = (),
-            keep_ops: Sequence[str] = ()) -> None:
-    """The graph in float16 with float32 I/O; `keep_fp32` nodes and `keep_ops` op types (with
-    ONNX Runtime's own list) stay float32, read and written through Casts."""
+def to_fp16(source: Path, output: Path, keep_fp32: Sequence[str] = ()) -> None:
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_onnx(source)
     # nodes a patch pass marked fp32 (patch.FP32_LAYER_MARK) stay fp32 with the keep list
     marked = [n.name for n in model.graph.node if FP32_LAYER_MARK in n.name]
     # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
     converted = convert_float_to_float16(model, keep_io_types=True,
-                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_ops),
                                          node_block_list=list(keep_fp32) + marked or None)
     drop_duplicate_nodes(converted.graph)
     drop_fp16_round_trips(converted.graph)
@@ -434,13 +426,9 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
                    backend: str, calibration: Optional[Mapping[str, np.ndarray]] = None,
                    calibration_options: Optional[Mapping[str, Any]] = None,
                    int8_form: str = "u8s8",
-                   keep_precision: Optional[Mapping[str, Any]] = None,
-                   int8_float: str = "builder") -> Dict[str, Any]:
+                   keep_precision: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The precision graph and its report. calibration_options (int8): method (resolved for the
-    backend), percentile, cache_dir. keep_precision: the model's mixed-precision lists.
-    int8_float (TensorRT int8): fp16_graph puts the Q/DQ pairs on the fp16 graph, the form in
-    which the layers left float run fp16 whatever the builder prefers (a strongly typed
-    TensorRT runs them in the graph's types); builder and fp16_layers keep the fp32 graph."""
+    backend), percentile, cache_dir. keep_precision: the model's mixed-precision lists."""
     import onnx
 
     log.info("precision %s: %s for %s", model, precision, backend)
@@ -457,10 +445,6 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     elif precision == "int8":
         calibrated = _int8(model, source, output, backend, calibration, calibration_options,
                            int8_form, keep_fp16 + keep_fp32)
-        if backend == "tensorrt" and int8_float == "fp16_graph":
-            # the pairs stay float32 (TensorRT 8.6's parser reads scales as float32): the
-            # converter reads and writes them through Casts
-            to_fp16(output, output, keep_fp32, keep_ops=QDQ_OPS)
     else:
         raise TrtflowError(f"unknown precision '{precision}'", model=model,
                            fix="use fp32, fp16 or int8")
@@ -477,8 +461,6 @@ def make_precision(model: str, precision: str, source: Path, output: Path, repor
     if calibrated is not None:
         report["calibration"] = calibrated
         report["int8_form"] = "s8s8-symmetric" if backend == "tensorrt" else int8_form
-        if backend == "tensorrt":
-            report["int8_float_graph"] = "fp16" if int8_float == "fp16_graph" else "fp32"
         if report["quantize_linear"] == 0:
             raise TrtflowError("int8 quantisation inserted no QuantizeLinear node", model=model,
                                path=str(output), fix="check that the graph has Conv/MatMul/Gemm ops")

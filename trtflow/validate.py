@@ -279,13 +279,16 @@ def mask_metrics(masks: np.ndarray, ref_masks: np.ndarray, boxes: np.ndarray,
     Mask R-CNN's head gives them): IoU of the binary masks (probability >= threshold) where they
     lie in the image. Two matched boxes may differ (IoU 0.6 matches), so each mask is placed in
     its own box on one grid over both; comparing them box-relative would count the box's change
-    as the mask's. Empty in both counts as agreement."""
+    as the mask's. Empty in both counts as agreement. With no matched detection there is no
+    mask IoU (a perfect one would pass a mask gate for an engine that found nothing)."""
     ious = [binary_iou(*_masks_in_one_frame(masks[image, index] >= threshold, boxes[image, index],
                                             ref_masks[image, ref_index] >= threshold,
                                             ref_boxes[image, ref_index]))
             for image, ref_index, index in pairs]
-    return {"matched_masks": len(ious), "mask_iou": float(np.mean(ious)) if ious else 1.0,
-            "min_mask_iou": float(np.min(ious)) if ious else 1.0}
+    if not ious:
+        return {"matched_masks": 0}
+    return {"matched_masks": len(ious), "mask_iou": float(np.mean(ious)),
+            "min_mask_iou": float(np.min(ious))}
 
 
 def _masks_in_one_frame(mask: np.ndarray, box: np.ndarray, other: np.ndarray,
@@ -321,8 +324,8 @@ def keypoint_metrics(keypoints: np.ndarray, ref_keypoints: np.ndarray, ref_boxes
         scale = np.sqrt(max(float((box[2] - box[0]) * (box[3] - box[1])), 1.0))
         pixels.append(distance)
         relative.append(distance / scale)
-    if not pairs:
-        return {"matched_keypoint_sets": 0, "keypoint_distance": 0.0, "max_keypoint_distance_px": 0.0}
+    if not pairs:  # no distance: a zero would pass a keypoint gate for an engine that found nothing
+        return {"matched_keypoint_sets": 0}
     return {"matched_keypoint_sets": len(pairs),
             "keypoint_distance": float(np.mean(np.concatenate(relative))),
             "max_keypoint_distance_px": float(np.max(np.concatenate(pixels)))}

@@ -19,7 +19,7 @@ def main(args) -> None:
                                          args.calibration.get("images"))
     make_precision(args.model, args.precision, Path(args.input), Path(args.output),
                    Path(args.report), args.backend, calibration, args.calibration or None,
-                   args.int8_form, args.keep_precision, args.int8_float or "builder")
+                   args.int8_form, args.keep_precision)
     stamp_provenance(args.report, args.provenance)
 
 
@@ -35,8 +35,6 @@ if __name__ == "__main__":
                    help="the model's keep_precision lists (mixed precision)")
     p.add_argument("--int8-form", required=True,
                    help="ONNX Runtime's int8 form for the target CPU (trtflow/cpu.py)")
-    p.add_argument("--int8-float", default="",
-                   help="TensorRT int8: what its float layers run in (config tensorrt.int8_float)")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--report", required=True)

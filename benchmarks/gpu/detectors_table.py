@@ -2,8 +2,10 @@
 """benchmarks/gpu/detectors.csv from results folders of `speed.sh deploy` / `speed.sh maskrcnn`
 (issue 20's columns), one row per cell in each folder's summary.csv. `deploy_graph` is read from
 the folder's patch.json (which NMS the efficient_nms pass made plugins of, and how); `run` names
-the run so that several share the file, each ratio taken within its own run.
-  python3 benchmarks/gpu/detectors_table.py RUN=RESULTS [RUN=RESULTS ...] > benchmarks/gpu/detectors.csv
+the run so that several share the file, each ratio taken within its own run. RUN=RESULTS@int8
+takes that folder's int8 cells only (a rerun of one cell in a folder whose other cells another
+argument already gave).
+  python3 benchmarks/gpu/detectors_table.py RUN=RESULTS[@PRECISION] [...] > benchmarks/gpu/detectors.csv
 """
 import csv
 import json
@@ -24,16 +26,21 @@ def deploy_graph(results: Path, model: str) -> str:
     passes = {p["pass"]: p for p in json.loads(report.read_text())["passes"]}
     nms = passes.get("efficient_nms", {})
     if not nms.get("rewritten"):
-        return "ONNX NonMaxSuppression (TensorRT's INMSLayer)"
-    parts = [f"{entry['node']}" + (f" ({entry['class_images']} class images)"
-                                   if entry.get("class_images") else "")
-             for entry in nms["rewritten"]]
-    return "EfficientNMS_ONNX_TRT: " + "; ".join(parts)
+        graph = "ONNX NonMaxSuppression (TensorRT's INMSLayer)"
+    else:
+        parts = [f"{entry['node']}" + (f" ({entry['class_images']} class images)"
+                                       if entry.get("class_images") else "")
+                 for entry in nms["rewritten"]]
+        graph = "EfficientNMS_ONNX_TRT: " + "; ".join(parts)
+    pyramids = passes.get("pyramid_roialign", {}).get("rewritten") or []
+    if pyramids:
+        graph += f"; RoI pooling: {len(pyramids)} x one GridSample over the FPN levels (pyramid_roialign)"
+    return graph
 
 
-def rows(run: str, results: Path) -> Iterator[Dict[str, str]]:
+def rows(run: str, results: Path, precision: str = "") -> Iterator[Dict[str, str]]:
     for cell in csv.DictReader(open(results / "summary.csv")):
-        if cell.get("backend") != "tensorrt":
+        if cell.get("backend") != "tensorrt" or precision not in ("", cell["precision"]):
             continue
         yield {"model": cell["model"], "precision": cell["precision"], "batch": cell["batch"],
                "latency_p50_ms": cell["latency_p50_ms"],
@@ -49,5 +56,6 @@ if __name__ == "__main__":
     writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
     writer.writeheader()
     for argument in sys.argv[1:]:
-        run, _, folder = argument.partition("=")
-        writer.writerows(rows(run, Path(folder)))
+        run, _, target = argument.partition("=")
+        folder, _, precision = target.partition("@")
+        writer.writerows(rows(run, Path(folder), precision))

@@ -6,14 +6,13 @@
 #   3. ResNet-50 b256 and MobileNetV2 b32, fp16/int8 at level 3 (int8.yaml less efficientnet),
 #      then the same matrix rebuilt with its engines deleted and the timing cache kept (warm);
 #   4. gputests: `pytest -m gpu` (GPUTESTS_K='pyramid or nms' selects with -k);
-#   int8forms: int8_float_probe (make.py, build.py): the int8 engine's float layers by form;
 #   cachevariants: timing_cache_probe.py --variants (does any cache read back);
-#   deploy2: deploy's int8 cell again with the probe's fastest int8_float form (deploy's own
-#   int8 cell kept in $RUNS/deploy-builder first); keypoint: keypointrcnn_deploy.yaml;
+#   keypoint: keypointrcnn_deploy.yaml;
 #   collect: tars what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/results.tgz (poll with it).
 #   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
 #   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out; TRT_EXTRA adds tensorrt
-#   settings; PRECISIONS='[fp16, int8]' sets deploy's precisions (default: the YAML's).
+#   settings; PRECISIONS='[fp16, int8]' sets deploy's precisions (default: the YAML's);
+#   INT8_FLOAT=fp16_layers sets tensorrt.int8_float.
 #   A plugin layer (deploy) makes TensorRT load cuBLAS and cuDNN: run benchmarks/gpu/cuda_libs.sh
 #   once after ../shared/gpu/setup.sh, whose libraries for them are stubs.
 set -uo pipefail
@@ -21,7 +20,7 @@ cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-/tmp/runs}
 mkdir -p "$RUNS"
 : "${TRT_PYTHON:?set TRT_PYTHON}"
-TRT="{python: $TRT_PYTHON, optimization_level: ${OPT:-3}, workspace_mib: 8192${TRT_EXTRA:+, $TRT_EXTRA}}"
+TRT="{python: $TRT_PYTHON, optimization_level: ${OPT:-3}, workspace_mib: 8192${INT8_FLOAT:+, int8_float: $INT8_FLOAT}${TRT_EXTRA:+, $TRT_EXTRA}}"
 summary() {  # the cells of a results folder, one line each, into the run log
   python3 - "$1" <<'PY'
 import csv, sys
@@ -49,32 +48,10 @@ for step in ${*:-probe maskrcnn int8 warm}; do
         --configfile benchmarks/gpu/maskrcnn_deploy.yaml --config tensorrt="$TRT" \
         ${PRECISIONS:+precisions="$PRECISIONS"} >> "$RUNS/deploy.log" 2>&1
       summary results-deploy ;;
-    deploy2)
-      mkdir -p "$RUNS/deploy-builder"
-      cp -r results-deploy/summary.csv results-deploy/benchmark results-deploy/engines/*/*/*.json \
-        results-deploy/validation "$RUNS/deploy-builder/" 2>/dev/null
-      form=$(python3 - "$RUNS/int8_float_probe.log" <<'PY'
-import json, sys
-runs = [json.loads(l[7:]) for l in open(sys.argv[1]) if l.startswith("RESULT ")]
-int8 = [r for r in runs if r.get("int8_float") and "p50_ms" in r and r["layer_precisions"].get("int8")]
-print(min(int8, key=lambda r: r["p50_ms"])["int8_float"] if int8 else "builder")
-PY
-)
-      echo "deploy2: int8_float $form"
-      [ "$form" = builder ] && continue
-      snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
-        --configfile benchmarks/gpu/maskrcnn_deploy.yaml \
-        --config tensorrt="{python: $TRT_PYTHON, optimization_level: ${OPT:-3}, workspace_mib: 8192, int8_float: $form}" \
-        precisions="[fp16, int8]" >> "$RUNS/deploy2.log" 2>&1
-      summary results-deploy ;;
     keypoint)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
         --configfile benchmarks/gpu/keypointrcnn_deploy.yaml --config tensorrt="$TRT" >> "$RUNS/keypoint.log" 2>&1
       summary results-keypoint ;;
-    int8forms)
-      python3 benchmarks/gpu/int8_float_probe/make.py /tmp/int8_float_probe > "$RUNS/int8_float_make.log" 2>&1
-      TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/int8_float_probe/build.py /tmp/int8_float_probe 2>&1 \
-        | grep -v '^\[' > "$RUNS/int8_float_probe.log"; grep RESULT "$RUNS/int8_float_probe.log" | cut -c1-400 ;;
     cachevariants)
       TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/timing_cache_probe.py --variants 2>&1 | tee "$RUNS/timing_cache_variants.log" | grep VARIANT ;;
     maskrcnn)

@@ -78,7 +78,8 @@ def _torchvision(features: List[np.ndarray], boxes: np.ndarray) -> Tuple[np.ndar
 
 
 def _patched(source: Path, backend: str = "tensorrt", **policies: str):
-    return apply_passes(onnx.load(str(source)), PASSES, PatchContext("m", backend, policies, "8.6.0"))
+    version = "8.6.0" if backend == "tensorrt" else ""
+    return apply_passes(onnx.load(str(source)), PASSES, PatchContext("m", backend, policies, version))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,17 @@ class PatchContext:
     backend_version: str = ""
 
 
+def skipped_by_policy(ctx: PatchContext, option: str, on_auto: bool,
+                      default: str = "auto") -> Optional[str]:
+    """Why a pass whose policy is auto | always | never does not run here, or None where it
+    does: auto runs it where `on_auto` holds (the pass's rule of backend and version)."""
+    policy = ctx.options.get(option, default)
+    if policy == "always" or (policy == "auto" and on_auto):
+        return None
+    version = f" {ctx.backend_version}" if ctx.backend_version else ""
+    return f"policy '{policy}' for backend '{ctx.backend}'{version}"
+
+
 @contextlib.contextmanager
 def stamped_ir_version(version: int) -> Iterator[None]:
     """onnx.helper.make_model stamps every model it makes with onnx.IR_VERSION. graphsurgeon's

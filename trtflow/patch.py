@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .errors import TrtflowError
 from .graph_surgery import (DEFAULT_IR_VERSION, NodeMaker, PatchContext, chain, inferred_dims,
-                            producer, stamped_ir_version, through)
+                            producer, skipped_by_policy, stamped_ir_version, through)
 from .io import atomic_path, load_onnx, write_json
 from .known_dims import constant_ints, known_dims
 from .roi_pooling import roi_pooling_passes
@@ -52,10 +52,9 @@ def int64_inputs_to_int32(graph, ctx: PatchContext) -> Dict[str, Any]:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    policy = ctx.options.get("int64_inputs_to_int32", "auto")
-    wanted = policy == "always" or (policy == "auto" and ctx.backend in INT32_INPUT_BACKENDS)
-    if not wanted:
-        return {"skipped": f"policy '{policy}' for backend '{ctx.backend}'", "converted": []}
+    skipped = skipped_by_policy(ctx, "int64_inputs_to_int32", ctx.backend in INT32_INPUT_BACKENDS)
+    if skipped:
+        return {"skipped": skipped, "converted": []}
     converted = []
     for tensor in graph.inputs:
         if tensor.dtype is None or np.dtype(tensor.dtype) != np.int64:
@@ -85,11 +84,10 @@ def decompose_layernorm(graph, ctx: PatchContext) -> Dict[str, Any]:
     import numpy as np
     import onnx_graphsurgeon as gs
 
-    policy = ctx.options.get("decompose_layernorm", "auto")
     old_trt = ctx.backend == "tensorrt" and _version_tuple(ctx.backend_version) < (8, 6)
-    if policy == "never" or (policy == "auto" and not old_trt):
-        return {"skipped": f"policy '{policy}' for {ctx.backend} {ctx.backend_version}".strip(),
-                "decomposed": 0}
+    skipped = skipped_by_policy(ctx, "decompose_layernorm", old_trt)
+    if skipped:
+        return {"skipped": skipped, "decomposed": 0}
     count = 0
     for node in [n for n in graph.nodes if n.op == "LayerNormalization"]:
         axis = int(node.attrs.get("axis", -1))
@@ -295,9 +293,9 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     order batched_nms returns. auto: for ONNX Runtime only; TensorRT runs the original."""
     import numpy as np
 
-    policy = ctx.options.get("multiclass_nms", "auto")
-    if policy == "never" or (policy == "auto" and ctx.backend != "onnxruntime"):
-        return {"skipped": f"policy '{policy}' for backend '{ctx.backend}'", "rewritten": []}
+    skipped = skipped_by_policy(ctx, "multiclass_nms", ctx.backend == "onnxruntime")
+    if skipped:
+        return {"skipped": skipped, "rewritten": []}
     rewritten = []
     for node in [n for n in graph.nodes if n.op == "NonMaxSuppression"]:
         found = _coordinate_trick(node)
@@ -474,12 +472,12 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     (config/schema.yaml says why)."""
     import numpy as np
 
-    policy = ctx.options.get("efficient_nms", "never")
     version = _version_tuple(ctx.backend_version) if ctx.backend_version else ()
-    if policy == "never" or (policy == "auto" and (
-            ctx.backend != "tensorrt" or (version and version[:2] >= EFFICIENT_NMS_BEFORE))):
-        return {"skipped": f"policy '{policy}' for backend '{ctx.backend}' {ctx.backend_version}",
-                "rewritten": [], "left": []}
+    before_deprecation = not version or version[:2] < EFFICIENT_NMS_BEFORE
+    skipped = skipped_by_policy(ctx, "efficient_nms", ctx.backend == "tensorrt" and before_deprecation,
+                                default="never")
+    if skipped:
+        return {"skipped": skipped, "rewritten": [], "left": []}
     rewritten, left = [], []
     nms_nodes = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
     dims = inferred_dims(graph) if nms_nodes else {}

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .graph_surgery import NodeMaker, PatchContext, constant_value, producer, through
+from .graph_surgery import (NodeMaker, PatchContext, constant_value, producer, skipped_by_policy,
+                            through)
 from .known_dims import known_dims
 
 # RoiAlign's attributes that must agree across the levels of one pooling
@@ -23,14 +24,6 @@ SHARED_ATTRIBUTES = ("output_height", "output_width", "sampling_ratio", "mode",
                      "coordinate_transformation_mode")
 # ops between a level's NonZero and the row indices its Gather takes (torch.where(...)[0])
 _INDEX_OPS = ("Squeeze", "Split", "Transpose", "Reshape", "Unsqueeze", "Flatten", "Cast")
-
-
-def _applies(ctx: PatchContext, option: str) -> Optional[str]:
-    """Why a TensorRT-only pass is skipped under its policy (auto: TensorRT only), or None."""
-    policy = ctx.options.get(option, "auto")
-    if policy == "never" or (policy == "auto" and ctx.backend != "tensorrt"):
-        return f"policy '{policy}' for backend '{ctx.backend}'"
-    return None
 
 
 def _roialign_supported(node, graph) -> str:
@@ -165,7 +158,7 @@ def roialign_to_gridsample(graph, ctx: PatchContext) -> Dict[str, Any]:
     TensorRT's ONNX parser maps RoiAlign to the ROIAlign_TRT plugin, which needs the plugin
     library (and, on 8.6, its version-compatible twin) at build and run time; GridSample is a
     native layer from TensorRT 8.6 on. Policy auto rewrites for TensorRT only."""
-    skipped = _applies(ctx, "roialign_to_gridsample")
+    skipped = skipped_by_policy(ctx, "roialign_to_gridsample", ctx.backend == "tensorrt")
     if skipped:
         return {"skipped": skipped, "rewritten": []}
     rewritten, kept = [], {}
@@ -387,7 +380,7 @@ def pyramid_roialign(graph, ctx: PatchContext) -> Dict[str, Any]:
     level's NonZero was a synchronising layer. Policy auto: TensorRT only (ONNX Runtime runs
     RoiAlign and NonZero natively). Runs before roialign_to_gridsample, which takes the
     RoiAligns left."""
-    skipped = _applies(ctx, "pyramid_roialign")
+    skipped = skipped_by_policy(ctx, "pyramid_roialign", ctx.backend == "tensorrt")
     if skipped:
         return {"skipped": skipped, "rewritten": []}
     pyramids, single = _pyramids(graph)

@@ -18,28 +18,40 @@ def precision_flags(trt, precision: str, strongly_typed: bool) -> List[str]:
     return [name for name in wanted if hasattr(trt.BuilderFlag, name)]
 
 
+def _floats_read(trt, layer) -> bool:
+    """Whether the layer's data input is float (not index arithmetic and its Casts)."""
+    data = layer.get_input(0) if layer.num_inputs else None
+    return data is not None and data.dtype in (trt.float32, trt.float16)
+
+
+def _constrain(trt, config, layers, dtype) -> int:
+    """Each layer computes in `dtype` and writes its float outputs in it; the build prefers
+    these constraints (PREFER_PRECISION_CONSTRAINTS) where it has a kernel for them."""
+    count = 0
+    for layer in layers:
+        layer.precision = dtype
+        for index in range(layer.num_outputs):
+            if layer.get_output(index).dtype in (trt.float32, trt.float16):
+                layer.set_output_type(index, dtype)
+        count += 1
+    if count:
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    return count
+
+
+def _layers(network) -> List[Any]:
+    return [network.get_layer(index) for index in range(network.num_layers)]
+
+
 def constrain_fp32_layers(trt, network, config, strongly_typed: bool) -> int:
     """Layers of nodes a patch pass marked fp32 (patch.FP32_LAYER_MARK: class-shifted boxes,
     the NMS plugin that reads them) run in fp32 in a weakly typed build, which would otherwise
     be free to take fp16 for them; a strongly typed build follows the graph's fp32 types."""
     if strongly_typed:
         return 0
-    count = 0
-    floats = (trt.float32, trt.float16)
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if FP32_LAYER_MARK not in layer.name or layer.type == trt.LayerType.CONSTANT:
-            continue
-        data = layer.get_input(0) if layer.num_inputs else None
-        if data is not None and data.dtype in floats:  # not the index arithmetic and its Casts
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                if layer.get_output(output).dtype in floats:
-                    layer.set_output_type(output, trt.float32)
-            count += 1
-    if count:
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    return count
+    return _constrain(trt, config, [
+        layer for layer in _layers(network) if FP32_LAYER_MARK in layer.name
+        and layer.type != trt.LayerType.CONSTANT and _floats_read(trt, layer)], trt.float32)
 
 
 # layers whose Q/DQ neighbours TensorRT moves through (DQ forward, Q backward) before fusing
@@ -60,7 +72,7 @@ def int8_neighbourhood(trt, network) -> set:
              set(_QDQ_TRANSPARENT + _EPILOGUE + ("QUANTIZE", "DEQUANTIZE"))}
     made_by: Dict[str, Any] = {}
     read_by: Dict[str, List[Any]] = {}
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    layers = _layers(network)
     for layer in layers:
         for o in range(layer.num_outputs):
             made_by[layer.get_output(o).name] = layer
@@ -114,21 +126,12 @@ def constrain_fp16_layers(trt, network, config, strongly_typed: bool) -> int:
     near = int8_neighbourhood(trt, network)
     skipped = {getattr(trt.LayerType, name, None) for name in _NOT_ARITHMETIC}
     outputs = {network.get_output(i).name for i in range(network.num_outputs)}
-    floats = (trt.float32, trt.float16)
-    count = 0
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type in skipped or layer.name in near or FP32_LAYER_MARK in layer.name:
-            continue
-        data = layer.get_input(0) if layer.num_inputs else None
-        made = [layer.get_output(o) for o in range(layer.num_outputs)]
-        if data is None or data.dtype not in floats or any(t.name in outputs for t in made):
-            continue
-        layer.precision = trt.float16
-        for o, tensor in enumerate(made):
-            if tensor.dtype in floats:
-                layer.set_output_type(o, trt.float16)
-        count += 1
-    if count:
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    return count
+
+    def free(layer) -> bool:  # float arithmetic no Q/DQ pair fuses with, writing no output
+        writes = {layer.get_output(o).name for o in range(layer.num_outputs)}
+        return (layer.type not in skipped and layer.name not in near
+                and FP32_LAYER_MARK not in layer.name and _floats_read(trt, layer)
+                and not writes & outputs)
+
+    return _constrain(trt, config, [layer for layer in _layers(network) if free(layer)],
+                      trt.float16)

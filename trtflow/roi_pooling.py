@@ -185,10 +185,12 @@ class _Level:
 
 @dataclass
 class _Pyramid:
-    """A MultiScaleRoIAlign: every RoI's row (batch index, x1, y1, x2, y2), its level, and the
-    levels' RoiAligns."""
+    """A MultiScaleRoIAlign: every RoI's row (batch index, x1, y1, x2, y2), its level, the last
+    ScatterElements of the chain that merges the levels (its output is the pooled result), and
+    the levels' RoiAligns."""
     rois: Any
     levels: Any
+    merged: Any
     members: List[_Level]
 
 
@@ -256,7 +258,8 @@ def _pyramids(graph) -> Tuple[List[_Pyramid], Dict[str, str]]:
             other[node.name] = "not one level of a multi-scale RoI pooling"
             continue
         rois, levels, level = source
-        pyramid = found.setdefault(_merged_by(scatter).name, _Pyramid(rois, levels, []))
+        merged = _merged_by(scatter)
+        pyramid = found.setdefault(merged.name, _Pyramid(rois, levels, merged, []))
         if rois is not pyramid.rois or levels is not pyramid.levels:
             other[node.name] = "its level's RoIs are not those of the other levels"
             continue
@@ -295,11 +298,7 @@ def _pyramid_refusal(pyramid: _Pyramid, graph, dims: Mapping[str, List[Any]]) ->
         if channels not in (None, shape[1]):
             return f"{member.roialign.name}: {shape[1]} channels, level 0 has {channels}"
         channels = shape[1]
-    scatters = {id(m.scatter) for m in members}
-    finals = [m.scatter for m in members if not any(
-        id(reader) in scatters and reader.inputs[0] is m.scatter.outputs[0]
-        for reader in m.scatter.outputs[0].outputs)]
-    if len(finals) != 1 or len(_scatter_chain(finals[0], scatters)) != len(members):
+    if len(_scatter_chain(pyramid.merged, {id(m.scatter) for m in members})) != len(members):
         return "its levels are not merged by one chain of ScatterElements"
     return ""
 
@@ -360,11 +359,8 @@ def _pool_pyramid(graph, pyramid: _Pyramid, atlases: Dict[Tuple[str, ...], Any],
         origin_x=per_roi([2.0 * x / extent_x - 1.0 for x in offsets]),
         origin_y=make.const(f32(-1.0)),
         extent_x=make.const(f32(extent_x)), extent_y=make.const(f32(extent_y)))
-    scatters = {id(m.scatter) for m in pyramid.members}
-    final = next(m.scatter for m in pyramid.members
-                 if len(_scatter_chain(m.scatter, scatters)) == len(pyramid.members))
-    merged = final.outputs[0]
-    final.outputs.clear()
+    merged = pyramid.merged.outputs[0]
+    pyramid.merged.outputs.clear()
     half_pixel = first.attrs.get("coordinate_transformation_mode", "half_pixel") == "half_pixel"
     _pool(make, atlas, _box_columns(make, pyramid.rois, 1), where,
           int(first.attrs.get("output_height", 1)), int(first.attrs.get("output_width", 1)),

@@ -8,6 +8,8 @@
 #   4. gputests: `pytest -m gpu` (GPUTESTS_K='pyramid or nms' selects with -k);
 #   cachevariants: timing_cache_probe.py --variants (does any cache read back);
 #   keypoint: keypointrcnn_deploy.yaml;
+#   train: shapes checkpoints of both R-CNNs (train_shapes.sh, TRAIN_SECONDS each, default 330, side
+#   by side); SHAPES=1 then validates deploy and keypoint with them (*_deploy_shapes.yaml);
 #   collect: tars what exists (summaries, JSONs, logs; no engines or ONNX) to $OUT/results.tgz (poll with it).
 #   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
 #   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out; TRT_EXTRA adds tensorrt
@@ -43,14 +45,17 @@ for step in ${*:-probe maskrcnn int8 warm}; do
   case $step in
     probe)
       TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/timing_cache_probe.py /tmp/tc-probe 2>&1 | tee "$RUNS/timing_cache_probe.log" ;;
+    train)
+      bash benchmarks/gpu/train_shapes.sh "${TRAIN_SECONDS:-330}" maskrcnn_r50_fpn keypointrcnn_r50_fpn
+      cp checkpoints/*.log "$RUNS/" ;;
     deploy)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
-        --configfile benchmarks/gpu/maskrcnn_deploy.yaml --config tensorrt="$TRT" \
+        --configfile benchmarks/gpu/maskrcnn_deploy.yaml ${SHAPES:+benchmarks/gpu/maskrcnn_deploy_shapes.yaml} --config tensorrt="$TRT" \
         ${PRECISIONS:+precisions="$PRECISIONS"} >> "$RUNS/deploy.log" 2>&1
       summary results-deploy ;;
     keypoint)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
-        --configfile benchmarks/gpu/keypointrcnn_deploy.yaml --config tensorrt="$TRT" >> "$RUNS/keypoint.log" 2>&1
+        --configfile benchmarks/gpu/keypointrcnn_deploy.yaml ${SHAPES:+benchmarks/gpu/keypointrcnn_deploy_shapes.yaml} --config tensorrt="$TRT" >> "$RUNS/keypoint.log" 2>&1
       summary results-keypoint ;;
     cachevariants)
       TRTPY_PATH=$PWD $TRT_PYTHON benchmarks/gpu/timing_cache_probe.py --variants 2>&1 | tee "$RUNS/timing_cache_variants.log" | grep VARIANT ;;

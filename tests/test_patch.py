@@ -570,7 +570,7 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
     """Node by node: one EfficientNMS_ONNX_TRT reading the NMS's own boxes and its scores as
     [B, N, 1], limited to the 20 the model keeps after it, its padding rows (copies of the last
     valid row, or -1) left out; no ONNX NMS left; the class shift marked fp32."""
-    from trtflow.patch import FP32_LAYER_MARK, PLUGIN_DOMAIN
+    from trtflow.nms import FP32_LAYER_MARK, PLUGIN_DOMAIN
 
     original = _batched_nms_graph(tmp_path / "nms.onnx", 20)
     nms_inputs = [next(n for n in apply_passes(original, EFFICIENT_NMS_PASSES[:2], PatchContext(
@@ -580,7 +580,9 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
                                     PatchContext("nms", "tensorrt", AUTO, backend_version="8.6.0"))
     assert reports[2]["rewritten"] == [{"node": reports[2]["rewritten"][0]["node"],
                                         "max_output_boxes": 20, "kept_after": 20,
-                                        "candidates_limit": 4096, "class_images": None}]
+                                        "candidates_limit": 4096, "class_images": None,
+                                        "filters_as_mask": [],
+                                        "filters_kept": "no NonZero filter before it"}]
     nodes = list(patched.graph.node)
     assert not [n for n in nodes if n.op_type == "NonMaxSuppression"]
     (plugin,) = [n for n in nodes if n.op_type == "EfficientNMS_ONNX_TRT"]
@@ -619,7 +621,7 @@ def test_efficient_nms_standing_for_its_ops_keeps_what_batched_nms_keeps(tmp_pat
     classes, the boxes are inf in fp16 and the kept set changes)."""
     import onnxruntime as ort
 
-    from trtflow.patch import onnxruntime_runnable
+    from trtflow.nms import onnxruntime_runnable
     from trtflow.precision import to_fp16
 
     original = _batched_nms_graph(tmp_path / "nms.onnx", 20)
@@ -642,7 +644,7 @@ def test_efficient_nms_runs_an_rpns_levels_as_plugin_images_of_their_own(tmp_pat
     ConstantOfShape per level) is one plugin call of 5 images, each reading every unshifted box
     and its score where the level is its own (a score under the threshold where not); the kept
     rows ranked by one TopK of K; no class shift left."""
-    from trtflow.patch import FP32_LAYER_MARK
+    from trtflow.nms import FP32_LAYER_MARK
 
     patched, reports = apply_passes(_per_level_nms_graph(tmp_path / "rpn.onnx", 20), EFFICIENT_NMS_PASSES,
                                     PatchContext("rpn", "tensorrt", AUTO, backend_version="8.6.0"))
@@ -677,7 +679,7 @@ def test_efficient_nms_makes_class_images_for_16_classes_at_most(tmp_path: Path,
     """Up to 16 classes the graph bounds (an RPN's levels) become plugin images; beyond, the NMS
     stays one image (each image reads every candidate: a box head's 91 classes would copy them
     91 times), its class shift marked fp32."""
-    from trtflow.patch import FP32_LAYER_MARK
+    from trtflow.nms import FP32_LAYER_MARK
 
     patched, reports = apply_passes(_per_level_nms_graph(tmp_path / "ids.onnx", 20, levels=levels),
                                     EFFICIENT_NMS_PASSES,
@@ -696,7 +698,7 @@ def test_efficient_nms_per_level_standing_for_its_ops_keeps_what_the_rpn_keeps(
     ranking across levels decides."""
     import onnxruntime as ort
 
-    from trtflow.patch import onnxruntime_runnable
+    from trtflow.nms import onnxruntime_runnable
     from trtflow.precision import to_fp16
 
     patched, _ = apply_passes(_per_level_nms_graph(tmp_path / "rpn.onnx", 20), EFFICIENT_NMS_PASSES,

@@ -192,7 +192,7 @@ def onnxruntime_graph(graph: Path, scratch: Path) -> Path:
     with the standard ops they stand for: ONNX Runtime measures the same tensors' ranges."""
     import onnx
 
-    from .patch import has_plugins, onnxruntime_runnable
+    from .nms import has_plugins, onnxruntime_runnable
 
     model = load_onnx(graph)
     if not has_plugins(model):

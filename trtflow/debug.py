@@ -76,7 +76,7 @@ class Runtime:
         (the fp32 reference)."""
         import onnxruntime as ort
 
-        from .patch import has_plugins, onnxruntime_runnable
+        from .nms import has_plugins, onnxruntime_runnable
         from .runners.onnxruntime import session_options, disabled_optimizers
 
         if has_plugins(model):  # a TensorRT graph's plugin nodes, as the standard ops they are

@@ -126,3 +126,7 @@ def constant_value(tensor) -> Optional[Any]:
         return value.values if isinstance(value, gs.Constant) else value
     return None
 
+
+def version_tuple(version: str) -> tuple:
+    """(major, minor) of a backend version string ("8.6.0" -> (8, 6)); () where there is none."""
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) if version else ()

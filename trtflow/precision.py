@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import TrtflowError
 from .io import atomic_path, load_onnx, write_json
-from .patch import FP32_LAYER_MARK
+from .nms import FP32_LAYER_MARK
 from .runners.base import TensorSpec, adapt_feed
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def to_fp16(source: Path, output: Path, keep_fp32: Sequence[str] = ()) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_onnx(source)
-    # nodes a patch pass marked fp32 (patch.FP32_LAYER_MARK) stay fp32 with the keep list
+    # nodes a patch pass marked fp32 (nms.FP32_LAYER_MARK) stay fp32 with the keep list
     marked = [n.name for n in model.graph.node if FP32_LAYER_MARK in n.name]
     # keep_io_types: callers feed and read float32, the Casts sit at the graph's edges
     converted = convert_float_to_float16(model, keep_io_types=True,

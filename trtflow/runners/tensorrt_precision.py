@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..patch import FP32_LAYER_MARK
+from ..nms import FP32_LAYER_MARK
 
 
 def precision_flags(trt, precision: str, strongly_typed: bool) -> List[str]:
@@ -44,7 +44,7 @@ def _layers(network) -> List[Any]:
 
 
 def constrain_fp32_layers(trt, network, config, strongly_typed: bool) -> int:
-    """Layers of nodes a patch pass marked fp32 (patch.FP32_LAYER_MARK: class-shifted boxes,
+    """Layers of nodes a patch pass marked fp32 (nms.FP32_LAYER_MARK: class-shifted boxes,
     the NMS plugin that reads them) run in fp32 in a weakly typed build, which would otherwise
     be free to take fp16 for them; a strongly typed build follows the graph's fp32 types."""
     if strongly_typed:

@@ -28,9 +28,10 @@ def deploy_graph(results: Path, model: str) -> str:
     if not nms.get("rewritten"):
         graph = "ONNX NonMaxSuppression (TensorRT's INMSLayer)"
     else:
-        parts = [f"{entry['node']}" + (f" ({entry['class_images']} class images)"
-                                       if entry.get("class_images") else "")
-                 for entry in nms["rewritten"]]
+        parts = [f"{entry['node']}" + "".join(f" ({note})" for note in (
+            f"{entry['class_images']} class images" if entry.get("class_images") else "",
+            f"{len(entry['filters_as_mask'])} filters as mask" if entry.get("filters_as_mask") else "")
+            if note) for entry in nms["rewritten"]]
         graph = "EfficientNMS_ONNX_TRT: " + "; ".join(parts)
     pyramids = passes.get("pyramid_roialign", {}).get("rewritten") or []
     if pyramids:

@@ -1,0 +1,213 @@
+"""trtflow.nms, efficient_nms_filters: the NonZero filters torchvision runs before an NMS (small
+boxes, low scores) folded into the EfficientNMS plugin's scores, on graphs exported from
+torchvision's own post-processing code, checked node by node and against torchvision on ONNX
+Runtime (through the plugin's standard-op form)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import onnx
+import pytest
+
+from trtflow.nms import onnxruntime_runnable
+from trtflow.patch import PatchContext, apply_passes
+
+PASSES = ["inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "toposort"]
+LEVELS, PER_LEVEL, CLASSES = 5, 40, 91
+
+
+def _rpn_module(kept: int, return_keep: bool = False):
+    """torchvision's RegionProposalNetwork.filter_proposals for one image, from its own
+    functions: level ids, remove_small_boxes, the score threshold (>=), the batched NMS per
+    level, its first `kept`; the kept boxes and scores (or, where asked, the kept positions)."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    class Proposals(torch.nn.Module):
+        def forward(self, boxes, scores):
+            per_level = boxes.shape[0] // LEVELS
+            levels = torch.cat([torch.full((per_level,), level, dtype=torch.int64)
+                                for level in range(LEVELS)])
+            keep = box_ops.remove_small_boxes(boxes, 1.0)
+            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+            keep = torch.where(scores >= 0.05)[0]
+            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+            keep = box_ops.batched_nms(boxes, scores, levels, 0.7)[:kept]
+            if return_keep:
+                return keep
+            return boxes[keep], scores[keep]
+
+    return Proposals()
+
+
+def _box_head_module(kept: int):
+    """torchvision's RoIHeads.postprocess_detections for one image: per-class boxes and scores
+    (background dropped) flattened, the score threshold (>), remove_small_boxes, the batched NMS
+    over classes, its first `kept`."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    class Detections(torch.nn.Module):
+        def forward(self, boxes, scores):  # [N, C, 4], [N, C]
+            labels = torch.arange(scores.shape[1]).view(1, -1).expand_as(scores)
+            boxes, scores, labels = boxes[:, 1:], scores[:, 1:], labels[:, 1:]
+            boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+            inds = torch.where(scores > 0.05)[0]
+            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, 0.5)[:kept]
+            return boxes[keep], scores[keep], labels[keep]
+
+    return Detections()
+
+
+def _export(module, inputs, path: Path, names: List[str], outputs: List[str]) -> onnx.ModelProto:
+    import torch
+
+    torch.onnx.export(module, tuple(torch.from_numpy(x) for x in inputs), str(path),
+                      input_names=names, output_names=outputs, opset_version=17, dynamo=False)
+    return onnx.load(str(path))
+
+
+def _proposals(seed: int, small: float = 0.2, low: float = 0.3) -> Dict[str, np.ndarray]:
+    """LEVELS x PER_LEVEL overlapping boxes of a 1344 image, a share `small` under 1 pixel wide,
+    a share `low` scoring under 0.05; distinct scores."""
+    rng = np.random.default_rng(seed)
+    count = LEVELS * PER_LEVEL
+    corners = 200 + rng.random((count, 2), dtype=np.float32) * 300
+    sizes = 20 + rng.random((count, 2), dtype=np.float32) * 200
+    sizes[rng.random(count) < small, 0] = 0.5
+    scores = (rng.permutation(count).astype(np.float32) + 1) / count
+    scores[rng.random(count) < low] *= 0.04
+    return {"boxes": np.concatenate([corners, corners + sizes], 1), "scores": scores}
+
+
+def _detections(seed: int, regions: int = 30) -> Dict[str, np.ndarray]:
+    """A box head's output for `regions` regions: per-class boxes [N, C, 4] around a few places
+    (some under 0.01 wide) and softmax scores [N, C], most classes under 0.05."""
+    rng = np.random.default_rng(seed)
+    centres = 300 + rng.random((regions, 1, 2), dtype=np.float32) * 100
+    sizes = 10 + rng.random((regions, CLASSES, 2), dtype=np.float32) * 150
+    sizes[rng.random((regions, CLASSES)) < 0.1, 1] = 0.005
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], 2).astype(np.float32)
+    logits = rng.standard_normal((regions, CLASSES)).astype(np.float32) * 3
+    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return {"boxes": boxes, "scores": scores.astype(np.float32)}
+
+
+def _patched(model: onnx.ModelProto, options: Dict[str, str]):
+    patched, reports = apply_passes(model, PASSES, PatchContext(
+        "m", "tensorrt", {"efficient_nms": "auto", **options}, backend_version="8.6.0"))
+    return patched, reports[2]["rewritten"]
+
+
+def _ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _run(model: onnx.ModelProto, feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnxruntime_runnable(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def _torch(module, feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    import torch
+
+    out = module(*(torch.from_numpy(v) for v in feed.values()))
+    return [out.numpy()] if isinstance(out, torch.Tensor) else [t.numpy() for t in out]
+
+
+def test_rpn_filters_fold_into_the_plugin_images_scores(tmp_path: Path) -> None:
+    """Node by node: an RPN's two filters (small boxes, low scores) leave no NonZero but the
+    plugin's valid rows; their masks, And-ed, are a condition of the per-level images' scores;
+    the kept boxes are read from the unfiltered candidates."""
+    feed = _proposals(0)
+    original = _export(_rpn_module(20), list(feed.values()), tmp_path / "rpn.onnx",
+                       ["boxes", "scores"], ["kept_boxes", "kept_scores"])
+    assert _ops(original)["NonZero"] >= 2
+    patched, (entry,) = _patched(original, {})
+    assert len(entry["filters_as_mask"]) == 2 and entry["class_images"] == LEVELS
+    assert "filters_kept" not in entry
+    nodes = list(patched.graph.node)
+    made = {o: n for n in nodes for o in n.output}
+    (plugin,) = [n for n in nodes if n.op_type == "EfficientNMS_ONNX_TRT"]
+    (nonzero,) = [n for n in nodes if n.op_type == "NonZero"]
+    # the plugin's valid rows (ranked across the images): made with the plugin, in place of the NMS
+    assert nonzero.name.split("/")[0] == plugin.name.split("/")[0]
+    where = made[made[plugin.input[1]].input[0]]  # Unsqueeze <- Where(member, moved score, 0)
+    member = made[where.input[0]]
+    assert where.op_type == "Where" and member.op_type == "And"
+    assert {made[t].op_type for t in member.input} >= {"Equal", "Unsqueeze"}  # its level, its filters
+    # the kept boxes: a Gather of the graph's input boxes (unfiltered), by the NMS's positions
+    kept_boxes = made[patched.graph.output[0].name]
+    assert kept_boxes.op_type == "Gather" and kept_boxes.input[0] == "boxes"
+    onnx.checker.check_model(patched)
+
+
+@pytest.mark.parametrize("seed, small, low", [(0, 0.2, 0.3), (1, 0.0, 0.0), (2, 1.0, 0.0),
+                                              (3, 0.0, 1.0), (4, 0.5, 0.6)])
+def test_rpn_with_filters_folded_keeps_what_torchvision_keeps(tmp_path: Path, seed: int,
+                                                               small: float, low: float) -> None:
+    """The kept boxes and scores are torchvision's, in its order: with some candidates filtered,
+    none, and all (every box too small, every score too low)."""
+    feed = _proposals(seed, small, low)
+    module = _rpn_module(20)
+    original = _export(module, list(_proposals(0).values()), tmp_path / "rpn.onnx",
+                       ["boxes", "scores"], ["kept_boxes", "kept_scores"])
+    patched, _ = _patched(original, {})
+    expected = _torch(module, feed)
+    got = _run(patched, feed)
+    assert small < 1 and low < 1 or len(expected[0]) == 0
+    for want, have in zip(expected, got):
+        assert want.shape == have.shape and np.array_equal(want, have)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_box_head_with_filters_folded_keeps_what_torchvision_keeps(tmp_path: Path, seed: int) -> None:
+    """A box head's 90 classes (one plugin image, class-shifted boxes): its two filters (score
+    over 0.05, small boxes) folded, one NonZero left; the detections are torchvision's, in fp32
+    and in the fp16 graph (the class shift and the moved scores stay fp32): the same ones, their
+    values rounded to fp16 as the graph's inputs are."""
+    from trtflow.precision import to_fp16
+
+    module = _box_head_module(10)
+    original = _export(module, list(_detections(0).values()), tmp_path / "head.onnx",
+                       ["boxes", "scores"], ["kept_boxes", "kept_scores", "kept_labels"])
+    patched, (entry,) = _patched(original, {})
+    assert len(entry["filters_as_mask"]) == 2 and entry["class_images"] is None
+    assert _ops(patched)["NonZero"] == 1
+    onnx.save(patched, str(tmp_path / "patched.onnx"))
+    to_fp16(tmp_path / "patched.onnx", tmp_path / "fp16.onnx")
+    feed = _detections(seed)
+    expected = _torch(module, feed)
+    assert 0 < len(expected[0]) <= 10
+    for graph, dtype in ((patched, np.float32), (onnx.load(str(tmp_path / "fp16.onnx")), np.float16)):
+        got = _run(graph, feed)
+        assert np.array_equal(got[2], expected[2])  # labels
+        for have, want in zip(got[:2], expected[:2]):  # the fp16 graph's inputs are rounded to fp16
+            assert np.array_equal(have, want.astype(dtype).astype(np.float32))
+
+
+def test_filters_stay_where_the_nms_positions_are_read_otherwise(tmp_path: Path) -> None:
+    """An NMS whose selected positions are the graph's output (positions among the filtered
+    candidates): folding would change what they mean, so the filters stay, and patch.json says
+    why; policy never leaves them too."""
+    feed = _proposals(0)
+    positions = _export(_rpn_module(20, return_keep=True), list(feed.values()),
+                        tmp_path / "keep.onnx", ["boxes", "scores"], ["keep"])
+    patched, (entry,) = _patched(positions, {})
+    assert entry["filters_as_mask"] == [] and "graph output" in entry["filters_kept"]
+    assert _ops(patched)["NonZero"] == 3  # the two filters and the plugin's valid rows
+    assert np.array_equal(_run(patched, feed)[0], _torch(_rpn_module(20, return_keep=True), feed)[0])
+    boxes = _export(_rpn_module(20), list(feed.values()), tmp_path / "rpn.onnx",
+                    ["boxes", "scores"], ["kept_boxes", "kept_scores"])
+    patched, (entry,) = _patched(boxes, {"efficient_nms_filters": "never"})
+    assert entry["filters_as_mask"] == [] and entry["filters_kept"].startswith("policy 'never'")
+    assert _ops(patched)["NonZero"] == 3  # the two filters and the plugin's valid rows

@@ -353,6 +353,54 @@ def test_efficient_nms_plugin_runs_an_rpns_levels_as_images_in_fp32_and_fp16(tmp
                          feeds, expected, 400)
 
 
+def test_efficient_nms_with_filters_folded_keeps_what_torchvision_keeps(tmp_path):
+    """efficient_nms_filters on TensorRT: torchvision's RPN post-processing (5 levels as plugin
+    images) and box-head post-processing (90 classes, one image), their NonZero filters folded
+    into the plugin's scores, built as fp32 and fp16 engines: the kept boxes, scores and labels
+    are torchvision's (fp16: as the fp16 graph rounds its inputs)."""
+    import numpy as np
+    import onnx
+
+    from test_nms import (_box_head_module, _detections, _export, _patched, _proposals,
+                          _rpn_module, _torch)
+    from trtflow.precision import to_fp16
+
+    cases = {"rpn": (_rpn_module(20, padded=True), _proposals(0), ["kept_boxes", "kept_scores"]),
+             "head": (_box_head_module(10, padded=True), _detections(0),
+                      ["kept_boxes", "kept_scores", "kept_labels"])}
+    expected = {}
+    for name, (module, feed, outputs) in cases.items():
+        patched, (entry,) = _patched(_export(module, list(feed.values()), tmp_path / f"{name}.onnx",
+                                             list(feed), outputs), {})
+        assert len(entry["filters_as_mask"]) == 2, entry
+        onnx.save(patched, str(tmp_path / f"{name}-fp32.onnx"))
+        to_fp16(tmp_path / f"{name}-fp32.onnx", tmp_path / f"{name}-fp16.onnx")
+        np.savez(tmp_path / f"{name}.npz", **feed)
+        expected[name] = dict(zip(outputs, _torch(module, feed)))
+    done = trt_run(
+        "import json\nfrom pathlib import Path\nimport numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "for name, rows in (('rpn', 200), ('head', 30)):\n"
+        "    for precision in ('fp32', 'fp16'):\n"
+        "        stem = root / f'{name}-{precision}'\n"
+        "        build_engine(stem.with_suffix('.onnx'), stem.with_suffix('.engine'),\n"
+        "                     stem.with_suffix('.json'), model=name, precision=precision,\n"
+        "                     batch_profile={'min': 1, 'opt': rows, 'max': rows}, profile_name='p',\n"
+        "                     options={'optimization_level': 0})\n"
+        "        with TensorRTRunner(stem.with_suffix('.engine'), stem.with_suffix('.json')) as runner:\n"
+        "            out = runner.infer(dict(np.load(root / f'{name}.npz')))\n"
+        "        np.savez(root / f'{name}-{precision}-out.npz', **out)\n"
+        "        print('RAN', name, precision)\n")
+    assert done.stdout.count("RAN ") == 4, done.stdout[-2000:] + done.stderr[-4000:]
+    for name, want in expected.items():
+        for precision, dtype in (("fp32", np.float32), ("fp16", np.float16)):
+            got = np.load(tmp_path / f"{name}-{precision}-out.npz")
+            for output, value in want.items():
+                rounded = value if value.dtype.kind != "f" else value.astype(dtype).astype(np.float32)
+                assert np.array_equal(got[output].astype(value.dtype), rounded), (name, precision, output)
+
+
 def test_pyramid_roialign_on_tensorrt_pools_as_torchvision(tmp_path):
     """Mask R-CNN's two FPN RoI poolings through pyramid_roialign (one GridSample over the levels
     side by side, no NonZero) in a TensorRT engine: the pooled features are torchvision's

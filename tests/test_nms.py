@@ -19,10 +19,19 @@ PASSES = ["inline_empty_guards", "fold_constants", "efficient_nms", "cleanup", "
 LEVELS, PER_LEVEL, CLASSES = 5, 40, 91
 
 
-def _rpn_module(kept: int, return_keep: bool = False):
+def _padded(tensor, rows: int):
+    """`tensor` padded with zero rows to `rows`: a static output, as the workflow's detectors
+    pad theirs (what an engine's runner reads)."""
+    import torch
+
+    return torch.cat([tensor, torch.zeros((rows,) + tuple(tensor.shape[1:]), dtype=tensor.dtype)])[:rows]
+
+
+def _rpn_module(kept: int, return_keep: bool = False, padded: bool = False):
     """torchvision's RegionProposalNetwork.filter_proposals for one image, from its own
     functions: level ids, remove_small_boxes, the score threshold (>=), the batched NMS per
-    level, its first `kept`; the kept boxes and scores (or, where asked, the kept positions)."""
+    level, its first `kept`; the kept boxes and scores (or, where asked, the kept positions),
+    padded to `kept` rows where asked."""
     import torch
     from torchvision.ops import boxes as box_ops
 
@@ -38,15 +47,17 @@ def _rpn_module(kept: int, return_keep: bool = False):
             keep = box_ops.batched_nms(boxes, scores, levels, 0.7)[:kept]
             if return_keep:
                 return keep
+            if padded:
+                return _padded(boxes[keep], kept), _padded(scores[keep], kept)
             return boxes[keep], scores[keep]
 
     return Proposals()
 
 
-def _box_head_module(kept: int):
+def _box_head_module(kept: int, padded: bool = False):
     """torchvision's RoIHeads.postprocess_detections for one image: per-class boxes and scores
     (background dropped) flattened, the score threshold (>), remove_small_boxes, the batched NMS
-    over classes, its first `kept`."""
+    over classes, its first `kept` (padded to `kept` rows where asked)."""
     import torch
     from torchvision.ops import boxes as box_ops
 
@@ -60,16 +71,20 @@ def _box_head_module(kept: int):
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = box_ops.batched_nms(boxes, scores, labels, 0.5)[:kept]
+            if padded:
+                return tuple(_padded(t[keep], kept) for t in (boxes, scores, labels))
             return boxes[keep], scores[keep], labels[keep]
 
     return Detections()
 
 
 def _export(module, inputs, path: Path, names: List[str], outputs: List[str]) -> onnx.ModelProto:
+    """The module as ONNX, its inputs' first axis (the candidates) dynamic."""
     import torch
 
     torch.onnx.export(module, tuple(torch.from_numpy(x) for x in inputs), str(path),
-                      input_names=names, output_names=outputs, opset_version=17, dynamo=False)
+                      input_names=names, output_names=outputs, opset_version=17, dynamo=False,
+                      dynamic_axes={name: {0: "n"} for name in names})
     return onnx.load(str(path))
 
 

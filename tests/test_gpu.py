@@ -357,7 +357,9 @@ def test_efficient_nms_with_filters_folded_keeps_what_torchvision_keeps(tmp_path
     """efficient_nms_filters on TensorRT: torchvision's RPN post-processing (5 levels as plugin
     images) and box-head post-processing (90 classes, one image), their NonZero filters folded
     into the plugin's scores, built as fp32 and fp16 engines: the kept boxes, scores and labels
-    are torchvision's (fp16: as the fp16 graph rounds its inputs)."""
+    are torchvision's (fp16: as the fp16 graph rounds its inputs, or exact: TensorRT kept the
+    RPN's boxes fp32 through the Gather). Passed on an H100, TensorRT 8.6.0, 2026-12-07
+    (benchmarks/gpu/runs/2026-12-07-session18/)."""
     import numpy as np
     import onnx
 
@@ -397,8 +399,12 @@ def test_efficient_nms_with_filters_folded_keeps_what_torchvision_keeps(tmp_path
         for precision, dtype in (("fp32", np.float32), ("fp16", np.float16)):
             got = np.load(tmp_path / f"{name}-{precision}-out.npz")
             for output, value in want.items():
+                have = got[output].astype(value.dtype)
+                # fp16: each value as the fp16 graph rounds it, or exact where TensorRT kept the
+                # input fp32 up to the Gather (it may drop a Cast pair around a copy)
                 rounded = value if value.dtype.kind != "f" else value.astype(dtype).astype(np.float32)
-                assert np.array_equal(got[output].astype(value.dtype), rounded), (name, precision, output)
+                assert np.all((have == rounded) | (have == value)), (
+                    name, precision, output, have[:6].tolist(), value[:6].tolist())
 
 
 def test_pyramid_roialign_on_tensorrt_pools_as_torchvision(tmp_path):

@@ -226,3 +226,25 @@ def test_filters_stay_where_the_nms_positions_are_read_otherwise(tmp_path: Path)
     patched, (entry,) = _patched(boxes, {"efficient_nms_filters": "never"})
     assert entry["filters_as_mask"] == [] and entry["filters_kept"].startswith("policy 'never'")
     assert _ops(patched)["NonZero"] == 3  # the two filters and the plugin's valid rows
+
+
+def test_filters_side_by_side_stay(tmp_path: Path) -> None:
+    """Two filters over the same candidates, side by side (boxes by one, scores by the other):
+    the NMS pairs their i-th kept rows, which the unfiltered candidates under both masks would
+    not, so neither is folded."""
+    import torch
+    from torchvision.ops import boxes as box_ops
+
+    class SideBySide(torch.nn.Module):
+        def forward(self, boxes, scores):
+            by_score = torch.where(scores >= 0.05)[0]
+            by_width = torch.where(scores * 2.0 >= 0.1)[0]
+            keep = box_ops.nms(boxes[by_width], scores[by_score], 0.7)[:20]
+            return _padded(boxes[by_width][keep], 20)
+
+    feed = _proposals(0)
+    model = _export(SideBySide(), list(feed.values()), tmp_path / "side.onnx", ["boxes", "scores"],
+                    ["kept_boxes"])
+    patched, (entry,) = _patched(model, {})
+    assert entry["filters_as_mask"] == [] and "one chain" in entry["filters_kept"], entry
+    assert np.array_equal(_run(patched, feed)[0], _torch(SideBySide(), feed)[0])

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from .graph_surgery import (NodeMaker, PatchContext, chain, inferred_dims, producer,
-                            skipped_by_policy, through, version_tuple)
+from .graph_surgery import (NodeMaker, PatchContext, chain, constant_value, inferred_dims,
+                            producer, skipped_by_policy, through, version_tuple)
 from .known_dims import constant_ints
 
 
@@ -286,7 +286,8 @@ def _selected_positions(graph, node, filtered: set) -> Any:
     return positions, None
 
 
-def _filters_unused_elsewhere(graph, node, nonzeros: List[Any], gathers: List[Any]) -> Any:
+def _filters_unused_elsewhere(graph, node, nonzeros: List[Any], gathers: List[Any],
+                              dims: Mapping[str, List[Any]]) -> Any:
     """None where every reader of the filtered candidates, followed through row-wise ops, ends in
     the NMS, in a filter (its mask or its Gathers) or in a Gather by the NMS's selected indices;
     else what reads them otherwise. Only then do the unfiltered candidates, with the filters'
@@ -296,7 +297,7 @@ def _filters_unused_elsewhere(graph, node, nonzeros: List[Any], gathers: List[An
         return why, []
     outputs = {id(t) for t in graph.outputs}
     sinks = {id(node)} | {id(n) for n in nonzeros} | {id(g) for g in gathers}
-    frontier, seen = [g.outputs[0] for g in gathers], {}
+    frontier, seen, passed = [g.outputs[0] for g in gathers], {}, []
     while frontier:
         tensor = frontier.pop()
         if id(tensor) in seen:
@@ -312,8 +313,24 @@ def _filters_unused_elsewhere(graph, node, nonzeros: List[Any], gathers: List[An
                 continue  # boxes[keep]: reads the same candidate, by its unfiltered position
             if not _row_wise(reader):
                 return f"{reader.name} ({reader.op}) reads the filtered candidates", []
+            passed.append(reader)
             frontier.extend(reader.outputs)
+    for reader in passed:  # what they are combined with: the candidates too, or one value
+        for tensor in reader.inputs:
+            if id(tensor) not in seen and not _one_value(tensor, dims):
+                return f"{reader.name} ({reader.op}) combines them with {tensor.name}", []
     return None, list(seen.values())
+
+
+def _one_value(tensor, dims: Mapping[str, List[Any]]) -> bool:
+    """Whether `tensor` holds one value (a constant's, or of a shape the graph knows), which a
+    row-wise op applies to every candidate alike, filtered or not."""
+    value = constant_value(tensor)
+    if value is not None:
+        return getattr(value, "size", 1) == 1 or tensor.outputs and all(
+            n.op in ("Gather", "Slice") and tensor is not n.inputs[0] for n in tensor.outputs)
+    shape = dims.get(tensor.name)
+    return shape is not None and all(isinstance(d, int) and d == 1 for d in shape)
 
 
 def _row_wise(node) -> bool:
@@ -339,7 +356,25 @@ def _row_wise_slice(node) -> bool:
                for start, end, axis, step in zip(starts, ends, axes, steps))
 
 
-def _fold_filters(graph, node) -> Any:
+def _one_chain(families: Mapping[int, List[Any]]) -> bool:
+    """Whether the filters (NonZero id -> its Gathers) run one after another, as torchvision's
+    do: the first's Gathers read no filter's output, each later one's read the one before's
+    outputs only. Two filters side by side pair their i-th kept rows, which the unfiltered
+    candidates under both masks do not."""
+    made_by = {id(g.outputs[0]): key for key, gathers in families.items() for g in gathers}
+    before = {}
+    for key, gathers in families.items():
+        sources = {made_by.get(id(g.inputs[0])) for g in gathers}
+        if len(sources) != 1:
+            return False
+        before[key] = sources.pop()
+    firsts = [key for key, source in before.items() if source is None]
+    followed = [source for source in before.values() if source is not None]
+    # one first, and no filter followed by two: a single path (Gathers make no cycle)
+    return len(firsts) == 1 and len(followed) == len(set(followed))
+
+
+def _fold_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
     """An NMS's filters (NonZero positions and the Gathers by them) folded into a mask: every
     reader of a filtered candidate reads the unfiltered one, and the returned mask (the filters'
     masks, all now over the unfiltered candidates, And-ed) says which candidates the NMS may keep;
@@ -348,8 +383,11 @@ def _fold_filters(graph, node) -> Any:
     nonzeros = _filters_into(node)
     if not nonzeros:
         return None, "no NonZero filter before it"
-    gathers = [g for n in nonzeros for g in _filter_gathers(n)]
-    why, passed = _filters_unused_elsewhere(graph, node, nonzeros, gathers)
+    families = {id(n): _filter_gathers(n) for n in nonzeros}
+    if not _one_chain(families):
+        return None, "its filters are not one chain (each filtering the one before's candidates)"
+    gathers = [g for n in nonzeros for g in families[id(n)]]
+    why, passed = _filters_unused_elsewhere(graph, node, nonzeros, gathers, dims)
     if why is not None:
         return None, why
     for gather in gathers[::-1]:  # sources first: a later filter's data is an earlier's output
@@ -407,7 +445,7 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                      score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
                      if threshold_value is not None else EFFICIENT_NMS_NO_THRESHOLD,
                      center_point_box=int(node.attrs.get("center_point_box", 0)))
-        masks, folded = _fold_filters(graph, node) if not skipped_by_policy(
+        masks, folded = _fold_filters(graph, node, dims) if not skipped_by_policy(
             ctx, "efficient_nms_filters", True) else (None, "policy 'never'")
         mask = _all_of(NodeMaker(graph, f"{node.name}/filters"), masks) if masks else None
         found = _coordinate_trick(node)

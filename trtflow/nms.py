@@ -327,7 +327,8 @@ def _one_value(tensor, dims: Mapping[str, List[Any]]) -> bool:
     row-wise op applies to every candidate alike, filtered or not."""
     value = constant_value(tensor)
     if value is not None:
-        return getattr(value, "size", 1) == 1 or tensor.outputs and all(
+        # or the indices, starts or ends of a Gather or Slice along a box's coordinates
+        return getattr(value, "size", 1) == 1 or bool(tensor.outputs) and all(
             n.op in ("Gather", "Slice") and tensor is not n.inputs[0] for n in tensor.outputs)
     shape = dims.get(tensor.name)
     return shape is not None and all(isinstance(d, int) and d == 1 for d in shape)
@@ -390,7 +391,8 @@ def _fold_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
     why, passed = _filters_unused_elsewhere(graph, node, nonzeros, gathers, dims)
     if why is not None:
         return None, why
-    for gather in gathers[::-1]:  # sources first: a later filter's data is an earlier's output
+    # in any order: a reader moved onto an earlier filter's output moves on again in its turn
+    for gather in gathers:
         filtered, unfiltered = gather.outputs[0], gather.inputs[0]
         for reader in list(filtered.outputs):
             for index, tensor in enumerate(list(reader.inputs)):

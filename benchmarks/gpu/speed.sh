@@ -14,7 +14,8 @@
 #   TRT_PYTHON=/tmp/trtpy RUNS=/tmp/runs bash benchmarks/gpu/speed.sh [steps: probe maskrcnn int8 warm gputests]
 #   EXCLUDE='[{model: efficientnet_v2_s}]' leaves cells of int8.yaml out; TRT_EXTRA adds tensorrt
 #   settings; PRECISIONS='[fp16, int8]' sets deploy's precisions (default: the YAML's);
-#   INT8_FLOAT=fp16_layers sets tensorrt.int8_float.
+#   INT8_FLOAT=fp16_layers sets tensorrt.int8_float; AB=1 adds deploy's A/B model (filters kept,
+#   maskrcnn_deploy_ab.yaml).
 #   A plugin layer (deploy) makes TensorRT load cuBLAS and cuDNN: run benchmarks/gpu/cuda_libs.sh
 #   once after ../shared/gpu/setup.sh, whose libraries for them are stubs.
 set -uo pipefail
@@ -50,7 +51,8 @@ for step in ${*:-probe maskrcnn int8 warm}; do
       cp checkpoints/*.log "$RUNS/" ;;
     deploy)
       snakemake all --cores "$(nproc)" --resources gpu=1 --keep-going --rerun-incomplete \
-        --configfile benchmarks/gpu/maskrcnn_deploy.yaml ${SHAPES:+benchmarks/gpu/maskrcnn_deploy_shapes.yaml} --config tensorrt="$TRT" \
+        --configfile benchmarks/gpu/maskrcnn_deploy.yaml ${SHAPES:+benchmarks/gpu/maskrcnn_deploy_shapes.yaml} \
+        ${AB:+benchmarks/gpu/maskrcnn_deploy_ab.yaml} --config tensorrt="$TRT" \
         ${PRECISIONS:+precisions="$PRECISIONS"} >> "$RUNS/deploy.log" 2>&1
       summary results-deploy ;;
     keypoint)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import numpy as np
+
 from .graph_surgery import (NodeMaker, PatchContext, chain, constant_value, inferred_dims,
                             producer, skipped_by_policy, through, version_tuple)
 from .known_dims import constant_ints
@@ -265,6 +267,11 @@ def _filters_into(node) -> List[Any]:
     return found
 
 
+# ops that take an NMS's selected indices to the positions Gathers read (its rows' box column,
+# the first K)
+_INDEX_MOVES = ("Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Cast", "Reshape")
+
+
 def _selected_positions(graph, node, filtered: set) -> Any:
     """The tensors carrying the NMS's selected box indices (its [K, 3] rows, their box column,
     the first K of them), and None, where they are read only to take filtered candidates
@@ -277,8 +284,7 @@ def _selected_positions(graph, node, filtered: set) -> Any:
         if id(tensor) in outputs:
             return positions, f"{tensor.name} (the NMS's selected indices) is a graph output"
         for reader in tensor.outputs:
-            if reader.op in ("Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Cast",
-                             "Reshape") and reader.inputs[0] is tensor:
+            if reader.op in _INDEX_MOVES and reader.inputs[0] is tensor:
                 frontier.extend(reader.outputs)
             elif not (reader.op == "Gather" and reader.attrs.get("axis", 0) == 0
                       and id(reader.inputs[0]) in filtered):
@@ -404,6 +410,107 @@ def _fold_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
     return [n.inputs[0] for n in nonzeros], [n.name for n in nonzeros]
 
 
+
+def _keep_gathers(node) -> List[Any]:
+    """The axis-0 Gathers that take candidates at an NMS's selected positions (boxes[keep]),
+    followed from its output through the ops that move indices (`_selected_positions`)."""
+    found, frontier = [], [node.outputs[0]]
+    while frontier:
+        tensor = frontier.pop()
+        for reader in tensor.outputs:
+            if reader.op == "Gather" and reader.attrs.get("axis", 0) == 0 and \
+                    reader.inputs[1] is tensor:
+                found.append(reader)
+            elif reader.op in _INDEX_MOVES and reader.inputs[0] is tensor:
+                frontier.extend(reader.outputs)
+    return found
+
+
+def _later_nms(gathers: List[Any]) -> List[Any]:
+    """The NMS nodes (ONNX or already the plugin) that the Gathers' outputs reach."""
+    found, seen, frontier = [], set(), [g.outputs[0] for g in gathers]
+    while frontier:
+        tensor = frontier.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        for reader in tensor.outputs:
+            if reader.op in ("NonMaxSuppression", "EfficientNMS_ONNX_TRT") and reader not in found:
+                found.append(reader)
+            frontier.extend(reader.outputs)
+    return found
+
+
+def _drops_empty_boxes(nms) -> bool:
+    """Whether a filter before `nms` keeps only boxes at least some positive size wide and high
+    (torchvision's remove_small_boxes: (x2 - x1 >= min_size) & (y2 - y1 >= min_size)), so that an
+    empty box, and what a box head decodes from one (its width and height scale the proposal's),
+    never reaches it."""
+    for nonzero in _filters_into(nms):
+        compares = [node for node in _made_from(nonzero.inputs[0], 4)
+                    if node.op in ("GreaterOrEqual", "Greater")]
+        sizes = [c for c in compares if producer(c.inputs[0], "Sub") is not None and
+                 (constant_value(c.inputs[1]) is not None and
+                  float(np.asarray(constant_value(c.inputs[1])).reshape(-1)[0]) > 0)]
+        if len(sizes) >= 2:  # the width and the height
+            return True
+    return False
+
+
+def _made_from(tensor, depth: int) -> List[Any]:
+    """The nodes within `depth` producers above `tensor`."""
+    found, frontier = [], [(tensor, 0)]
+    while frontier:
+        tensor, level = frontier.pop()
+        if not tensor.inputs or level >= depth:
+            continue
+        node = tensor.inputs[0]
+        if node not in found:
+            found.append(node)
+            frontier.extend((t, level + 1) for t in node.inputs)
+    return found
+
+
+def _static_rows_for(node, masks, ctx: PatchContext) -> Any:
+    """The Gathers that take the candidates an NMS keeps, where its kept rows can stay K static
+    rows, the rows past the valid ones reading an empty candidate put in front (all zeros): where
+    its filters were folded (its positions are read by those Gathers only), what they take
+    reaches a later NMS, and every such NMS's filters drop empty boxes (a two-stage detector's
+    proposals: the box head decodes an empty box from an empty proposal, which its
+    remove_small_boxes drops). ([Gathers], None) or ([], why not)."""
+    why = skipped_by_policy(ctx, "efficient_nms_static_rows", True)
+    if why is not None:
+        return [], why
+    if not masks:
+        return [], "its filters are not folded"
+    gathers = _keep_gathers(node)
+    later = _later_nms(gathers)
+    if not gathers or not later:
+        return [], "what it keeps reaches no later NMS"
+    if not all(_drops_empty_boxes(n) for n in later):
+        return [], "a later NMS does not drop empty boxes"
+    return gathers, None
+
+
+def _after_empty_row(make: NodeMaker, gathers: List[Any]) -> None:
+    """Each Gather reads its data with an all-zero row put in front (the kept rows' positions
+    are 1 up: `_static_positions`)."""
+    for gather in gathers:
+        data = gather.inputs[0]
+        first = make("Slice", [data, make.const(np.array([0], np.int64)),
+                               make.const(np.array([1], np.int64)),
+                               make.const(np.array([0], np.int64))], data.dtype)
+        zero = make("Sub", [first, first], data.dtype)
+        gather.inputs[0] = make("Concat", [zero, data], data.dtype, axis=0)
+        gather.outputs[0].shape = None
+
+
+def _static_positions(make: NodeMaker, box_index, valid):
+    """The rows' box positions 1 up, 0 (the empty row) where a row is not valid."""
+    return make("Where", [valid, make("Add", [box_index, make.const(np.int32(1))], np.int32),
+                          make.const(np.int32(0))], np.int32)
+
+
 def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     """Single-class ONNX NonMaxSuppression -> TensorRT's EfficientNMS_ONNX_TRT plugin.
 
@@ -427,6 +534,7 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     if skipped:
         return {"skipped": skipped, "rewritten": [], "left": []}
     rewritten, left = [], []
+    graph.toposort()  # an NMS before the ones its kept boxes reach (`_static_rows_for`)
     nms_nodes = [n for n in graph.nodes if n.op == "NonMaxSuppression"]
     dims = inferred_dims(graph) if nms_nodes else {}
     for node in nms_nodes:
@@ -450,23 +558,28 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
         masks, folded = _fold_filters(graph, node, dims) if not skipped_by_policy(
             ctx, "efficient_nms_filters", True) else (None, "policy 'never'")
         mask = _all_of(NodeMaker(graph, f"{node.name}/filters"), masks) if masks else None
+        static, static_why = _static_rows_for(node, masks, ctx)
         found = _coordinate_trick(node)
         largest = _largest_id(found[2], dims) if found is not None else None
         class_images = largest + 1 if largest is not None and \
             1 <= largest < EFFICIENT_NMS_CLASS_IMAGES_MAX and k <= EFFICIENT_NMS_TOPK_MAX else None
         make = NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
         if class_images is not None:
-            _per_class_images(make, found, class_images, attrs, node.outputs[0], mask)
+            _per_class_images(make, found, class_images, attrs, node.outputs[0], mask,
+                              bool(static))
         else:
             for shifting in _class_shift_nodes(node):  # fp32 too: 122,395 is inf in fp16
                 shifting.name = f"{shifting.name}/{FP32_LAYER_MARK}"
-            _one_image(make, node.inputs[0], scores, attrs, node.outputs[0], mask)
+            _one_image(make, node.inputs[0], scores, attrs, node.outputs[0], mask, bool(static))
+        _after_empty_row(make, static)
         node.outputs.clear()
         node.inputs.clear()
         rewritten.append({"node": node.name, "max_output_boxes": int(k), "kept_after": kept,
                           "candidates_limit": EFFICIENT_NMS_CANDIDATES, "class_images": class_images,
                           "filters_as_mask": folded if masks else [], **(
-                              {} if masks else {"filters_kept": folded})})
+                              {} if masks else {"filters_kept": folded}),
+                          "static_rows": [g.name for g in static], **(
+                              {} if static else {"rows_cut": static_why})})
     if rewritten:
         graph.import_domains = _with_domain(graph.import_domains, PLUGIN_DOMAIN)
     graph.cleanup().toposort()
@@ -502,7 +615,7 @@ def _where_true(make: NodeMaker, mask):
 
 
 def _one_image(make: NodeMaker, boxes, scores, attrs: Mapping[str, Any], output,
-               mask=None) -> None:
+               mask=None, static: bool = False) -> None:
     """The NMS as one plugin image: its own (class-shifted) boxes, scores [B, N, 1]; the valid
     rows come first, highest score first. With a mask (its filters folded: `_fold_filters`), the
     candidates it keeps out score 0 and the others 1 and above, under a threshold of 0.5."""
@@ -519,9 +632,20 @@ def _one_image(make: NodeMaker, boxes, scores, attrs: Mapping[str, Any], output,
         attrs = {**attrs, "score_threshold": EFFICIENT_NMS_CLASS_THRESHOLD}
     rows = make("EfficientNMS_ONNX_TRT", [boxes, scores_bn1], np.int32, domain=PLUGIN_DOMAIN,
                 **attrs)
-    _, valid = _valid_rows(make, rows)
+    box_index, valid = _valid_rows(make, rows)
+    if static:  # K rows, the invalid ones at the empty candidate (`_static_rows_for`)
+        _as_triples(make, _static_positions(make, box_index, valid), output)
+        return
     cut = make("Gather", [rows, _where_true(make, valid)], np.int32, axis=0)
     make("Cast", [cut], np.int64, to=7, output=output)
+
+
+def _as_triples(make: NodeMaker, kept, output) -> None:
+    """Box positions as rows (0, 0, box), as the single-class NMS they stand for writes them."""
+    zeros = make("Mul", [kept, make.const(np.int32(0))], np.int32)
+    triples = make("Concat", [make.unsqueeze(zeros, 1), make.unsqueeze(zeros, 1),
+                              make.unsqueeze(kept, 1)], np.int32, axis=1)
+    make("Cast", [triples], np.int64, to=7, output=output)
 
 
 def _moved_up(make: NodeMaker, scores):
@@ -547,7 +671,7 @@ def _all_of(make: NodeMaker, masks: List[Any]):
 
 
 def _per_class_images(make: NodeMaker, found, classes: int, attrs: Mapping[str, Any],
-                      output, mask=None) -> None:
+                      output, mask=None, static: bool = False) -> None:
     """torchvision's batched NMS as one plugin image per class: image c reads every candidate's
     own (unshifted) box and its score where its class is c, a score under the threshold where
     not; the images' kept rows (interleaved: the plugin's blocks write through one atomic
@@ -585,14 +709,13 @@ def _per_class_images(make: NodeMaker, found, classes: int, attrs: Mapping[str, 
         np.float32)
     ranked = make("TopK", [row_scores, make.const(np.array([k], np.int64))], np.int64, outputs=2,
                   axis=0, largest=1, sorted=1)
-    chosen = make("Gather", [ranked, _where_true(make, make("Gather", [valid, ranked], np.bool_))],
-                  np.int64)
-    # rows (0, 0, box) as the single-class NMS it stands for writes them
-    kept = make("Gather", [box_index, chosen], np.int32)
-    zeros = make("Mul", [kept, make.const(np.int32(0))], np.int32)
-    triples = make("Concat", [make.unsqueeze(zeros, 1), make.unsqueeze(zeros, 1),
-                              make.unsqueeze(kept, 1)], np.int32, axis=1)
-    make("Cast", [triples], np.int64, to=7, output=output)
+    ranked_valid = make("Gather", [valid, ranked], np.bool_)
+    if static:  # K rows, the invalid ones at the empty candidate (`_static_rows_for`)
+        kept = _static_positions(make, make("Gather", [box_index, ranked], np.int32), ranked_valid)
+    else:
+        kept = make("Gather", [box_index, make("Gather", [ranked, _where_true(make, ranked_valid)],
+                                               np.int64)], np.int32)
+    _as_triples(make, kept, output)
 
 
 def _with_domain(domains, name: str):

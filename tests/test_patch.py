@@ -582,7 +582,9 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
                                         "max_output_boxes": 20, "kept_after": 20,
                                         "candidates_limit": 4096, "class_images": None,
                                         "filters_as_mask": [],
-                                        "filters_kept": "no NonZero filter before it"}]
+                                        "filters_kept": "no NonZero filter before it",
+                                        "static_rows": [],
+                                        "rows_cut": "its filters are not folded"}]
     nodes = list(patched.graph.node)
     assert not [n for n in nodes if n.op_type == "NonMaxSuppression"]
     (plugin,) = [n for n in nodes if n.op_type == "EfficientNMS_ONNX_TRT"]

@@ -255,10 +255,12 @@ def _two_stage_module(proposals: int, detections: int, size_filter: bool = True)
     works row by row as torchvision's does: per proposal, class deltas and logits from a fixed
     linear map of its coordinates, decoded by torchvision's BoxCoder, clipped, then
     postprocess_detections (`_box_head_module`; without remove_small_boxes where asked), its
-    detections padded to `detections` rows."""
+    detections padded to 1 x `detections` rows as the workflow's deploy module pads them."""
     import torch
     from torchvision.models.detection._utils import BoxCoder
     from torchvision.ops import boxes as box_ops
+
+    from trtflow.detection import pad_detections
 
     rpn, classes = _rpn_module(proposals), 5
     generator = torch.Generator().manual_seed(0)
@@ -281,7 +283,7 @@ def _two_stage_module(proposals: int, detections: int, size_filter: bool = True)
                 keep = box_ops.remove_small_boxes(found[0], min_size=1e-2)
                 found = [t[keep] for t in found]
             keep = box_ops.batched_nms(found[0], found[1], found[2], 0.5)[:detections]
-            return tuple(_padded(t[keep], detections) for t in found)
+            return tuple(pad_detections(t[keep], detections) for t in found)
 
     return TwoStage()
 
@@ -299,14 +301,17 @@ def test_rpn_rows_stay_static_and_the_detections_are_torchvisions(tmp_path: Path
                                                                   small: float, low: float) -> None:
     """A two-stage detector: the RPN's plugin rows stay its K (120: more than it keeps), those
     past the kept ones at an empty proposal put in front, which the box head decodes to empty
-    boxes that its remove_small_boxes drops; no NonZero is left before the box head's NMS, and
-    the detections are torchvision's: with some candidates filtered, none, and every score too
-    low (no proposal: no detection)."""
+    boxes that its remove_small_boxes drops; the box head's rows stay its 15, those past the
+    kept ones zeroed in the outputs as the padding does; no NonZero is left, and the detections
+    (their padding too) are torchvision's: with some candidates filtered, none, and every score
+    too low (no proposal: no detection)."""
     module = _two_stage_module(120, 15)
     patched, (rpn, head) = _two_stage(tmp_path, module, {})
     assert len(rpn["static_rows"]) == 1 and "rows_cut" not in rpn, rpn  # boxes[keep]
-    assert head["static_rows"] == [] and "no later NMS" in head["rows_cut"], head
-    assert _ops(patched)["NonZero"] == 1  # the box head's valid rows only
+    # the box head's too: its 15 rows are the graph's outputs, those past the kept ones zeroed
+    assert len(head["static_rows"]) == 3 and "rows_cut" not in head, head
+    assert sorted(head["zeroed_past_kept"]) == ["det_boxes", "det_labels", "det_scores"]
+    assert _ops(patched)["NonZero"] == 0
     feed = _proposals(seed, small, low)
     expected, got = _torch(module, feed), _run(patched, feed)
     assert (np.count_nonzero(expected[1]) == 0) == (low == 1.0)
@@ -318,7 +323,7 @@ def test_rpn_rows_stay_static_and_the_detections_are_torchvisions(tmp_path: Path
     # fold_known_dims, not in PASSES, mends in the workflow)
     cut, (rpn, _) = _two_stage(tmp_path, module, {"efficient_nms_static_rows": "never"})
     assert rpn["static_rows"] == [] and rpn["rows_cut"].startswith("policy 'never'")
-    assert _ops(cut)["NonZero"] == 2
+    assert _ops(cut)["NonZero"] == 2  # the valid rows of both plugins
     for have, want in zip(_run(cut, feed) if low < 1 else got, got):
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-4)
 

@@ -583,7 +583,7 @@ def test_efficient_nms_puts_the_plugin_where_the_nms_was_with_the_models_kept_co
                                         "candidates_limit": 4096, "class_images": None,
                                         "filters_as_mask": [],
                                         "filters_kept": "no NonZero filter before it",
-                                        "static_rows": [],
+                                        "static_rows": [], "zeroed_past_kept": [],
                                         "rows_cut": "its filters are not folded"}]
     nodes = list(patched.graph.node)
     assert not [n for n in nodes if n.op_type == "NonMaxSuppression"]

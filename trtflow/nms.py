@@ -426,21 +426,6 @@ def _keep_gathers(node) -> List[Any]:
     return found
 
 
-def _later_nms(gathers: List[Any]) -> List[Any]:
-    """The NMS nodes (ONNX or already the plugin) that the Gathers' outputs reach."""
-    found, seen, frontier = [], set(), [g.outputs[0] for g in gathers]
-    while frontier:
-        tensor = frontier.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        for reader in tensor.outputs:
-            if reader.op in ("NonMaxSuppression", "EfficientNMS_ONNX_TRT") and reader not in found:
-                found.append(reader)
-            frontier.extend(reader.outputs)
-    return found
-
-
 def _drops_empty_boxes(nms) -> bool:
     """Whether a filter before `nms` keeps only boxes at least some positive size wide and high
     (torchvision's remove_small_boxes: (x2 - x1 >= min_size) & (y2 - y1 >= min_size)), so that an
@@ -471,25 +456,77 @@ def _made_from(tensor, depth: int) -> List[Any]:
     return found
 
 
-def _static_rows_for(node, masks, ctx: PatchContext) -> Any:
-    """The Gathers that take the candidates an NMS keeps, where its kept rows can stay K static
-    rows, the rows past the valid ones reading an empty candidate put in front (all zeros): where
-    its filters were folded (its positions are read by those Gathers only), what they take
-    reaches a later NMS, and every such NMS's filters drop empty boxes (a two-stage detector's
-    proposals: the box head decodes an empty box from an empty proposal, which its
-    remove_small_boxes drops). ([Gathers], None) or ([], why not)."""
+def _static_rows_for(graph, node, masks, ctx: PatchContext, k: int,
+                     dims: Mapping[str, List[Any]]) -> Any:
+    """Where an NMS's kept rows can stay its K rows, those past the kept ones reading an empty
+    candidate put in front (all zeros), instead of a NonZero cutting them out: where its filters
+    were folded (so its positions are read only by the Gathers that take the kept candidates)
+    and what those Gathers take either
+    - reaches a later NMS whose filters all drop empty boxes (a two-stage detector's RPN: the box
+      head decodes an empty box from an empty proposal, and its remove_small_boxes drops it), or
+    - reaches no later NMS, only graph outputs of K rows (K x ... or 1 x K x ...: a deployed
+      detector's final detections, its heads run per detection in the NMS's order), whose rows
+      past the kept ones are then set to 0, as the deploy module pads them.
+    (Gathers, [(output, its rows' axis)], None), or ([], [], why not)."""
     why = skipped_by_policy(ctx, "efficient_nms_static_rows", True)
     if why is not None:
-        return [], why
+        return [], [], why
     if not masks:
-        return [], "its filters are not folded"
+        return [], [], "its filters are not folded"
     gathers = _keep_gathers(node)
-    later = _later_nms(gathers)
-    if not gathers or not later:
-        return [], "what it keeps reaches no later NMS"
-    if not all(_drops_empty_boxes(n) for n in later):
-        return [], "a later NMS does not drop empty boxes"
-    return gathers, None
+    later, outputs = _reached(graph, gathers)
+    if not gathers:
+        return [], [], "no Gather takes what it keeps"
+    if later:
+        if not all(_drops_empty_boxes(n) for n in later):
+            return [], [], "a later NMS does not drop empty boxes"
+        return gathers, [], None
+    rows = []
+    for output in outputs:
+        shape = dims.get(output.name) or list(output.shape or [])
+        if len(shape) >= 2 and shape[0] == 1 and shape[1] == k:
+            rows.append((output, 1))
+        elif shape and shape[0] == k:
+            rows.append((output, 0))
+        else:
+            return [], [], f"graph output {output.name} {shape} is not {k} rows (or 1 x {k})"
+    if not rows:
+        return [], [], "what it keeps reaches neither a later NMS nor a graph output"
+    return gathers, rows, None
+
+
+def _reached(graph, gathers: List[Any]) -> Any:
+    """(the NMS nodes, ONNX or already the plugin, and the graph outputs) that the Gathers'
+    outputs reach."""
+    outputs = {id(t) for t in graph.outputs}
+    nms, reached, seen, frontier = [], [], set(), [g.outputs[0] for g in gathers]
+    while frontier:
+        tensor = frontier.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in outputs:
+            reached.append(tensor)
+        for reader in tensor.outputs:
+            if reader.op in ("NonMaxSuppression", "EfficientNMS_ONNX_TRT") and reader not in nms:
+                nms.append(reader)
+            frontier.extend(reader.outputs)
+    return nms, reached
+
+
+def _zero_past_kept(make: NodeMaker, valid, rows: List[Any]) -> None:
+    """Each output's rows past the kept ones (`valid` false, in the NMS's output order) set to
+    0: what the heads made of the empty candidate, where the model pads with zeros."""
+    for output, axis in rows:
+        made = output.inputs[0]
+        raw = type(output)(f"{output.name}/rows", dtype=output.dtype)
+        made.outputs[made.outputs.index(output)] = raw
+        rank = len(output.shape) if output.shape is not None else axis + 1
+        shape = [1] * rank
+        shape[axis] = -1
+        keep = make("Reshape", [valid, make.const(np.array(shape, np.int64))], np.bool_)
+        zero = make.const(np.zeros((), dtype=np.dtype(output.dtype)))
+        make("Where", [keep, raw, zero], output.dtype, output=output)
 
 
 def _after_empty_row(make: NodeMaker, gathers: List[Any]) -> None:
@@ -558,27 +595,30 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
         masks, folded = _fold_filters(graph, node, dims) if not skipped_by_policy(
             ctx, "efficient_nms_filters", True) else (None, "policy 'never'")
         mask = _all_of(NodeMaker(graph, f"{node.name}/filters"), masks) if masks else None
-        static, static_why = _static_rows_for(node, masks, ctx)
+        static, zeroed, static_why = _static_rows_for(graph, node, masks, ctx, int(k), dims)
         found = _coordinate_trick(node)
         largest = _largest_id(found[2], dims) if found is not None else None
         class_images = largest + 1 if largest is not None and \
             1 <= largest < EFFICIENT_NMS_CLASS_IMAGES_MAX and k <= EFFICIENT_NMS_TOPK_MAX else None
         make = NodeMaker(graph, f"{node.name}/{FP32_LAYER_MARK}")
         if class_images is not None:
-            _per_class_images(make, found, class_images, attrs, node.outputs[0], mask,
-                              bool(static))
+            valid = _per_class_images(make, found, class_images, attrs, node.outputs[0], mask,
+                                      bool(static))
         else:
             for shifting in _class_shift_nodes(node):  # fp32 too: 122,395 is inf in fp16
                 shifting.name = f"{shifting.name}/{FP32_LAYER_MARK}"
-            _one_image(make, node.inputs[0], scores, attrs, node.outputs[0], mask, bool(static))
+            valid = _one_image(make, node.inputs[0], scores, attrs, node.outputs[0], mask,
+                               bool(static))
         _after_empty_row(make, static)
+        _zero_past_kept(make, valid, zeroed)
         node.outputs.clear()
         node.inputs.clear()
         rewritten.append({"node": node.name, "max_output_boxes": int(k), "kept_after": kept,
                           "candidates_limit": EFFICIENT_NMS_CANDIDATES, "class_images": class_images,
                           "filters_as_mask": folded if masks else [], **(
                               {} if masks else {"filters_kept": folded}),
-                          "static_rows": [g.name for g in static], **(
+                          "static_rows": [g.name for g in static],
+                          "zeroed_past_kept": [t.name for t, _ in zeroed], **(
                               {} if static else {"rows_cut": static_why})})
     if rewritten:
         graph.import_domains = _with_domain(graph.import_domains, PLUGIN_DOMAIN)
@@ -615,7 +655,7 @@ def _where_true(make: NodeMaker, mask):
 
 
 def _one_image(make: NodeMaker, boxes, scores, attrs: Mapping[str, Any], output,
-               mask=None, static: bool = False) -> None:
+               mask=None, static: bool = False) -> Any:
     """The NMS as one plugin image: its own (class-shifted) boxes, scores [B, N, 1]; the valid
     rows come first, highest score first. With a mask (its filters folded: `_fold_filters`), the
     candidates it keeps out score 0 and the others 1 and above, under a threshold of 0.5."""
@@ -635,9 +675,10 @@ def _one_image(make: NodeMaker, boxes, scores, attrs: Mapping[str, Any], output,
     box_index, valid = _valid_rows(make, rows)
     if static:  # K rows, the invalid ones at the empty candidate (`_static_rows_for`)
         _as_triples(make, _static_positions(make, box_index, valid), output)
-        return
+        return valid
     cut = make("Gather", [rows, _where_true(make, valid)], np.int32, axis=0)
     make("Cast", [cut], np.int64, to=7, output=output)
+    return None
 
 
 def _as_triples(make: NodeMaker, kept, output) -> None:
@@ -671,7 +712,7 @@ def _all_of(make: NodeMaker, masks: List[Any]):
 
 
 def _per_class_images(make: NodeMaker, found, classes: int, attrs: Mapping[str, Any],
-                      output, mask=None, static: bool = False) -> None:
+                      output, mask=None, static: bool = False) -> Any:
     """torchvision's batched NMS as one plugin image per class: image c reads every candidate's
     own (unshifted) box and its score where its class is c, a score under the threshold where
     not; the images' kept rows (interleaved: the plugin's blocks write through one atomic
@@ -716,6 +757,7 @@ def _per_class_images(make: NodeMaker, found, classes: int, attrs: Mapping[str, 
         kept = make("Gather", [box_index, make("Gather", [ranked, _where_true(make, ranked_valid)],
                                                np.int64)], np.int32)
     _as_triples(make, kept, output)
+    return ranked_valid if static else None
 
 
 def _with_domain(domains, name: str):

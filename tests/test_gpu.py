@@ -407,6 +407,52 @@ def test_efficient_nms_with_filters_folded_keeps_what_torchvision_keeps(tmp_path
                     name, precision, output, have[:6].tolist(), value[:6].tolist())
 
 
+
+def test_static_rows_two_stage_detections_are_torchvisions_and_capture_as_a_cuda_graph(tmp_path):
+    """efficient_nms_static_rows on TensorRT: a two-stage graph (torchvision's RPN
+    post-processing, a row-wise box head decoded by its BoxCoder, its post-processing), every
+    plugin's rows static and no NonZero left, built as an fp32 engine: the detections, padding
+    included, are torchvision's (the RPN keeps fewer proposals than its 120 rows: the empty
+    proposal is read; 80, 50 and no detections), and the engine replays from a CUDA graph (no
+    data-dependent shape)."""
+    import numpy as np
+
+    from test_nms import _ops, _proposals, _torch, _two_stage, _two_stage_module
+
+    module = _two_stage_module(120, 80)
+    patched, (rpn, head) = _two_stage(tmp_path, module, {})
+    assert rpn["static_rows"] and head["static_rows"] and _ops(patched)["NonZero"] == 0
+    import onnx
+
+    onnx.save(patched, str(tmp_path / "two.onnx"))
+    # 80 detections, 50 (30 rows of padding), none (no proposal kept)
+    feeds = {"some": _proposals(0, 0.2, 0.3), "few": _proposals(4, 0.5, 0.6),
+             "none": _proposals(3, 0.0, 1.0)}
+    for name, feed in feeds.items():
+        np.savez(tmp_path / f"{name}.npz", **feed)
+    done = trt_run(
+        "import json\nfrom pathlib import Path\nimport numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "build_engine(root / 'two.onnx', root / 'two.engine', root / 'two.json', model='two',\n"
+        "             precision='fp32', batch_profile={'min': 1, 'opt': 200, 'max': 200},\n"
+        "             profile_name='p', options={'optimization_level': 0})\n"
+        "with TensorRTRunner(root / 'two.engine', root / 'two.json', cuda_graph=True) as runner:\n"
+        f"    for name in {sorted(feeds)!r}:\n"
+        "        feed = dict(np.load(root / f'{name}.npz'))\n"
+        "        np.savez(root / f'{name}-out.npz', **runner.infer(feed))\n"
+        "    replayed = runner.time(feed, 1, 3, 5.0, mode='cuda_graph')\n"
+        "    print('RAN', json.dumps({'replayed': len(replayed)}))\n")
+    assert "RAN " in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    for name, feed in feeds.items():
+        want, got = _torch(module, feed), np.load(tmp_path / f"{name}-out.npz")
+        have = [got[k] for k in ("det_boxes", "det_scores", "det_labels")]
+        assert np.count_nonzero(want[1]) == {"some": 80, "few": 50, "none": 0}[name]
+        assert np.array_equal(have[2].astype(want[2].dtype), want[2]), (name, have[2], want[2])
+        for value, expected in zip(have[:2], want[:2]):
+            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-3)
+
+
 def test_pyramid_roialign_on_tensorrt_pools_as_torchvision(tmp_path):
     """Mask R-CNN's two FPN RoI poolings through pyramid_roialign (one GridSample over the levels
     side by side, no NonZero) in a TensorRT engine: the pooled features are torchvision's

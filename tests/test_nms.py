@@ -333,3 +333,77 @@ def test_rpn_rows_are_cut_where_the_later_nms_keeps_empty_boxes(tmp_path: Path) 
     the RPN's valid rows are taken out as before, and patch.json says why."""
     _, (rpn, _) = _two_stage(tmp_path, _two_stage_module(120, 80, size_filter=False), {})
     assert rpn["static_rows"] == [] and rpn["rows_cut"] == "a later NMS does not drop empty boxes"
+
+
+LEVEL_ANCHORS, ONE_STAGE_CLASSES = (60, 24, 9), 5
+
+
+def _one_stage_module(detections: int = 20):
+    """torchvision's RetinaNet.postprocess_detections itself (per level: the scores over 0.05,
+    the top min(30, how many) of them, their anchors decoded; then the batched NMS over the
+    classes and its first `detections`), on 3 levels of LEVEL_ANCHORS anchors and
+    ONE_STAGE_CLASSES classes, padded to 1 x `detections` as the deploy module pads."""
+    import torch
+    from torchvision.models.detection import retinanet_resnet50_fpn
+
+    from trtflow.detection import pad_detections
+
+    detector = retinanet_resnet50_fpn(weights=None, weights_backbone=None,
+                                      num_classes=ONE_STAGE_CLASSES, topk_candidates=30,
+                                      detections_per_img=detections).eval()
+
+    class OneStage(torch.nn.Module):
+        def forward(self, logits, regression, anchors):
+            split = list(LEVEL_ANCHORS)
+            head = {"cls_logits": [t[None] for t in logits.split(split)],
+                    "bbox_regression": [t[None] for t in regression.split(split)]}
+            found = detector.postprocess_detections(head, [list(anchors.split(split))],
+                                                    [(320, 320)])[0]
+            return tuple(pad_detections(found[k], detections) for k in ("boxes", "scores", "labels"))
+
+    return OneStage()
+
+
+def _one_stage_feed(seed: int, over: float) -> Dict[str, np.ndarray]:
+    """Head outputs for every anchor: logits whose share `over` scores over 0.05 (sigmoid), small
+    box regressions, anchors of 8 to 120 pixels over a 320 image."""
+    rng = np.random.default_rng(seed)
+    count = sum(LEVEL_ANCHORS)
+    logits = rng.uniform(-9.0, -4.0, (count, ONE_STAGE_CLASSES)).astype(np.float32)
+    lifted = rng.random((count, ONE_STAGE_CLASSES)) < over
+    logits[lifted] = rng.uniform(-2.5, 3.0, int(lifted.sum())).astype(np.float32)
+    corners = rng.random((count, 2), dtype=np.float32) * 200
+    sizes = 8 + rng.random((count, 2), dtype=np.float32) * 112
+    return {"logits": logits,
+            "regression": (rng.standard_normal((count, 4)) * 0.1).astype(np.float32),
+            "anchors": np.concatenate([corners, corners + sizes], 1)}
+
+
+@pytest.mark.parametrize("seed, over", [(0, 0.3), (1, 0.02), (2, 0.0), (3, 1.0)])
+def test_one_stage_topk_filters_fold_and_the_detections_are_torchvisions(
+        tmp_path: Path, seed: int, over: float) -> None:
+    """RetinaNet's (and FCOS's) filter per level: each level's TopK reads all its scores, those
+    not over the threshold moved under it, K a constant, and the plugin's threshold leaves the
+    moved ones out; its rows stay static. No NonZero is left, and the detections, padding
+    included, are torchvision's: many scores over the threshold (every level fills its 30), a
+    few (levels short of 30), none (no detection), all."""
+    module = _one_stage_module()
+    feed = _one_stage_feed(0, 0.3)
+    original = _export(module, list(feed.values()), tmp_path / "one.onnx", list(feed),
+                       ["det_boxes", "det_scores", "det_labels"])
+    assert _ops(original)["NonZero"] >= 2 * len(LEVEL_ANCHORS)
+    patched, (entry,) = _patched(original, {})
+    assert len(entry["filters_as_mask"]) == 2 * len(LEVEL_ANCHORS), entry  # 2 NonZero a level
+    assert entry["static_rows"] and len(entry["zeroed_past_kept"]) == 3, entry
+    assert _ops(patched)["NonZero"] == 0
+    feed = _one_stage_feed(seed, over)
+    expected, got = _torch(module, feed), _run(patched, feed)
+    kept = np.count_nonzero(expected[1])
+    assert (kept == 0) == (over == 0.0) and (kept < 20) == (over < 0.05), kept
+    assert np.array_equal(got[2], expected[2])  # labels, and so which detections, in order
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6)  # ONNX Runtime's sigmoid
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-4)
+    if over > 0:  # the same runtime without the fold: equal to the bit (with no score over
+        # the threshold the unfolded graph's Reshape of 0 rows is refused, see above)
+        for have, want in zip(got, _run(original, feed)):
+            assert np.array_equal(have, want)

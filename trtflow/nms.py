@@ -411,6 +411,125 @@ def _fold_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
 
 
 
+
+# what carries a level's top-k scores into an NMS: torch.cat over the levels, the NMS's [B, 1, N]
+_SCORES_PATH = ("Unsqueeze", "Reshape", "Cast", "Identity", "Flatten")
+
+
+def _topk_filter(topk, dims: Mapping[str, List[Any]]) -> Any:
+    """A one-stage detector's score filter before a TopK (torchvision's RetinaNet and FCOS, per
+    FPN level): `keep = x > c; x[keep].topk(min(K, keep.sum()))`, the positions then
+    `torch.where(keep)[0][idxs]`: the TopK of the scores over the threshold, K cut to how many
+    there are. (its parts, None) or (None, why not)."""
+    gathered = producer(topk.inputs[0], "GatherND", "Gather")
+    if gathered is None:
+        return None, "its TopK reads no filtered scores"
+    nonzero = producer(through(gathered.inputs[1], "Transpose", "Squeeze", "Reshape"), "NonZero")
+    greater = producer(nonzero.inputs[0], "Greater") if nonzero is not None else None
+    scores = gathered.inputs[0]
+    if greater is None or greater.inputs[0] is not scores or \
+            constant_value(greater.inputs[1]) is None:
+        return None, "its TopK reads scores filtered otherwise than x[x > c]"
+    shape = dims.get(scores.name)
+    if shape is not None and len(shape) != 1:
+        return None, f"{scores.name}: not 1-D"
+    count = shape[0] if shape and isinstance(shape[0], int) else None
+    # torch.where(keep)[0]: a NonZero of its own over the same condition
+    position_gathers, nonzeros = [], [nonzero]
+    for reader in topk.outputs[1].outputs:
+        where = producer(through(reader.inputs[0], *_POSITIONS_PATH), "NonZero")
+        if reader.op == "Gather" and reader.attrs.get("axis", 0) == 0 and \
+                reader.inputs[1] is topk.outputs[1] and where is not None and \
+                where.inputs[0] is greater.outputs[0]:
+            position_gathers.append(reader)
+            nonzeros += [where] if where not in nonzeros else []
+    if len(position_gathers) != len(topk.outputs[1].outputs):
+        return None, "its TopK's indices are read otherwise than as the kept positions"
+    limit = _topk_limit(topk.inputs[1])
+    if limit is None:
+        return None, "its TopK's K is not min(constant, how many)"
+    bound = float(np.asarray(constant_value(greater.inputs[1])).reshape(-1)[0])
+    return {"topk": topk, "scores": scores, "over": greater.outputs[0], "bound": bound,
+            "k": limit if count is None else min(limit, count), "count": count,
+            "position_gathers": position_gathers, "nonzeros": nonzeros}, None
+
+
+def _topk_limit(k) -> Optional[int]:
+    """The constant of torchvision's _topk_min (K = min(constant, a size)): the one constant
+    Concat-ed with a Shape's entry on the way to the ReduceMin that makes K."""
+    for node in _made_from(k, 6):
+        if node.op == "Concat" and len(node.inputs) == 2:
+            values = [constant_value(t) for t in node.inputs]
+            known = [v for v in values if v is not None]
+            if len(known) == 1 and np.asarray(known[0]).size == 1:
+                return int(np.asarray(known[0]).reshape(-1)[0])
+    return None
+
+
+def _fold_topk_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
+    """An NMS whose scores are every FPN level's top-k of the scores over a threshold
+    (`_topk_filter`), concatenated: each level's TopK reads all its scores instead, those not
+    over the threshold c moved to c - 1 (under every kept one), K a constant min(K, all); the
+    positions it picks are the scores' own (what torch.where(keep)[0][idxs] gave); and the
+    returned score threshold, between c - 1 and every c, leaves the moved ones out of the NMS.
+    The same candidates, in the same order, and after them the left-out ones where a level had
+    fewer than K over its threshold. (threshold, [NonZero names]) or (None, why not)."""
+    source = through(node.inputs[1], *_SCORES_PATH)
+    made = producer(source, "Concat")
+    levels = made.inputs if made is not None else [source]
+    found = []
+    for values in levels:
+        topk = producer(values, "TopK")
+        if topk is None or topk.outputs[0] is not values:
+            return None, "its scores are not TopK values"
+        parts, why = _topk_filter(topk, dims)
+        if parts is None:
+            return None, why
+        found.append(parts)
+    bounds = [f["bound"] for f in found]
+    if max(bounds) - min(bounds) >= 1:
+        return None, "its levels' thresholds are 1 or more apart"
+    make = NodeMaker(graph, f"{node.name}/topk_filters")
+    for parts in found:
+        topk, scores = parts["topk"], parts["scores"]
+        moved = make("Where", [parts["over"], scores, make.const(
+            np.asarray(parts["bound"] - 1.0, dtype=np.float32))], np.float32)
+        topk.inputs[0] = moved
+        topk.inputs[1] = make.const(np.array([parts["k"]], np.int64)) if parts["count"] else \
+            _at_most(make, parts["k"], scores)
+        for gather in parts["position_gathers"]:  # torch.where(keep)[0][idxs] -> idxs
+            for reader in list(gather.outputs[0].outputs):
+                for index, tensor in enumerate(list(reader.inputs)):
+                    if tensor is gather.outputs[0]:
+                        reader.inputs[index] = topk.outputs[1]
+            gather.outputs.clear()
+    for tensor in _reached_tensors([p["topk"].outputs[0] for p in found] +
+                                   [p["topk"].outputs[1] for p in found]):
+        tensor.shape = None  # a level's count is now its K
+    return (max(bounds) - 1.0 + min(bounds)) / 2.0, [n.name for p in found for n in p["nonzeros"]]
+
+
+def _at_most(make: NodeMaker, k: int, scores):
+    """[min(k, len(scores))]: a size TensorRT knows when it builds (the scores' length is the
+    input's and the model's, not the data's)."""
+    length = make("Shape", [scores], np.int64)
+    return make("ReduceMin", [make("Concat", [make.const(np.array([k], np.int64)), length],
+                                   np.int64, axis=0)], np.int64, keepdims=1)
+
+
+def _reached_tensors(tensors: List[Any]) -> List[Any]:
+    """Every tensor computed from these (themselves excluded)."""
+    seen, found, frontier = set(), [], list(tensors)
+    while frontier:
+        for reader in frontier.pop().outputs:
+            for output in reader.outputs:
+                if id(output) not in seen:
+                    seen.add(id(output))
+                    found.append(output)
+                    frontier.append(output)
+    return found
+
+
 def _keep_gathers(node) -> List[Any]:
     """The axis-0 Gathers that take candidates at an NMS's selected positions (boxes[keep]),
     followed from its output through the ops that move indices (`_selected_positions`)."""
@@ -456,7 +575,7 @@ def _made_from(tensor, depth: int) -> List[Any]:
     return found
 
 
-def _static_rows_for(graph, node, masks, ctx: PatchContext, k: int,
+def _static_rows_for(graph, node, folded: bool, ctx: PatchContext, k: int,
                      dims: Mapping[str, List[Any]]) -> Any:
     """Where an NMS's kept rows can stay its K rows, those past the kept ones reading an empty
     candidate put in front (all zeros), instead of a NonZero cutting them out: where its filters
@@ -467,11 +586,11 @@ def _static_rows_for(graph, node, masks, ctx: PatchContext, k: int,
     - reaches no later NMS, only graph outputs of K rows (K x ... or 1 x K x ...: a deployed
       detector's final detections, its heads run per detection in the NMS's order), whose rows
       past the kept ones are then set to 0, as the deploy module pads them.
-    (Gathers, [(output, its rows' axis)], None), or ([], [], why not)."""
+    (Gathers, [(output, its rows' axis, its rank)], None), or ([], [], why not)."""
     why = skipped_by_policy(ctx, "efficient_nms_static_rows", True)
     if why is not None:
         return [], [], why
-    if not masks:
+    if not folded:
         return [], [], "its filters are not folded"
     gathers = _keep_gathers(node)
     later, outputs = _reached(graph, gathers)
@@ -485,9 +604,9 @@ def _static_rows_for(graph, node, masks, ctx: PatchContext, k: int,
     for output in outputs:
         shape = dims.get(output.name) or list(output.shape or [])
         if len(shape) >= 2 and shape[0] == 1 and shape[1] == k:
-            rows.append((output, 1))
+            rows.append((output, 1, len(shape)))
         elif shape and shape[0] == k:
-            rows.append((output, 0))
+            rows.append((output, 0, len(shape)))
         else:
             return [], [], f"graph output {output.name} {shape} is not {k} rows (or 1 x {k})"
     if not rows:
@@ -517,11 +636,10 @@ def _reached(graph, gathers: List[Any]) -> Any:
 def _zero_past_kept(make: NodeMaker, valid, rows: List[Any]) -> None:
     """Each output's rows past the kept ones (`valid` false, in the NMS's output order) set to
     0: what the heads made of the empty candidate, where the model pads with zeros."""
-    for output, axis in rows:
+    for output, axis, rank in rows:
         made = output.inputs[0]
         raw = type(output)(f"{output.name}/rows", dtype=output.dtype)
         made.outputs[made.outputs.index(output)] = raw
-        rank = len(output.shape) if output.shape is not None else axis + 1
         shape = [1] * rank
         shape[axis] = -1
         keep = make("Reshape", [valid, make.const(np.array(shape, np.int64))], np.bool_)
@@ -594,8 +712,16 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                      center_point_box=int(node.attrs.get("center_point_box", 0)))
         masks, folded = _fold_filters(graph, node, dims) if not skipped_by_policy(
             ctx, "efficient_nms_filters", True) else (None, "policy 'never'")
+        if not masks and folded == "no NonZero filter before it":
+            bound, topk_folded = _fold_topk_filters(graph, node, dims)
+            if bound is not None:  # the scores left out sit under it
+                attrs["score_threshold"] = max(attrs["score_threshold"], bound)
+                masks, folded = [], topk_folded
+            elif topk_folded != "its scores are not TopK values":
+                folded = topk_folded
         mask = _all_of(NodeMaker(graph, f"{node.name}/filters"), masks) if masks else None
-        static, zeroed, static_why = _static_rows_for(graph, node, masks, ctx, int(k), dims)
+        static, zeroed, static_why = _static_rows_for(graph, node, masks is not None, ctx,
+                                                      int(k), dims)
         found = _coordinate_trick(node)
         largest = _largest_id(found[2], dims) if found is not None else None
         class_images = largest + 1 if largest is not None and \
@@ -615,10 +741,10 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
         node.inputs.clear()
         rewritten.append({"node": node.name, "max_output_boxes": int(k), "kept_after": kept,
                           "candidates_limit": EFFICIENT_NMS_CANDIDATES, "class_images": class_images,
-                          "filters_as_mask": folded if masks else [], **(
-                              {} if masks else {"filters_kept": folded}),
+                          "filters_as_mask": folded if masks is not None else [], **(
+                              {} if masks is not None else {"filters_kept": folded}),
                           "static_rows": [g.name for g in static],
-                          "zeroed_past_kept": [t.name for t, _ in zeroed], **(
+                          "zeroed_past_kept": [t.name for t, _, _ in zeroed], **(
                               {} if static else {"rows_cut": static_why})})
     if rewritten:
         graph.import_domains = _with_domain(graph.import_domains, PLUGIN_DOMAIN)

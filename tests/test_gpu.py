@@ -453,6 +453,48 @@ def test_static_rows_two_stage_detections_are_torchvisions_and_capture_as_a_cuda
             np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-3)
 
 
+
+def test_one_stage_topk_filters_folded_detections_are_torchvisions_on_tensorrt(tmp_path):
+    """efficient_nms_filters' one-stage form on TensorRT: torchvision's
+    RetinaNet.postprocess_detections, every level's TopK over all its scores (K a shape
+    TensorRT knows at build), the plugin's threshold leaving out the scores moved under it, rows
+    static: built as an fp32 engine, the detections (padding included) are torchvision's with
+    every level full, levels short of their K, and none over the threshold."""
+    import numpy as np
+    import onnx
+
+    from test_nms import _export, _one_stage_feed, _one_stage_module, _ops, _patched, _torch
+
+    module = _one_stage_module()
+    feeds = {"many": _one_stage_feed(0, 0.3), "few": _one_stage_feed(1, 0.02),
+             "none": _one_stage_feed(2, 0.0)}
+    patched, (entry,) = _patched(_export(module, list(feeds["many"].values()), tmp_path / "one.onnx",
+                                         list(feeds["many"]), ["det_boxes", "det_scores", "det_labels"]), {})
+    assert entry["static_rows"] and _ops(patched)["NonZero"] == 0, entry
+    onnx.save(patched, str(tmp_path / "one-patched.onnx"))
+    for name, feed in feeds.items():
+        np.savez(tmp_path / f"{name}.npz", **feed)
+    done = trt_run(
+        "import json\nfrom pathlib import Path\nimport numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "build_engine(root / 'one-patched.onnx', root / 'one.engine', root / 'one.json', model='one',\n"
+        "             precision='fp32', batch_profile={'min': 1, 'opt': 93, 'max': 93},\n"
+        "             profile_name='p', options={'optimization_level': 0})\n"
+        "with TensorRTRunner(root / 'one.engine', root / 'one.json', cuda_graph=True) as runner:\n"
+        f"    for name in {sorted(feeds)!r}:\n"
+        "        np.savez(root / f'{name}-out.npz', **runner.infer(dict(np.load(root / f'{name}.npz'))))\n"
+        "    replayed = runner.time(dict(np.load(root / 'many.npz')), 1, 3, 5.0, mode='cuda_graph')\n"
+        "    print('RAN', json.dumps({'replayed': len(replayed)}))\n")
+    assert "RAN " in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    for name, feed in feeds.items():
+        want, got = _torch(module, feed), np.load(tmp_path / f"{name}-out.npz")
+        have = [got[k] for k in ("det_boxes", "det_scores", "det_labels")]
+        assert np.array_equal(have[2].astype(want[2].dtype), want[2]), (name, have[2], want[2])
+        np.testing.assert_allclose(have[1], want[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(have[0], want[0], rtol=1e-4, atol=1e-3)
+
+
 def test_pyramid_roialign_on_tensorrt_pools_as_torchvision(tmp_path):
     """Mask R-CNN's two FPN RoI poolings through pyramid_roialign (one GridSample over the levels
     side by side, no NonZero) in a TensorRT engine: the pooled features are torchvision's

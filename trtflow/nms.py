@@ -410,8 +410,6 @@ def _fold_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
     return [n.inputs[0] for n in nonzeros], [n.name for n in nonzeros]
 
 
-
-
 # what carries a level's top-k scores into an NMS: torch.cat over the levels, the NMS's [B, 1, N]
 _SCORES_PATH = ("Unsqueeze", "Reshape", "Cast", "Identity", "Flatten")
 
@@ -503,9 +501,11 @@ def _fold_topk_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
                     if tensor is gather.outputs[0]:
                         reader.inputs[index] = topk.outputs[1]
             gather.outputs.clear()
+    outputs = {id(t) for t in graph.outputs}  # their shapes are the model's, kept
     for tensor in _reached_tensors([p["topk"].outputs[0] for p in found] +
                                    [p["topk"].outputs[1] for p in found]):
-        tensor.shape = None  # a level's count is now its K
+        if id(tensor) not in outputs:
+            tensor.shape = None  # a level's count is now its K
     return (max(bounds) - 1.0 + min(bounds)) / 2.0, [n.name for p in found for n in p["nonzeros"]]
 
 

@@ -42,7 +42,8 @@ def test_a_run_ends_with_the_verdict_table_and_the_counts(first_run) -> None:
     assert tail[0] == ("trtflow verdicts (results/summary.csv, results/index.html, "
                        "results/report.html):")
     assert tail[1].split()[:4] == ["model", "precision", "profile", "verdict"]
-    cells = [line.split() for line in tail[3:5]]
+    # a speed-up whose timings were not stable (a loaded machine) is its interval and "unstable"
+    cells = [[word for word in line.split() if word != "unstable"] for line in tail[3:5]]
     assert [c[:3] for c in cells] == [["net", "fp32", "small"], ["net", "int8", "small"]]
     assert all(c[3] in ("passed", "failed") and c[5].endswith("x") and c[6] == "rel_l2"
                for c in cells), tail

@@ -407,3 +407,27 @@ def test_one_stage_topk_filters_fold_and_the_detections_are_torchvisions(
         # the threshold the unfolded graph's Reshape of 0 rows is refused, see above)
         for have, want in zip(got, _run(original, feed)):
             assert np.array_equal(have, want)
+
+
+def test_static_rows_stay_cut_where_the_nms_positions_are_an_output(tmp_path: Path) -> None:
+    """A one-stage filter folded (the TopK over all scores), but the NMS's positions are the
+    graph's output: rows past the kept ones would read as positions, so they stay cut, and
+    patch.json says why; the positions are torchvision's."""
+    import torch
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.ops import boxes as box_ops
+
+    class Positions(torch.nn.Module):
+        def forward(self, boxes, scores):
+            keep = scores > 0.05
+            kept, where = scores[keep], torch.where(keep)[0]
+            values, idxs = kept.topk(det_utils._topk_min(where, 30, 0))
+            return _padded(box_ops.nms(boxes[where[idxs]], values, 0.5)[:10], 10)
+
+    feed = _proposals(0)
+    model = _export(Positions(), list(feed.values()), tmp_path / "positions.onnx",
+                    ["boxes", "scores"], ["keep"])
+    patched, (entry,) = _patched(model, {})
+    assert len(entry["filters_as_mask"]) == 2 and entry["static_rows"] == [], entry
+    assert "graph output" in entry["rows_cut"] or "reads the NMS's selected" in entry["rows_cut"]
+    assert np.array_equal(_run(patched, feed)[0], _torch(Positions(), feed)[0])

@@ -530,19 +530,25 @@ def _reached_tensors(tensors: List[Any]) -> List[Any]:
     return found
 
 
-def _keep_gathers(node) -> List[Any]:
+def _keep_gathers(graph, node) -> Any:
     """The axis-0 Gathers that take candidates at an NMS's selected positions (boxes[keep]),
-    followed from its output through the ops that move indices (`_selected_positions`)."""
+    followed from its output through the ops that move indices (`_selected_positions`), and
+    None; or [] and what else reads the positions (their meaning would change)."""
+    outputs = {id(t) for t in graph.outputs}
     found, frontier = [], [node.outputs[0]]
     while frontier:
         tensor = frontier.pop()
+        if id(tensor) in outputs:
+            return [], f"{tensor.name} (the NMS's selected indices) is a graph output"
         for reader in tensor.outputs:
             if reader.op == "Gather" and reader.attrs.get("axis", 0) == 0 and \
                     reader.inputs[1] is tensor:
                 found.append(reader)
             elif reader.op in _INDEX_MOVES and reader.inputs[0] is tensor:
                 frontier.extend(reader.outputs)
-    return found
+            else:
+                return [], f"{reader.name} ({reader.op}) reads the NMS's selected indices"
+    return found, None
 
 
 def _drops_empty_boxes(nms) -> bool:
@@ -579,8 +585,8 @@ def _static_rows_for(graph, node, folded: bool, ctx: PatchContext, k: int,
                      dims: Mapping[str, List[Any]]) -> Any:
     """Where an NMS's kept rows can stay its K rows, those past the kept ones reading an empty
     candidate put in front (all zeros), instead of a NonZero cutting them out: where its filters
-    were folded (so its positions are read only by the Gathers that take the kept candidates)
-    and what those Gathers take either
+    were folded, its positions are read only by the Gathers that take the kept candidates, and
+    what those Gathers take either
     - reaches a later NMS whose filters all drop empty boxes (a two-stage detector's RPN: the box
       head decodes an empty box from an empty proposal, and its remove_small_boxes drops it), or
     - reaches no later NMS, only graph outputs of K rows (K x ... or 1 x K x ...: a deployed
@@ -592,10 +598,12 @@ def _static_rows_for(graph, node, folded: bool, ctx: PatchContext, k: int,
         return [], [], why
     if not folded:
         return [], [], "its filters are not folded"
-    gathers = _keep_gathers(node)
-    later, outputs = _reached(graph, gathers)
+    gathers, why = _keep_gathers(graph, node)
+    if why is not None:
+        return [], [], why
     if not gathers:
         return [], [], "no Gather takes what it keeps"
+    later, outputs = _reached(graph, gathers)
     if later:
         if not all(_drops_empty_boxes(n) for n in later):
             return [], [], "a later NMS does not drop empty boxes"

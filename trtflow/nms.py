@@ -273,23 +273,14 @@ _INDEX_MOVES = ("Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Cast", "
 
 
 def _selected_positions(graph, node, filtered: set) -> Any:
-    """The tensors carrying the NMS's selected box indices (its [K, 3] rows, their box column,
-    the first K of them), and None, where they are read only to take filtered candidates
-    (boxes[keep]: Gathers of tensors in `filtered`, by id); else why not."""
-    outputs = {id(t) for t in graph.outputs}
-    positions, frontier = set(), [node.outputs[0]]
-    while frontier:
-        tensor = frontier.pop()
-        positions.add(id(tensor))
-        if id(tensor) in outputs:
-            return positions, f"{tensor.name} (the NMS's selected indices) is a graph output"
-        for reader in tensor.outputs:
-            if reader.op in _INDEX_MOVES and reader.inputs[0] is tensor:
-                frontier.extend(reader.outputs)
-            elif not (reader.op == "Gather" and reader.attrs.get("axis", 0) == 0
-                      and id(reader.inputs[0]) in filtered):
-                return positions, f"{reader.name} ({reader.op}) reads the NMS's selected indices"
-    return positions, None
+    """The positions (tensor ids) at which the Gathers after an NMS take candidates, and None,
+    where its selected indices are read only by such Gathers (`_keep_gathers`) of filtered
+    candidates (tensors in `filtered`, by id: boxes[keep]); else why not."""
+    gathers, why = _keep_gathers(graph, node)
+    strays = [g for g in gathers if id(g.inputs[0]) not in filtered]
+    if why is None and strays:
+        why = f"{strays[0].name} (Gather) reads the NMS's selected indices"
+    return {id(g.inputs[1]) for g in gathers}, why
 
 
 def _filters_unused_elsewhere(graph, node, nonzeros: List[Any], gathers: List[Any],
@@ -532,8 +523,8 @@ def _reached_tensors(tensors: List[Any]) -> List[Any]:
 
 def _keep_gathers(graph, node) -> Any:
     """The axis-0 Gathers that take candidates at an NMS's selected positions (boxes[keep]),
-    followed from its output through the ops that move indices (`_selected_positions`), and
-    None; or [] and what else reads the positions (their meaning would change)."""
+    followed from its output through the ops that move indices (its rows' box column, the
+    first K), and None; or [] and what else reads the positions (their meaning would change)."""
     outputs = {id(t) for t in graph.outputs}
     found, frontier = [], [node.outputs[0]]
     while frontier:

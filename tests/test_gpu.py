@@ -408,6 +408,32 @@ def test_efficient_nms_with_filters_folded_keeps_what_torchvision_keeps(tmp_path
 
 
 
+
+def _static_engine_outputs(tmp_path, name: str, rows: int, feeds) -> None:
+    """`<name>.onnx` built as an fp32 engine (level 0, `rows` candidates, a static profile),
+    run on each feed (`<feed>-out.npz`), then replayed from a CUDA graph: it fails where the
+    engine has a data-dependent shape."""
+    import numpy as np
+
+    for feed_name, feed in feeds.items():
+        np.savez(tmp_path / f"{feed_name}.npz", **feed)
+    done = trt_run(
+        "import json\nfrom pathlib import Path\nimport numpy as np\n"
+        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
+        f"root, name, rows = Path({str(tmp_path)!r}), {name!r}, {rows}\n"
+        "build_engine(root / f'{name}.onnx', root / f'{name}.engine', root / f'{name}.json',\n"
+        "             model=name, precision='fp32',\n"
+        "             batch_profile={'min': rows, 'opt': rows, 'max': rows}, profile_name='p',\n"
+        "             options={'optimization_level': 0})\n"
+        "with TensorRTRunner(root / f'{name}.engine', root / f'{name}.json', cuda_graph=True) as runner:\n"
+        f"    for feed_name in {sorted(feeds)!r}:\n"
+        "        feed = dict(np.load(root / f'{feed_name}.npz'))\n"
+        "        np.savez(root / f'{feed_name}-out.npz', **runner.infer(feed))\n"
+        "    replayed = runner.time(feed, 1, 3, 5.0, mode='cuda_graph')\n"
+        "    print('RAN', json.dumps({'replayed': len(replayed)}))\n")
+    assert "RAN " in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+
+
 def test_static_rows_two_stage_detections_are_torchvisions_and_capture_as_a_cuda_graph(tmp_path):
     """efficient_nms_static_rows on TensorRT: a two-stage graph (torchvision's RPN
     post-processing, a row-wise box head decoded by its BoxCoder, its post-processing), every
@@ -428,22 +454,7 @@ def test_static_rows_two_stage_detections_are_torchvisions_and_capture_as_a_cuda
     # 80 detections, 50 (30 rows of padding), none (no proposal kept)
     feeds = {"some": _proposals(0, 0.2, 0.3), "few": _proposals(4, 0.5, 0.6),
              "none": _proposals(3, 0.0, 1.0)}
-    for name, feed in feeds.items():
-        np.savez(tmp_path / f"{name}.npz", **feed)
-    done = trt_run(
-        "import json\nfrom pathlib import Path\nimport numpy as np\n"
-        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
-        f"root = Path({str(tmp_path)!r})\n"
-        "build_engine(root / 'two.onnx', root / 'two.engine', root / 'two.json', model='two',\n"
-        "             precision='fp32', batch_profile={'min': 200, 'opt': 200, 'max': 200},\n"
-        "             profile_name='p', options={'optimization_level': 0})\n"
-        "with TensorRTRunner(root / 'two.engine', root / 'two.json', cuda_graph=True) as runner:\n"
-        f"    for name in {sorted(feeds)!r}:\n"
-        "        feed = dict(np.load(root / f'{name}.npz'))\n"
-        "        np.savez(root / f'{name}-out.npz', **runner.infer(feed))\n"
-        "    replayed = runner.time(feed, 1, 3, 5.0, mode='cuda_graph')\n"
-        "    print('RAN', json.dumps({'replayed': len(replayed)}))\n")
-    assert "RAN " in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    _static_engine_outputs(tmp_path, "two", 200, feeds)
     for name, feed in feeds.items():
         want, got = _torch(module, feed), np.load(tmp_path / f"{name}-out.npz")
         have = [got[k] for k in ("det_boxes", "det_scores", "det_labels")]
@@ -451,7 +462,6 @@ def test_static_rows_two_stage_detections_are_torchvisions_and_capture_as_a_cuda
         assert np.array_equal(have[2].astype(want[2].dtype), want[2]), (name, have[2], want[2])
         for value, expected in zip(have[:2], want[:2]):
             np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-3)
-
 
 
 def test_one_stage_topk_filters_folded_detections_are_torchvisions_on_tensorrt(tmp_path):
@@ -471,22 +481,8 @@ def test_one_stage_topk_filters_folded_detections_are_torchvisions_on_tensorrt(t
     patched, (entry,) = _patched(_export(module, list(feeds["many"].values()), tmp_path / "one.onnx",
                                          list(feeds["many"]), ["det_boxes", "det_scores", "det_labels"]), {})
     assert entry["static_rows"] and _ops(patched)["NonZero"] == 0, entry
-    onnx.save(patched, str(tmp_path / "one-patched.onnx"))
-    for name, feed in feeds.items():
-        np.savez(tmp_path / f"{name}.npz", **feed)
-    done = trt_run(
-        "import json\nfrom pathlib import Path\nimport numpy as np\n"
-        "from trtflow.runners.tensorrt import TensorRTRunner, build_engine\n"
-        f"root = Path({str(tmp_path)!r})\n"
-        "build_engine(root / 'one-patched.onnx', root / 'one.engine', root / 'one.json', model='one',\n"
-        "             precision='fp32', batch_profile={'min': 93, 'opt': 93, 'max': 93},\n"
-        "             profile_name='p', options={'optimization_level': 0})\n"
-        "with TensorRTRunner(root / 'one.engine', root / 'one.json', cuda_graph=True) as runner:\n"
-        f"    for name in {sorted(feeds)!r}:\n"
-        "        np.savez(root / f'{name}-out.npz', **runner.infer(dict(np.load(root / f'{name}.npz'))))\n"
-        "    replayed = runner.time(dict(np.load(root / 'many.npz')), 1, 3, 5.0, mode='cuda_graph')\n"
-        "    print('RAN', json.dumps({'replayed': len(replayed)}))\n")
-    assert "RAN " in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    onnx.save(patched, str(tmp_path / "one.onnx"))
+    _static_engine_outputs(tmp_path, "one", 93, feeds)
     for name, feed in feeds.items():
         want, got = _torch(module, feed), np.load(tmp_path / f"{name}-out.npz")
         have = [got[k] for k in ("det_boxes", "det_scores", "det_labels")]

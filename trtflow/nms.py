@@ -677,8 +677,10 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     each class is an image of its own (`_per_class_images`): the plugin walks the images'
     candidates in parallel. Differences, recorded per node: K (max_output_boxes_per_class) is the
     count the model keeps after it (the Slice [0:K] that follows), and the plugin's NMS sees an
-    image's top 4096 scores only. auto: TensorRT before 10.12; off unless asked
-    (config/schema.yaml says why)."""
+    image's top 4096 scores only. Where it can, the filters before it are folded into its
+    scores (`_fold_filters`, `_fold_topk_filters`: efficient_nms_filters) and its K rows stay
+    static (`_static_rows_for`: efficient_nms_static_rows), so that no NonZero is left. auto:
+    TensorRT before 10.12; off unless asked (config/schema.yaml says why)."""
     import numpy as np
 
     version = version_tuple(ctx.backend_version) if ctx.backend_version else ()

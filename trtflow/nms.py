@@ -40,8 +40,6 @@ def multiclass_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     class (a candidate scores -1 in the
     other classes, under the 0 threshold), then the selected boxes in descending score, the
     order batched_nms returns. auto: for ONNX Runtime only; TensorRT runs the original."""
-    import numpy as np
-
     skipped = skipped_by_policy(ctx, "multiclass_nms", ctx.backend == "onnxruntime")
     if skipped:
         return {"skipped": skipped, "rewritten": []}
@@ -681,8 +679,6 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
     scores (`_fold_filters`, `_fold_topk_filters`: efficient_nms_filters) and its K rows stay
     static (`_static_rows_for`: efficient_nms_static_rows), so that no NonZero is left. auto:
     TensorRT before 10.12; off unless asked (config/schema.yaml says why)."""
-    import numpy as np
-
     version = version_tuple(ctx.backend_version) if ctx.backend_version else ()
     before_deprecation = not version or version[:2] < EFFICIENT_NMS_BEFORE
     skipped = skipped_by_policy(ctx, "efficient_nms", ctx.backend == "tensorrt" and before_deprecation,
@@ -758,8 +754,6 @@ def _valid_rows(make: NodeMaker, rows):
     fills the rest with copies of the last kept row (efficientNMSInference.cu PadONNXResult), or
     -1 where none is kept; a box is kept once, so a row is valid if its box is >= 0 and not the
     row before's."""
-    import numpy as np
-
     box_index = make("Gather", [rows, make.const(np.int64(2))], np.int32, axis=1)
     before = make("Concat", [make.const(np.array([-1], np.int32)), make(
         "Slice", [box_index, make.const(np.array([0], np.int64)), make.const(np.array([-1], np.int64)),
@@ -775,8 +769,6 @@ def _where_true(make: NodeMaker, mask):
     shape TensorRT 8.6 plans): a Slice ending at a count summed from the rows has no
     implementation in 8.6's Myelin ("Could not find any implementation for node
     {ForeignNode[...]}", benchmarks/gpu/detectors.md)."""
-    import numpy as np
-
     return make("Squeeze", [make("NonZero", [mask], np.int64), make.const(np.array([0], np.int64))],
                 np.int64)
 
@@ -786,8 +778,6 @@ def _one_image(make: NodeMaker, boxes, scores, attrs: Mapping[str, Any], output,
     """The NMS as one plugin image: its own (class-shifted) boxes, scores [B, N, 1]; the valid
     rows come first, highest score first. With a mask (its filters folded: `_fold_filters`), the
     candidates it keeps out score 0 and the others 1 and above, under a threshold of 0.5."""
-    import numpy as np
-
     scores_bn1 = make("Transpose", [scores], np.float32, perm=[0, 2, 1])
     if mask is not None:
         member = make.unsqueeze(mask, 1)  # [N, 1]
@@ -819,8 +809,6 @@ def _as_triples(make: NodeMaker, kept, output) -> None:
 def _moved_up(make: NodeMaker, scores):
     """`scores` moved to 1 and above: up by 1 less their minimum where that is negative (an
     RPN's probabilities by 1 exactly); the order, and so the plugin's selection, is kept."""
-    import numpy as np
-
     flat = make("Reshape", [scores, make.const(np.array([-1], np.int64))], np.float32)
     lowest = make("ReduceMin", [make("Concat", [flat, make.const(np.array([0.0], np.float32))],
                                      np.float32, axis=0)], np.float32, keepdims=0)
@@ -830,8 +818,6 @@ def _moved_up(make: NodeMaker, scores):
 
 def _all_of(make: NodeMaker, masks: List[Any]):
     """The masks And-ed: the candidates every filter keeps."""
-    import numpy as np
-
     mask = masks[0]
     for other in masks[1:]:
         mask = make("And", [mask, other], np.bool_)
@@ -845,8 +831,6 @@ def _per_class_images(make: NodeMaker, found, classes: int, attrs: Mapping[str, 
     not; the images' kept rows (interleaved: the plugin's blocks write through one atomic
     counter) are ranked by score, and the first K are the batched NMS's first K, since a box
     kept in its class is among its class's first K."""
-    import numpy as np
-
     boxes, scores, ids = found  # [N, 4], [N], [N]
     k = int(attrs["max_output_boxes_per_class"])
     member = make("Equal", [make.unsqueeze(make("Cast", [ids], np.int64, to=7), 0),
@@ -902,7 +886,6 @@ def onnxruntime_runnable(model_proto):
     ONNX Runtime:
     the int8 calibration of a TensorRT graph, and the tests. Tensor names are kept, so ranges
     measured here are those of the TensorRT graph's tensors."""
-    import numpy as np
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model_proto)

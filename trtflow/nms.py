@@ -241,6 +241,12 @@ def _filter_gathers(nonzero) -> List[Any]:
     return gathers
 
 
+# why `_fold_filters` and `_fold_topk_filters` find nothing to fold: the one-stage form is tried
+# where the first finds no NonZero filter, and its own reason said only where it found a TopK
+NO_NONZERO_FILTER = "no NonZero filter before it"
+NOT_TOPK_SCORES = "its scores are not TopK values"
+
+
 def _filters_into(node) -> List[Any]:
     """The NonZero filters (torch.where(mask)[0] and the Gathers by it) that the candidates of an
     NMS went through: followed up from its boxes and scores through row-wise ops to filter Gathers,
@@ -378,7 +384,7 @@ def _fold_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
     after it (boxes[keep]) now read. (mask, NonZero names), or (None, why not)."""
     nonzeros = _filters_into(node)
     if not nonzeros:
-        return None, "no NonZero filter before it"
+        return None, NO_NONZERO_FILTER
     families = {id(n): _filter_gathers(n) for n in nonzeros}
     if not _one_chain(families):
         return None, "its filters are not one chain (each filtering the one before's candidates)"
@@ -468,7 +474,7 @@ def _fold_topk_filters(graph, node, dims: Mapping[str, List[Any]]) -> Any:
     for values in levels:
         topk = producer(values, "TopK")
         if topk is None or topk.outputs[0] is not values:
-            return None, "its scores are not TopK values"
+            return None, NOT_TOPK_SCORES
         parts, why = _topk_filter(topk, dims)
         if parts is None:
             return None, why
@@ -614,20 +620,12 @@ def _static_rows_for(graph, node, folded: bool, ctx: PatchContext, k: int,
 def _reached(graph, gathers: List[Any]) -> Any:
     """(the NMS nodes, ONNX or already the plugin, and the graph outputs) that the Gathers'
     outputs reach."""
+    taken = [g.outputs[0] for g in gathers]
+    tensors = taken + _reached_tensors(taken)
     outputs = {id(t) for t in graph.outputs}
-    nms, reached, seen, frontier = [], [], set(), [g.outputs[0] for g in gathers]
-    while frontier:
-        tensor = frontier.pop()
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        if id(tensor) in outputs:
-            reached.append(tensor)
-        for reader in tensor.outputs:
-            if reader.op in ("NonMaxSuppression", "EfficientNMS_ONNX_TRT") and reader not in nms:
-                nms.append(reader)
-            frontier.extend(reader.outputs)
-    return nms, reached
+    nms = {id(r): r for t in tensors for r in t.outputs
+           if r.op in ("NonMaxSuppression", "EfficientNMS_ONNX_TRT")}
+    return list(nms.values()), [t for t in tensors if id(t) in outputs]
 
 
 def _zero_past_kept(make: NodeMaker, valid, rows: List[Any]) -> None:
@@ -661,6 +659,22 @@ def _static_positions(make: NodeMaker, box_index, valid):
     """The rows' box positions 1 up, 0 (the empty row) where a row is not valid."""
     return make("Where", [valid, make("Add", [box_index, make.const(np.int32(1))], np.int32),
                           make.const(np.int32(0))], np.int32)
+
+
+def _folded_filters(graph, node, dims: Mapping[str, List[Any]], ctx: PatchContext) -> Any:
+    """The filters before an NMS folded (efficient_nms_filters): torchvision's NonZero filters as
+    masks (`_fold_filters`), or where there are none, a one-stage detector's top-k filters
+    (`_fold_topk_filters`: no mask, a score threshold). (masks, NonZero names, threshold or
+    None); masks None where nothing was folded, the names then why."""
+    if skipped_by_policy(ctx, "efficient_nms_filters", True):
+        return None, "policy 'never'", None
+    masks, folded = _fold_filters(graph, node, dims)
+    if masks is not None or folded != NO_NONZERO_FILTER:
+        return masks, folded, None
+    bound, topk_folded = _fold_topk_filters(graph, node, dims)
+    if bound is not None:
+        return [], topk_folded, bound
+    return None, folded if topk_folded == NOT_TOPK_SCORES else topk_folded, None
 
 
 def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
@@ -707,15 +721,9 @@ def efficient_nms(graph, ctx: PatchContext) -> Dict[str, Any]:
                      score_threshold=float(np.asarray(threshold_value).reshape(-1)[0])
                      if threshold_value is not None else EFFICIENT_NMS_NO_THRESHOLD,
                      center_point_box=int(node.attrs.get("center_point_box", 0)))
-        masks, folded = _fold_filters(graph, node, dims) if not skipped_by_policy(
-            ctx, "efficient_nms_filters", True) else (None, "policy 'never'")
-        if not masks and folded == "no NonZero filter before it":
-            bound, topk_folded = _fold_topk_filters(graph, node, dims)
-            if bound is not None:  # the scores left out sit under it
-                attrs["score_threshold"] = max(attrs["score_threshold"], bound)
-                masks, folded = [], topk_folded
-            elif topk_folded != "its scores are not TopK values":
-                folded = topk_folded
+        masks, folded, bound = _folded_filters(graph, node, dims, ctx)
+        if bound is not None:  # the scores the one-stage fold left out sit under it
+            attrs["score_threshold"] = max(attrs["score_threshold"], bound)
         mask = _all_of(NodeMaker(graph, f"{node.name}/filters"), masks) if masks else None
         static, zeroed, static_why = _static_rows_for(graph, node, masks is not None, ctx,
                                                       int(k), dims)
